@@ -1,0 +1,1 @@
+"""bench: arrives with the decode study (issue 3)."""

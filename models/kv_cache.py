@@ -1,0 +1,107 @@
+"""KV caches: preallocated buffers written in place, one `make(kind, ...)` for every kind.
+
+The contract every cache kind keeps (the GPT and the benchmarks rely on it):
+- `position`: tokens stored so far; `max_len`: capacity; `batch`.
+- `attend(layer, q, k, v, impl)`: store the new keys/values of `layer` at `position` and return the
+  causal attention of q over everything stored for that layer. The model calls it once per layer
+  per forward, then `advance(T)` once.
+- `nbytes`: every byte the cache holds; `reset()`: empty it for reuse (no reallocation).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from .config import ArchConfig
+from .layers import causal_attention
+
+
+class CacheFullError(ValueError):
+    """An append would go past the cache's preallocated length."""
+
+
+class KVCache(nn.Module):
+    """Shared bookkeeping of every cache kind (position, capacity, checks)."""
+
+    def __init__(self, batch: int, max_len: int) -> None:
+        super().__init__()
+        if batch <= 0 or max_len <= 0:
+            raise ValueError(f"cache batch={batch} and max_len={max_len} must both be positive integers")
+        self.batch = batch
+        self.max_len = max_len
+        self.position = 0
+
+    def check_append(self, batch: int, n_tokens: int) -> None:
+        """Raise a clear error if `n_tokens` more tokens of `batch` sequences do not fit."""
+        if batch != self.batch:
+            raise ValueError(f"input batch {batch} does not match the cache's batch {self.batch}")
+        if self.position + n_tokens > self.max_len:
+            raise CacheFullError(
+                f"cache holds {self.position} of {self.max_len} tokens; appending {n_tokens} would exceed "
+                "max_len (make the cache with a larger max_len)"
+            )
+
+    def advance(self, n_tokens: int) -> None:
+        """Mark `n_tokens` more tokens as stored (called by the model after every layer attended)."""
+        self.position += n_tokens
+
+    def reset(self) -> None:
+        """Forget every stored token; buffers are kept for reuse."""
+        self.position = 0
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def nbytes(self) -> int:
+        """Every byte the cache holds (its buffers as allocated)."""
+        return sum(b.numel() * b.element_size() for b in self.buffers())
+
+
+class RawKVCache(KVCache):
+    """Full-precision keys and values in (n_layer, B, Hkv, max_len, hd) buffers, written in place."""
+
+    def __init__(self, n_layer: int, batch: int, n_kv_head: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device | None = None) -> None:
+        super().__init__(batch, max_len)
+        shape = (n_layer, batch, n_kv_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes one more token takes across every layer and sequence of the batch."""
+        n_layer, batch, heads, _, hd = self.k.shape
+        return 2 * n_layer * batch * heads * hd * self.k.element_size()
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
+        start, end = self.position, self.position + k.shape[-2]
+        self.k[layer, :, :, start:end] = k  # (B, Hkv, T, hd) written in place
+        self.v[layer, :, :, start:end] = v
+        k_all = self.k[layer, :, :, :end]  # (B, Hkv, end, hd)
+        v_all = self.v[layer, :, :, :end]  # (B, Hkv, end, hd)
+        if k_all.dtype != q.dtype:  # a lower-precision cache is read back in the compute dtype
+            k_all, v_all = k_all.to(q.dtype), v_all.to(q.dtype)
+        return causal_attention(q, k_all, v_all, q_start=start, impl=impl)  # (B, H, T, hd)
+
+
+def _make_raw(cfg: ArchConfig, batch: int, max_len: int, dtype: torch.dtype,
+              device: str | torch.device | None) -> KVCache:
+    return RawKVCache(cfg.n_layer, batch, cfg.kv_heads, cfg.head_dim, max_len, dtype=dtype, device=device)
+
+
+# kind -> factory(cfg, batch, max_len, dtype, device); later cache kinds register here.
+CACHE_KINDS: dict[str, Callable[..., KVCache]] = {
+    "raw": _make_raw,
+}
+
+
+def make(kind: str, cfg: ArchConfig, batch: int, max_len: int, dtype: torch.dtype = torch.float32,
+         device: str | torch.device | None = None) -> KVCache:
+    """A cache of `kind` for a model of `cfg`, holding up to `max_len` tokens of `batch` sequences."""
+    if kind not in CACHE_KINDS:
+        raise ValueError(f"unknown KV cache kind {kind!r}; allowed values: {', '.join(CACHE_KINDS)}")
+    return CACHE_KINDS[kind](cfg, batch, max_len, dtype, device)

@@ -1,0 +1,1 @@
+"""profiles: arrives with the decode study (issue 3)."""

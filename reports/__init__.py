@@ -1,0 +1,1 @@
+"""reports: arrives with the decode study (issue 3)."""
