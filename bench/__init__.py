@@ -1,1 +1,1 @@
-"""bench: arrives with the decode study (issue 3)."""
+"""pytest-benchmark suites and their harness: backends, presets, records; `python -m bench` runs a preset."""

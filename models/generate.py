@@ -10,6 +10,25 @@ from .gpt import GPT
 
 
 @torch.no_grad()
+def decode(model: GPT, tokens: Tensor, length: int, logits: Tensor, n_steps: int,
+           cache: kv_cache.KVCache | None = None) -> Tensor:
+    """Run `n_steps` greedy decode steps in place on `tokens` (B, capacity), whose first `length` are filled.
+
+    `logits` (B, vocab) are those of the last filled token. Each step appends the argmax token and
+    runs one forward: of that token alone through `cache`, or (no cache) of the whole sequence so
+    far. Returns the logits after the last step. Both modes do `n_steps` forwards.
+    """
+    for step in range(n_steps):
+        end = length + step + 1
+        tokens[:, end - 1] = logits.argmax(-1)  # (B,)
+        if cache is not None:
+            logits = model(tokens[:, end - 1 : end], cache)[:, -1]  # (B, vocab): one cached step
+        else:
+            logits = model(tokens[:, :end])[:, -1]  # (B, vocab): the whole prefix recomputed
+    return logits
+
+
+@torch.no_grad()
 def generate(model: GPT, prompt: Tensor, max_new_tokens: int, *, use_cache: bool = True,
              cache: kv_cache.KVCache | None = None) -> Tensor:
     """Greedy continuation of `prompt` (B, T0) by `max_new_tokens` tokens -> (B, T0 + max_new_tokens).
@@ -25,24 +44,16 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, *, use_cache: bool
     if max_new_tokens == 0:
         return prompt
     batch, prompt_len = prompt.shape
-    model.check_positions(prompt_len + max_new_tokens - 1)  # the last token is produced, never fed back
-    if not use_cache:
-        if cache is not None:
-            raise ValueError("a cache was given with use_cache=False; pass one or the other")
-        seq = prompt
-        for _ in range(max_new_tokens):
-            logits = model(seq)[:, -1]  # (B, vocab): the whole prefix recomputed
-            seq = torch.cat((seq, logits.argmax(-1, keepdim=True)), dim=1)  # (B, T + 1)
-        return seq
-    if cache is None:
+    total = prompt_len + max_new_tokens
+    model.check_positions(total - 1)  # the last token is produced, never fed back
+    if use_cache and cache is None:
         param = next(model.parameters())
-        cache = kv_cache.make("raw", model.config, batch, prompt_len + max_new_tokens, dtype=param.dtype,
-                              device=param.device)
-    new_tokens = []
+        cache = kv_cache.make("raw", model.config, batch, total, dtype=param.dtype, device=param.device)
+    elif not use_cache and cache is not None:
+        raise ValueError("a cache was given with use_cache=False; pass one or the other")
+    tokens = torch.empty(batch, total, dtype=prompt.dtype, device=prompt.device)  # (B, T0 + N)
+    tokens[:, :prompt_len] = prompt
     logits = model(prompt, cache)[:, -1]  # (B, vocab): prefill
-    for step in range(max_new_tokens):
-        token = logits.argmax(-1, keepdim=True)  # (B, 1)
-        new_tokens.append(token)
-        if step + 1 < max_new_tokens:
-            logits = model(token, cache)[:, -1]  # (B, vocab): one cached step
-    return torch.cat([prompt, *new_tokens], dim=1)  # (B, T0 + N)
+    logits = decode(model, tokens, prompt_len, logits, max_new_tokens - 1, cache)
+    tokens[:, -1] = logits.argmax(-1)
+    return tokens

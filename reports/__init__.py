@@ -1,1 +1,1 @@
-"""reports: arrives with the decode study (issue 3)."""
+"""Results -> HTML: the loader of pytest-benchmark JSON, analysis, figures, the page, regression checks."""

@@ -1,0 +1,102 @@
+"""`python -m bench --preset quick|standard|full [--only STUDY] [--backend NAME] --out DIR`.
+
+Runs the benchmark suites under pytest-benchmark, writes DIR/results.json (pytest-benchmark's JSON
+with archbench records) and DIR/index.html. Records are appended to DIR/records.jsonl as they are
+measured, so a crash or Ctrl-C keeps what was measured: results.json is then rebuilt from them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import backends, presets
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDIES = {"decode": "bench/test_decode.py"}  # study -> suite; later studies add theirs
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="quick", help=f"one of: {', '.join(presets.PRESETS)} (default quick)")
+    parser.add_argument("--only", action="append", default=None, metavar="STUDY",
+                        help=f"run only this study (repeatable): {', '.join(STUDIES)}")
+    parser.add_argument("--backend", action="append", default=None, metavar="NAME",
+                        help=f"run only this backend (repeatable): {', '.join(backends.BACKENDS)}")
+    parser.add_argument("--weights", default=None, help="local transformers GPT-2 checkpoint directory")
+    parser.add_argument("--out", required=True, type=Path, help="output directory (results.json, index.html)")
+    parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
+    args = parser.parse_args(argv)
+    try:
+        presets.get(args.preset)
+        for name in args.backend or []:
+            backends.get(name)
+    except ValueError as exc:
+        parser.error(str(exc))
+    for study in args.only or []:
+        if study not in STUDIES:
+            parser.error(f"unknown study {study!r}; valid names: {', '.join(STUDIES)}")
+    return args
+
+
+def rebuild_from_records(records: Path, results: Path) -> int:
+    """Write `results` in pytest-benchmark's JSON shape from the JSON-lines records; returns the count."""
+    machine_info: dict = {}
+    benchmarks = []
+    for line in records.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line cut short by the crash: everything before it is intact
+        if "machine_info" in item:
+            machine_info = item["machine_info"]
+        elif "benchmark" in item:
+            benchmarks.append(item["benchmark"])
+    payload = {"machine_info": machine_info, "commit_info": {}, "benchmarks": benchmarks,
+               "datetime": None, "version": None, "archbench_partial": True}
+    results.write_text(json.dumps(payload, indent=1))
+    return len(benchmarks)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    results, records, report = out / "results.json", out / "records.jsonl", out / "index.html"
+    if results.exists():
+        results.unlink()  # never mistake an older run's file for this one's
+    suites = [STUDIES[s] for s in (args.only or STUDIES)]
+    cmd = [sys.executable, "-m", "pytest", *suites, "-p", "no:cacheprovider", "-q", "-rs",
+           "--rootdir", str(ROOT), "--preset", args.preset, "--records", str(records.resolve()),
+           f"--benchmark-json={results.resolve()}", "--benchmark-columns=mean,stddev,rounds",
+           "--benchmark-sort=fullname"]
+    for name in args.backend or []:
+        cmd += ["--backend", name]
+    if args.weights:
+        cmd += ["--weights", args.weights]
+    cmd += args.pytest_args
+    print(f"archbench: preset {args.preset!r}, studies {', '.join(args.only or STUDIES)} -> {out}", flush=True)
+    try:
+        code = subprocess.call(cmd, cwd=ROOT)
+    except KeyboardInterrupt:
+        code = 130
+    if not results.exists():
+        if not records.exists():
+            print("archbench: nothing was measured", file=sys.stderr)
+            return code or 1
+        n = rebuild_from_records(records, results)
+        print(f"archbench: the run ended early (exit {code}); {n} measured records kept in {results}", flush=True)
+    from reports.build import build_report
+
+    build_report([results], report)
+    print(f"archbench: wrote {results} and {report}", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""The backends a study can run on, each with its availability and a reason when it is unavailable."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+
+from models import GPT
+from models.layout import to_input_major
+
+
+@dataclass(frozen=True)
+class TorchBackend:
+    """Eager torch on one device type. `prepare` copies the model there, in the chosen weight layout."""
+
+    name: str
+    device_type: str  # "cpu" | "cuda"
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.device_type)
+
+    def unavailable_reason(self) -> str | None:
+        """None when usable here, else why not (used as the pytest skip reason)."""
+        if self.device_type == "cuda":
+            if torch.version.cuda is None:
+                return f"torch {torch.__version__} is a CPU-only build (no CUDA)"
+            if not torch.cuda.is_available():
+                return "no CUDA device is visible (torch.cuda.is_available() is False)"
+        return None
+
+    def prepare(self, model: GPT, *, dtype: torch.dtype = torch.float32, layout: str = "out_in") -> GPT:
+        """A copy of `model` on this backend's device in `dtype`, with Linear weights in `layout`."""
+        if layout not in LAYOUTS:
+            raise ValueError(f"weight layout {layout!r} is not valid; allowed values: {', '.join(LAYOUTS)}")
+        prepared = copy.deepcopy(model).to(device=self.device, dtype=dtype).eval()
+        if layout == "in_out":
+            to_input_major(prepared)
+        return prepared
+
+
+LAYOUTS = ("out_in", "in_out")
+
+BACKENDS: dict[str, TorchBackend] = {
+    "torch-cpu": TorchBackend("torch-cpu", "cpu"),
+    "torch-cuda": TorchBackend("torch-cuda", "cuda"),
+}
+
+
+def get(name: str) -> TorchBackend:
+    """The backend called `name` (exact match); a miss lists the valid names."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; valid names: {', '.join(BACKENDS)}")
+    return BACKENDS[name]

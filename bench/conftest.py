@@ -1,0 +1,136 @@
+"""The benchmark harness: options, backends, parametrisation from presets, records, machine info.
+
+Runs under plain pytest with pytest-benchmark's own flags (`--benchmark-json`, `--benchmark-compare`,
+`-k`, `--benchmark-disable` for a single quick correctness pass). `python -m bench` adds the preset,
+the output directory and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import backends, presets
+from profiles import ceilings, hardware
+
+SCHEMA = 1
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("archbench")
+    group.addoption("--preset", default=os.environ.get("ARCHBENCH_PRESET", "quick"),
+                    help=f"what to measure: {', '.join(presets.PRESETS)} (default quick)")
+    group.addoption("--backend", action="append", default=None,
+                    help=f"run only these backends (repeatable): {', '.join(backends.BACKENDS)}")
+    group.addoption("--records", default=None,
+                    help="append every record to this JSON-lines file as it is measured (survives a crash)")
+    group.addoption("--weights", default=None,
+                    help="a local transformers GPT-2 checkpoint directory to use instead of random 124M weights")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    preset_name = config.getoption("--preset")
+    try:
+        config.archbench_preset = presets.get(preset_name)
+        for name in config.getoption("--backend") or []:
+            backends.get(name)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.archbench_ceilings = {}
+
+
+def selected_backends(config: pytest.Config) -> list[str]:
+    return config.getoption("--backend") or list(backends.BACKENDS)
+
+
+@pytest.fixture(scope="session")
+def preset(pytestconfig: pytest.Config) -> presets.Preset:
+    return pytestconfig.archbench_preset
+
+
+def backend_fixture(name: str) -> backends.TorchBackend:
+    """The backend `name`, or a pytest skip naming why it is unavailable here."""
+    backend = backends.get(name)
+    reason = backend.unavailable_reason()
+    if reason:
+        pytest.skip(f"{name} unavailable: {reason}")
+    return backend
+
+
+@pytest.fixture(scope="session")
+def ceiling(pytestconfig: pytest.Config):
+    """Measured bandwidth ceilings per device type, measured once per session on first use."""
+    cache = pytestconfig.archbench_ceilings
+
+    def get(device: torch.device) -> ceilings.BandwidthCeiling:
+        if device.type not in cache:
+            cache[device.type] = ceilings.measure_bandwidth(device)
+            _append_machine_info(pytestconfig)  # a crash later still leaves the ceiling on disk
+        return cache[device.type]
+
+    return get
+
+
+@pytest.fixture
+def record(benchmark, request: pytest.FixtureRequest):
+    """Put one archbench record into `benchmark.extra_info`; appended to --records when the test ends."""
+    holder: dict = {}
+
+    def _record(study: str, variant: str, backend: str, params: dict, metrics: dict) -> None:
+        rec = {"schema": SCHEMA, "study": study, "variant": variant, "backend": backend,
+               "params": params, "metrics": metrics}
+        benchmark.extra_info.update(rec)
+        holder["record"] = rec
+
+    yield _record
+    path = request.config.getoption("--records")
+    stats = getattr(benchmark, "stats", None)
+    if path and holder and stats is not None:
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"benchmark": stats.as_dict(include_data=False)}, default=str) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def machine_info_extra(config: pytest.Config) -> dict:
+    """What archbench adds to pytest-benchmark's machine_info: the hardware profile and measured ceilings."""
+    profile = hardware.detect()
+    return {
+        "schema": SCHEMA,
+        "preset": config.archbench_preset.name,
+        "label": profile.label,
+        "profile": profile.to_dict(),
+        "ceilings": {device: c.to_dict() for device, c in config.archbench_ceilings.items()},
+    }
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    machine_info["archbench"] = machine_info_extra(config)
+
+
+def _append_machine_info(config: pytest.Config) -> None:
+    """Append the current machine_info to --records (the last such line wins when a run is rebuilt)."""
+    path = config.getoption("--records")
+    if not path:
+        return
+    info = config.hook.pytest_benchmark_generate_machine_info(config=config)
+    config.hook.pytest_benchmark_update_machine_info(config=config, machine_info=info)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"machine_info": info}, default=str) + "\n")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    path = session.config.getoption("--records")
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text("")  # a fresh run: the file holds only this run's records
+        _append_machine_info(session.config)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if session.config.getoption("--records"):
+        _append_machine_info(session.config)

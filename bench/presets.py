@@ -1,0 +1,85 @@
+"""Presets: what each study measures at each size of run. Benchmarks are parametrised from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DecodeSweep:
+    """One family of decode benchmarks: variants x cache modes x lengths x batch sizes."""
+
+    variants: tuple[str, ...]
+    lengths: tuple[int, ...]  # tokens decoded after the prompt
+    batches: tuple[int, ...] = (1,)
+    caches: tuple[str, ...] = ("none", "raw")
+    dtype: str = "fp32"
+    prompt_len: int = 16
+    rounds: int = 3
+    uncached_max_len: int | None = None  # the uncached (O(T^2)) mode stops here, when set
+
+
+@dataclass(frozen=True)
+class PeerSweep:
+    """Ours vs transformers' GPT2LMHeadModel.generate on the same weights."""
+
+    variant: str
+    lengths: tuple[int, ...]
+    caches: tuple[str, ...] = ("raw", "none")
+    prompt_len: int = 16
+    rounds: int = 3
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything one preset runs."""
+
+    name: str
+    description: str
+    decode: tuple[DecodeSweep, ...] = ()
+    peer: tuple[PeerSweep, ...] = ()
+    trace_positions: int = 4  # positions at which per-token latency is recorded
+    extra: dict = field(default_factory=dict)
+
+
+_TINY = ("gpt2-tiny", "llama-tiny", "vaswani-tiny")  # learned/rope/sinusoidal x pre_ln/pre_rms/post_ln
+_MINI = ("gpt2-mini", "llama-mini", "vaswani-mini")
+
+PRESETS: dict[str, Preset] = {
+    "smoke": Preset(
+        "smoke", "a few seconds: the harness end to end (tests use it)",
+        decode=(DecodeSweep(("gpt2-tiny", "llama-tiny"), (8, 16, 32), rounds=1, prompt_len=4),),
+    ),
+    "quick": Preset(
+        "quick", "about 5 minutes on 2 CPU cores: tiny models to 512 tokens, GPT-2 124M at short lengths",
+        decode=(
+            DecodeSweep(_TINY, (32, 64, 128, 256, 512)),
+            DecodeSweep(("gpt2-small",), (16, 32, 64), uncached_max_len=32, rounds=2),
+        ),
+        peer=(PeerSweep("gpt2-small", (32,), caches=("raw",), rounds=2),),
+    ),
+    "standard": Preset(
+        "standard", "tens of minutes on a CPU: tiny and mini models to 2048 tokens at batch 1 and 8",
+        decode=(
+            DecodeSweep(_TINY + _MINI, (64, 128, 256, 512, 1024, 2048), batches=(1, 8), uncached_max_len=1024),
+            DecodeSweep(("gpt2-small",), (32, 64, 128, 256), batches=(1, 8), uncached_max_len=64),
+        ),
+        peer=(PeerSweep("gpt2-small", (32, 128), caches=("raw", "none")),),
+    ),
+    "full": Preset(
+        "full", "for a GPU (about 8 minutes on an H100-class device): to 8192 tokens, GPT-2 124M to 774M",
+        decode=(
+            DecodeSweep(_TINY + _MINI, (256, 512, 1024, 2048, 4096, 8192), batches=(1, 8), uncached_max_len=2048),
+            DecodeSweep(("gpt2-small", "gpt2-medium", "gpt2-large"), (128, 256, 512, 1000), batches=(1, 8),
+                        uncached_max_len=512, rounds=2),
+        ),
+        peer=(PeerSweep("gpt2-small", (128, 512), caches=("raw", "none")),),
+    ),
+}
+
+
+def get(name: str) -> Preset:
+    """The preset called `name`; a miss lists the valid names."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid names: {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,267 @@
+"""The decode study: how decode time grows with length, with a KV cache (O(T)) and without (O(T^2)).
+
+Each benchmark times `decode_tokens` greedy steps after an untimed prefill of the prompt, with
+fresh state every round. Before timing, the first steps are checked against the other cache mode.
+Prefill is timed apart (`test_prefill`). `test_peer` runs transformers' generate on the same
+weights beside ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import cache
+
+import pytest
+import torch
+
+from bench.conftest import backend_fixture, selected_backends
+from models import GPT, PositionLimitError, build, generate, kv_cache, variants
+from models.generate import decode
+from profiles import roofline
+from profiles.memory import MemoryProbe
+from profiles.timers import DeviceTimer
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+CHECK_STEPS = 16  # steps compared between cache modes before timing (also the warm-up)
+
+
+@dataclass(frozen=True)
+class DecodeCase:
+    variant: str
+    backend: str
+    cache: str  # "none" | "raw"
+    decode_tokens: int
+    batch: int
+    dtype: str
+    prompt_len: int
+    rounds: int
+
+    @property
+    def id(self) -> str:
+        return (f"{self.variant}-{self.backend}-{self.cache}-T{self.decode_tokens}-B{self.batch}-{self.dtype}")
+
+
+@dataclass(frozen=True)
+class PeerCase:
+    variant: str
+    backend: str
+    impl: str  # "archbench" | "transformers"
+    cache: str
+    decode_tokens: int
+    prompt_len: int
+    rounds: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.impl}-{self.variant}-{self.backend}-{self.cache}-T{self.decode_tokens}"
+
+
+def _decode_cases(config: pytest.Config) -> list[DecodeCase]:
+    out = []
+    for sweep in config.archbench_preset.decode:
+        for variant in sweep.variants:
+            for backend in selected_backends(config):
+                for batch in sweep.batches:
+                    for cache_kind in sweep.caches:
+                        for length in sweep.lengths:
+                            if cache_kind == "none" and sweep.uncached_max_len and length > sweep.uncached_max_len:
+                                continue
+                            out.append(DecodeCase(variant, backend, cache_kind, length, batch, sweep.dtype,
+                                                  sweep.prompt_len, sweep.rounds))
+    return out
+
+
+def _prefill_cases(config: pytest.Config) -> list[DecodeCase]:
+    return [c for c in _decode_cases(config) if c.cache == "raw"]
+
+
+def _peer_cases(config: pytest.Config) -> list[PeerCase]:
+    return [PeerCase(sweep.variant, backend, impl, cache_kind, length, sweep.prompt_len, sweep.rounds)
+            for sweep in config.archbench_preset.peer for backend in selected_backends(config)
+            for cache_kind in sweep.caches for length in sweep.lengths for impl in ("archbench", "transformers")]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    makers = {"decode_case": _decode_cases, "prefill_case": _prefill_cases, "peer_case": _peer_cases}
+    for arg, make in makers.items():
+        if arg in metafunc.fixturenames:
+            cases = make(metafunc.config)
+            metafunc.parametrize(arg, cases, ids=[c.id for c in cases])
+
+
+@cache
+def _cpu_model(variant: str) -> GPT:
+    """Random-initialised weights (seed 0): decode speed does not depend on what the weights learned."""
+    return build(variants.get(variant), seed=0).eval()
+
+
+def _prompt(vocab: int, batch: int, length: int) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, length), generator=torch.Generator().manual_seed(1234))
+
+
+def _sha1(tokens: torch.Tensor) -> str:
+    return hashlib.sha1(tokens.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def _positions_to_trace(prompt_len: int, n_steps: int, count: int) -> list[int]:
+    """Step indices (0-based) spread over the run, first and last included."""
+    if n_steps <= count:
+        return list(range(n_steps))
+    return sorted({round(i * (n_steps - 1) / (count - 1)) for i in range(count)})
+
+
+def test_decode(benchmark, record, ceiling, preset, decode_case: DecodeCase) -> None:
+    case = decode_case
+    backend = backend_fixture(case.backend)
+    cfg = variants.get(case.variant)
+    total = case.prompt_len + case.decode_tokens
+    cpu_model = _cpu_model(case.variant)
+    try:
+        cpu_model.check_positions(total)
+    except PositionLimitError as exc:
+        pytest.skip(str(exc))
+    bandwidth = ceiling(backend.device)
+    layout = bandwidth.best_layout
+    dtype = DTYPES[case.dtype]
+    model = backend.prepare(cpu_model, dtype=dtype, layout=layout)
+    device = backend.device
+    prompt = _prompt(cfg.vocab_size, case.batch, case.prompt_len).to(device)
+    tokens = torch.zeros(case.batch, total, dtype=torch.long, device=device)  # (B, P + T)
+    tokens[:, : case.prompt_len] = prompt
+    cache = (kv_cache.make("raw", cfg, case.batch, total, dtype=dtype, device=device)
+             if case.cache == "raw" else None)
+
+    def prefill() -> tuple[tuple, dict]:
+        if cache is not None:
+            cache.reset()
+        return (model(prompt, cache)[:, -1],), {}
+
+    def run(logits: torch.Tensor) -> torch.Tensor:
+        return decode(model, tokens, case.prompt_len, logits, case.decode_tokens, cache)
+
+    with torch.inference_mode():
+        # Correct before timed, and warm: the first steps agree with the other cache mode.
+        check = min(CHECK_STEPS, case.decode_tokens)
+        expected = generate(model, prompt, check, use_cache=cache is None)  # the other mode
+        (logits,), _ = prefill()
+        decode(model, tokens, case.prompt_len, logits, check, cache)
+        if dtype == torch.float32:
+            assert torch.equal(tokens[:, : case.prompt_len + check], expected), "cache modes disagree"
+        benchmark.pedantic(run, setup=prefill, rounds=case.rounds, warmup_rounds=0)
+        # One more run, instrumented: per-step latency at a few positions, and memory.
+        trace = set(_positions_to_trace(case.prompt_len, case.decode_tokens, preset.trace_positions))
+        step_latency = {}
+        with MemoryProbe(device) as probe:
+            (logits,), _ = prefill()
+            for step in range(case.decode_tokens):
+                if step in trace:
+                    with DeviceTimer(device) as timer:
+                        logits = decode(model, tokens, case.prompt_len + step, logits, 1, cache)
+                    step_latency[str(case.prompt_len + step)] = timer.seconds
+                else:
+                    logits = decode(model, tokens, case.prompt_len + step, logits, 1, cache)
+
+    param_bytes = torch.finfo(dtype).bits // 8
+    if cache is not None:
+        bytes_read = roofline.decode_bytes(cfg, case.prompt_len, case.decode_tokens, batch=case.batch,
+                                           param_bytes=param_bytes, kv_element_bytes=param_bytes)
+    else:  # every step streams the weights once (activations ignored)
+        bytes_read = case.decode_tokens * roofline.streamed_params(cfg) * param_bytes
+    record("decode", case.variant, case.backend,
+           params={"phase": "decode", "cache": case.cache, "decode_tokens": case.decode_tokens,
+                   "prompt_tokens": case.prompt_len, "batch": case.batch, "dtype": case.dtype,
+                   "weight_layout": layout, "pos": cfg.pos, "norm": cfg.norm},
+           metrics={"kv_bytes": cache.nbytes if cache is not None else 0,
+                    "weight_bytes": roofline.streamed_params(cfg) * param_bytes,
+                    "bytes_read": bytes_read, "ceiling_Bps": bandwidth.decode_Bps,
+                    "step_latency_s": step_latency, "tokens_sha1": _sha1(tokens),
+                    **probe.reading.as_metrics()})
+
+
+def test_prefill(benchmark, record, ceiling, prefill_case: DecodeCase) -> None:
+    """One forward over a prompt of `decode_tokens` tokens, filling a fresh cache."""
+    case = prefill_case
+    backend = backend_fixture(case.backend)
+    cfg = variants.get(case.variant)
+    cpu_model = _cpu_model(case.variant)
+    try:
+        cpu_model.check_positions(case.decode_tokens)
+    except PositionLimitError as exc:
+        pytest.skip(str(exc))
+    dtype = DTYPES[case.dtype]
+    layout = ceiling(backend.device).best_layout
+    model = backend.prepare(cpu_model, dtype=dtype, layout=layout)
+    prompt = _prompt(cfg.vocab_size, case.batch, case.decode_tokens).to(backend.device)
+    cache = kv_cache.make("raw", cfg, case.batch, case.decode_tokens, dtype=dtype, device=backend.device)
+
+    def setup() -> tuple[tuple, dict]:
+        cache.reset()
+        return (), {}
+
+    with torch.inference_mode():
+        torch.testing.assert_close(model(prompt, cache), model(prompt), atol=1e-4, rtol=1e-4)  # correct first
+        benchmark.pedantic(lambda: model(prompt, cache), setup=setup, rounds=max(3, case.rounds), warmup_rounds=1)
+    record("decode", case.variant, case.backend,
+           params={"phase": "prefill", "cache": "raw", "prompt_tokens": case.decode_tokens, "batch": case.batch,
+                   "dtype": case.dtype, "weight_layout": layout, "pos": cfg.pos, "norm": cfg.norm},
+           metrics={"kv_bytes": cache.nbytes})
+
+
+@pytest.fixture(scope="module")
+def peer_models(request: pytest.FixtureRequest):
+    """transformers' GPT2LMHeadModel (random seeded, or --weights) and ours loaded from it, per variant."""
+    transformers = pytest.importorskip("transformers", reason="transformers is needed for the peer comparison")
+    from models import load_hf
+
+    made = {}
+
+    def get(variant: str):
+        if variant not in made:
+            weights = request.config.getoption("--weights")
+            if weights:
+                hf = transformers.GPT2LMHeadModel.from_pretrained(weights, local_files_only=True)
+            else:
+                cfg = variants.get(variant)
+                hf_cfg = transformers.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len,
+                                                 n_embd=cfg.d_model, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                                                 bos_token_id=0, eos_token_id=0)
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    hf = transformers.GPT2LMHeadModel(hf_cfg)
+            made[variant] = (hf.eval(), load_hf(hf))
+        return made[variant]
+
+    return get
+
+
+def test_peer(benchmark, record, ceiling, peer_models, peer_case: PeerCase) -> None:
+    """Greedy generate of the same tokens by ours and by transformers, prefill included in both."""
+    case = peer_case
+    backend = backend_fixture(case.backend)
+    hf_cpu, ours_cpu = peer_models(case.variant)
+    device = backend.device
+    layout = ceiling(device).best_layout
+    ours = backend.prepare(ours_cpu, layout=layout)
+    hf = hf_cpu.to(device)
+    prompt = _prompt(ours.config.vocab_size, 1, case.prompt_len).to(device)
+    use_cache = case.cache == "raw"
+
+    def run_ours() -> torch.Tensor:
+        return generate(ours, prompt, case.decode_tokens, use_cache=use_cache)
+
+    def run_hf() -> torch.Tensor:
+        return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=case.decode_tokens,
+                           min_new_tokens=case.decode_tokens, do_sample=False, use_cache=use_cache,
+                           pad_token_id=0)
+
+    with torch.inference_mode():
+        ours_tokens, hf_tokens = run_ours(), run_hf()  # the first calls double as warm-up
+        identical = bool(torch.equal(ours_tokens, hf_tokens))
+        assert identical, "archbench and transformers generated different tokens from the same weights"
+        benchmark.pedantic(run_ours if case.impl == "archbench" else run_hf, rounds=case.rounds, warmup_rounds=0)
+    record("decode", case.variant, case.backend,
+           params={"phase": "peer", "impl": case.impl, "cache": case.cache, "decode_tokens": case.decode_tokens,
+                   "prompt_tokens": case.prompt_len, "batch": 1, "dtype": "fp32",
+                   "weight_layout": layout if case.impl == "archbench" else "transformers"},
+           metrics={"tokens_identical": identical, "tokens_sha1": _sha1(ours_tokens)})

@@ -1,0 +1,84 @@
+"""Measured ceilings of this machine: memory bandwidth and matmul throughput.
+
+The roofline uses these, not spec sheets: a laptop's or a shared VM's real ceiling is what decode
+speed should be compared with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .timers import time_fn
+
+
+@dataclass(frozen=True)
+class BandwidthCeiling:
+    """Best observed bandwidths on one device, in bytes/s."""
+
+    copy_Bps: float  # tensor copy: read + write of a large buffer
+    matvec_out_in_Bps: float  # F.linear(x, W) with W stored (out, in), nn.Linear's layout
+    matvec_in_out_Bps: float  # x @ W with W stored (in, out), GPT-2 Conv1D's layout
+    buffer_bytes: int
+
+    @property
+    def matvec_Bps(self) -> float:
+        """The faster matrix-vector read: the read pattern of batch-1 decode."""
+        return max(self.matvec_out_in_Bps, self.matvec_in_out_Bps)
+
+    @property
+    def best_layout(self) -> str:
+        """The weight layout this device streams faster: `out_in` (nn.Linear) or `in_out`."""
+        return "in_out" if self.matvec_in_out_Bps > 1.05 * self.matvec_out_in_Bps else "out_in"
+
+    @property
+    def decode_Bps(self) -> float:
+        """The ceiling decode is compared with: the best of every read measured (the strictest bar)."""
+        return max(self.matvec_Bps, self.copy_Bps)
+
+    def to_dict(self) -> dict:
+        return {"copy_Bps": self.copy_Bps, "matvec_out_in_Bps": self.matvec_out_in_Bps,
+                "matvec_in_out_Bps": self.matvec_in_out_Bps, "buffer_bytes": self.buffer_bytes,
+                "decode_Bps": self.decode_Bps, "best_layout": self.best_layout}
+
+
+def _default_bytes(device: torch.device) -> int:
+    return (1 << 30) if device.type == "cuda" else (256 << 20)  # well beyond last-level caches
+
+
+def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int | None = None,
+                      repeats: int = 5) -> BandwidthCeiling:
+    """Best-of-`repeats` copy and matrix-vector bandwidths on `device` over buffers of `nbytes`.
+
+    The matrix is tall and narrow (width 1024, like a transformer's projections), read once per call.
+    """
+    device = torch.device(device)
+    nbytes = nbytes or _default_bytes(device)
+    n = nbytes // 4
+    src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    copy_s = min(time_fn(lambda: dst.copy_(src), device, warmup=1, repeats=repeats))
+    del dst
+    width = 1024
+    rows = n // width
+    out_in = src[: rows * width].view(rows, width)  # (out, in): nn.Linear's layout
+    x_in = torch.ones(1, width, dtype=torch.float32, device=device)  # (1, in)
+    out_in_s = min(time_fn(lambda: F.linear(x_in, out_in), device, warmup=1, repeats=repeats))
+    in_out = src[: rows * width].view(width, rows)  # (in, out): the transposed layout
+    in_out_s = min(time_fn(lambda: x_in @ in_out, device, warmup=1, repeats=repeats))
+    matrix_bytes = rows * width * 4
+    return BandwidthCeiling(copy_Bps=2 * n * 4 / copy_s, matvec_out_in_Bps=matrix_bytes / out_in_s,
+                            matvec_in_out_Bps=matrix_bytes / in_out_s, buffer_bytes=n * 4)
+
+
+def measure_matmul(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None,
+                   repeats: int = 5) -> float:
+    """Best-of-`repeats` FLOP/s of a square matmul of `size` in `dtype` on `device`."""
+    device = torch.device(device)
+    size = size or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best = min(time_fn(lambda: a @ b, device, warmup=1, repeats=repeats))
+    return 2 * size**3 / best

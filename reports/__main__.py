@@ -1,0 +1,56 @@
+"""`python -m reports build RESULTS.json... --out FILE` and `python -m reports check --baseline BASE.json RESULTS.json`."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+from .load import ResultsFileError, load
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reports")
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="results files -> one HTML report")
+    build.add_argument("results", nargs="+", type=Path)
+    build.add_argument("--out", required=True, type=Path)
+    check = sub.add_parser("check", help="regression gates of a run against a baseline; exit 1 on a failure")
+    check.add_argument("--baseline", required=True, type=Path)
+    check.add_argument("results", type=Path)
+    base = sub.add_parser("baseline", help="make a run the new baseline, showing the gates it is accepted with")
+    base.add_argument("results", type=Path)
+    base.add_argument("--to", required=True, type=Path, help="baseline file to write")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "build":
+            from .build import build_report
+
+            out = build_report(args.results, args.out)
+            print(f"wrote {out}")
+            return 0
+        from .check import check as run_check
+        from .check import format_table
+
+        if args.command == "check":
+            gates = run_check(load(args.baseline), load(args.results))
+            print(format_table(gates))
+            failed = [g for g in gates if not g.passed]
+            print(f"\n{len(gates) - len(failed)} gates passed, {len(failed)} failed")
+            return 1 if failed else 0
+        current = load(args.results)
+        if args.to.exists():
+            gates = run_check(load(args.to), current)
+            print("The new baseline against the old one (differences it accepts):")
+            print(format_table(gates))
+        shutil.copyfile(args.results, args.to)
+        print(f"wrote baseline {args.to}")
+        return 0
+    except ResultsFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Build the self-contained HTML report from one or many results files."""
+
+from __future__ import annotations
+
+import datetime
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+import pandas as pd
+
+from . import analysis, figures
+from .load import Results, load, to_frame
+
+
+@dataclass
+class Figure:
+    title: str
+    png_base64: str
+    caption: str
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Section:
+    """One study's part of the report; later studies add their own section builders."""
+
+    anchor: str
+    title: str
+    intro: str
+    figures: list[Figure] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def fmt(value: object, digits: int = 3) -> str:
+    """Human-readable cell text (numbers with `digits` significant digits)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.{digits - 1}e}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _bytes(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return str(value)
+
+
+def decode_section(df: pd.DataFrame) -> Section | None:
+    """The decode study: complexity, cache pay-off, roofline, latency by position, transformers."""
+    d = analysis.decode_rows(df)
+    p = analysis.peers(df)
+    if d.empty and p.empty:
+        return None
+    section = Section("decode", "Decode scaling: KV cache vs recomputation",
+                      "Greedy decode of T tokens after an untimed prompt prefill, with a preallocated KV cache "
+                      "(each step attends over the cache: O(T) work per token, O(T^2) in all for attention but "
+                      "linear while weights dominate) and without one (each step recomputes the whole prefix). "
+                      "Slopes are least-squares fits of log time on log T over the upper half of the lengths; "
+                      "the bound assumes every weight and the cache up to the position is read once per step "
+                      "at the bandwidth measured on this machine.")
+    for title, make, caption in (
+        ("Total decode time vs length", figures.decode_scaling,
+         "Log-log: a slope of 1 is linear growth, 2 quadratic. Legends give the fitted slope."),
+        ("Per-token latency vs position", figures.latency_vs_position,
+         "One decode step timed (device synchronised) at positions through the longest run."),
+        ("Throughput vs the bandwidth bound", figures.roofline,
+         "Cached decode tokens/s (solid) and the roofline bound from the measured memory bandwidth (dashed)."),
+        ("archbench vs transformers", figures.peers,
+         "Same weights, greedy, same lengths; transformers' GPT2LMHeadModel.generate vs ours, prefill included."),
+    ):
+        png = make(df)
+        if png:
+            section.figures.append(Figure(title, png, caption))
+    fits = analysis.slopes(df)
+    if not fits.empty:
+        section.tables.append(Table(
+            "Fitted complexity (log-log slope of decode time vs T)",
+            ["machine", "variant", "backend", "batch", "cache", "slope (upper half)", "± stderr", "lengths fitted",
+             "slope (all lengths)"],
+            [[r.machine, r.variant, r.backend, fmt(r.p_batch), r.p_cache, fmt(r.slope), fmt(r.slope_stderr),
+              ", ".join(map(str, r.slope_lengths)), fmt(r.slope_all)] for r in fits.itertuples()]))
+    pay = analysis.cache_payoff(df)
+    if not pay.empty:
+        section.tables.append(Table(
+            "Where the cache pays",
+            ["machine", "variant", "backend", "batch", "speed-up at longest T", "longest T", "first T where cached is faster"],
+            [[r.machine, r.variant, r.backend, fmt(r.p_batch), f"{r.speedup_longest:.2f}x", fmt(r.longest),
+              ("≤ " if r.pays_from_first else "") + fmt(r.break_even) if r.break_even else "never (in range)"]
+             for r in pay.itertuples()]))
+    if not d.empty:
+        cached = d[d["p_cache"] == "raw"].sort_values(["machine", "variant", "backend", "p_batch", "p_decode_tokens"])
+        section.tables.append(Table(
+            "Cached decode against the measured ceiling",
+            ["machine", "variant", "backend", "batch", "T", "tokens/s", "bound tokens/s", "achieved bandwidth",
+             "of ceiling", "KV cache", "weight layout"],
+            [[r.machine, r.variant, r.backend, fmt(r.p_batch), fmt(r.p_decode_tokens), fmt(r.tokens_per_s),
+              fmt(r.bound_tokens_per_s), f"{r.achieved_Bps / 1e9:.1f} GB/s", f"{100 * r.bandwidth_fraction:.0f}%",
+              _bytes(r.m_kv_bytes), r.p_weight_layout] for r in cached.itertuples()]))
+    if not p.empty:
+        section.tables.append(Table(
+            "archbench vs transformers (same weights, greedy)",
+            ["machine", "variant", "backend", "cache", "T", "archbench tokens/s", "transformers tokens/s", "ratio",
+             "identical tokens"],
+            [[r.machine, r.variant, r.backend, r.p_cache, fmt(r.p_decode_tokens), fmt(r.ours_tokens_per_s),
+              fmt(r.transformers_tokens_per_s), f"{r.ratio:.2f}x", fmt(r.tokens_identical)] for r in p.itertuples()]))
+    agree = analysis.token_agreement(df)
+    if not agree.empty and not agree["identical"].all():
+        bad = agree[~agree["identical"]]
+        section.notes.append(f"Cached and uncached decode produced different tokens in {len(bad)} case(s).")
+    return section
+
+
+SECTION_BUILDERS = [decode_section]  # later studies append theirs
+
+
+def summary(df: pd.DataFrame) -> list[str]:
+    """Key findings in a sentence each."""
+    lines = []
+    fits = analysis.slopes(df)
+    for (machine, backend), g in fits.groupby(["machine", "backend"]) if not fits.empty else []:
+        raw, none = g[g["p_cache"] == "raw"]["slope"], g[g["p_cache"] == "none"]["slope"]
+        if len(raw) and len(none):
+            lines.append(f"{machine} / {backend}: decode time grows with slope {raw.median():.2f} with a KV cache "
+                         f"and {none.median():.2f} without (medians over variants).")
+    pay = analysis.cache_payoff(df)
+    if not pay.empty:
+        best = pay.loc[pay["speedup_longest"].idxmax()]
+        lines.append(f"Largest cache speed-up: {best.speedup_longest:.1f}x for {best.variant} at T={best.longest} "
+                     f"on {best.machine} / {best.backend}.")
+    p = analysis.peers(df)
+    for r in p.itertuples() if not p.empty else []:
+        lines.append(f"{r.variant}, {r.p_cache} cache, T={r.p_decode_tokens}: archbench {r.ratio:.2f}x transformers' "
+                     f"tokens/s on {r.machine} / {r.backend} (identical tokens: {fmt(r.tokens_identical)}).")
+    d = analysis.decode_rows(df)
+    if not d.empty:
+        big = d[(d["p_cache"] == "raw") & (d["p_batch"] == 1)]
+        if not big.empty:
+            top = big.loc[big["m_weight_bytes"].idxmax()]
+            top_rows = big[(big["variant"] == top.variant) & (big["machine"] == top.machine)]
+            lines.append(f"{top.variant} cached decode reaches {100 * top_rows['bandwidth_fraction'].max():.0f}% of "
+                         f"the measured bandwidth ceiling on {top.machine}.")
+    return lines
+
+
+def environment_rows(results: list[Results]) -> tuple[list[str], list[list[str]]]:
+    """The hardware profile of each machine, one column per results file."""
+    fields = [("machine", lambda r: r.machine), ("CPU", lambda p: p.get("cpu_model")),
+              ("logical CPUs", lambda p: p.get("cpu_count_logical")), ("torch threads", lambda p: p.get("torch_threads")),
+              ("memory", lambda p: _bytes(p.get("memory_total_bytes"))), ("OS", lambda p: p.get("os")),
+              ("Python", lambda p: p.get("python")), ("torch", lambda p: p.get("torch")),
+              ("CUDA (torch build)", lambda p: p.get("cuda")), ("onnxruntime", lambda p: p.get("onnxruntime")),
+              ("GPUs", lambda p: "; ".join(f"{g['name']} ({_bytes(g['memory_total_bytes'])}, driver {g['driver']}, "
+                                           f"cc {g.get('compute_capability')})" for g in p.get("gpus") or []) or "none"),
+              ("NVML", lambda p: p.get("nvml_error") or "ok")]
+    header = ["", *[r.machine for r in results]]
+    rows = []
+    for name, get in fields:
+        if name == "machine":
+            continue
+        rows.append([name, *[fmt(get(r.archbench_info.get("profile", {}))) for r in results]])
+    for device in sorted({d for r in results for d in r.archbench_info.get("ceilings", {})}):
+        cells = []
+        for r in results:
+            c = r.archbench_info.get("ceilings", {}).get(device)
+            cells.append(f"copy {c['copy_Bps'] / 1e9:.1f} GB/s, matvec {c['matvec_out_in_Bps'] / 1e9:.1f} (out,in) / "
+                         f"{c['matvec_in_out_Bps'] / 1e9:.1f} (in,out) GB/s" if c else "–")
+        rows.append([f"measured bandwidth ({device})", *cells])
+    rows.append(["preset", *[fmt(r.archbench_info.get("preset")) for r in results]])
+    rows.append(["complete run", *["no (rebuilt from records after an early end)" if r.partial else "yes"
+                                   for r in results]])
+    return header, rows
+
+
+def render(results: list[Results]) -> str:
+    """The report page as a string."""
+    df = to_frame(results)
+    sections = [s for s in (build(df) for build in SECTION_BUILDERS) if s is not None]
+    env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
+                             autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+                             undefined=jinja2.StrictUndefined)
+    header, rows = environment_rows(results)
+    return env.get_template("report.html.j2").render(
+        title="archbench report", generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        sources=[str(r.path) for r in results], summary=summary(df), env_header=header, env_rows=rows,
+        sections=sections, n_benchmarks=len(df))
+
+
+def build_report(paths: list[str | Path], out: str | Path) -> Path:
+    """Load every results file, render the report, write it to `out`."""
+    results = [load(p) for p in paths]
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(results), encoding="utf-8")
+    return out

@@ -1,0 +1,106 @@
+"""The one loader of pytest-benchmark JSON: validates files and turns records into a tidy DataFrame.
+
+No other code knows the JSON shape. One row per benchmark: the machine, the record's study,
+variant, backend, its params (`p_*`) and metrics (`m_*`, nested dicts kept as objects), and the
+timing statistics pytest-benchmark measured (`time_*`, seconds).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+SCHEMA = 1
+STAT_FIELDS = ("min", "max", "mean", "stddev", "median", "iqr", "rounds")
+
+
+class ResultsFileError(ValueError):
+    """A results file that is missing, corrupt, empty or not archbench's; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Results:
+    """One results file: its machine info and its archbench benchmarks."""
+
+    path: Path
+    machine_info: dict
+    benchmarks: list[dict]
+    partial: bool  # rebuilt from records after a run ended early
+
+    @property
+    def archbench_info(self) -> dict:
+        return self.machine_info.get("archbench", {})
+
+    @property
+    def machine(self) -> str:
+        """A label for the machine (first GPU or CPU model)."""
+        return self.archbench_info.get("label") or self.machine_info.get("node") or self.path.stem
+
+
+def load(path: str | Path) -> Results:
+    """Read and validate one pytest-benchmark JSON file holding archbench records."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsFileError(f"{path}: no such results file")
+    text = path.read_text(errors="replace")
+    if not text.strip():
+        raise ResultsFileError(f"{path}: the file is empty")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ResultsFileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):
+        raise ResultsFileError(f"{path}: not a pytest-benchmark results file (no 'benchmarks' list)")
+    if not isinstance(data.get("machine_info"), dict):
+        raise ResultsFileError(f"{path}: not a pytest-benchmark results file (no 'machine_info')")
+    ours = []
+    for i, bench in enumerate(data["benchmarks"]):
+        info = bench.get("extra_info") if isinstance(bench, dict) else None
+        if not isinstance(info, dict) or "schema" not in info:
+            continue  # a benchmark of someone else's suite: not ours to read
+        if info["schema"] != SCHEMA:
+            raise ResultsFileError(f"{path}: benchmark {i} has record schema {info['schema']!r}; "
+                                   f"this archbench reads schema {SCHEMA}")
+        for key in ("study", "variant", "backend", "params", "metrics"):
+            if key not in info:
+                raise ResultsFileError(f"{path}: benchmark {i} ({bench.get('name')}) record lacks {key!r}")
+        if not isinstance(bench.get("stats"), dict) or "mean" not in bench["stats"]:
+            raise ResultsFileError(f"{path}: benchmark {i} ({bench.get('name')}) has no timing stats")
+        ours.append(bench)
+    if not ours:
+        what = "no benchmarks" if not data["benchmarks"] else "no archbench records (a foreign suite's file?)"
+        raise ResultsFileError(f"{path}: {what}")
+    return Results(path, data["machine_info"], ours, bool(data.get("archbench_partial")))
+
+
+def to_frame(results: list[Results]) -> pd.DataFrame:
+    """Tidy table of every benchmark of every file, one row each."""
+    rows = []
+    labels = _machine_labels(results)
+    for res, label in zip(results, labels, strict=True):
+        for bench in res.benchmarks:
+            info = bench["extra_info"]
+            row = {"machine": label, "source": str(res.path), "name": bench.get("name"),
+                   "group": bench.get("group"), "study": info["study"], "variant": info["variant"],
+                   "backend": info["backend"]}
+            row.update({f"p_{k}": v for k, v in info["params"].items()})
+            row.update({f"m_{k}": v for k, v in info["metrics"].items()})
+            row.update({f"time_{k}": bench["stats"].get(k) for k in STAT_FIELDS})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _machine_labels(results: list[Results]) -> list[str]:
+    """Machine labels, made distinct when two files come from machines with the same name."""
+    labels = [r.machine for r in results]
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        if labels.count(label) > 1:
+            seen[label] = seen.get(label, 0) + 1
+            label = f"{label} #{seen[label]}"
+        out.append(label)
+    return out
