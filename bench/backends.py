@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 from dataclasses import dataclass
 
 import torch
@@ -43,13 +44,52 @@ class TorchBackend:
 
 LAYOUTS = ("out_in", "in_out")
 
-BACKENDS: dict[str, TorchBackend] = {
+
+@dataclass(frozen=True)
+class OnnxRuntimeBackend:
+    """onnxruntime on the exported merged decoder: the CUDA execution provider when onnxruntime-gpu
+    provides it (past kept on the GPU through IO binding), else the CPU one, with torch's thread count."""
+
+    name: str = "onnxruntime"
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")  # inputs and logits cross on the host; the past stays where ORT keeps it
+
+    def unavailable_reason(self) -> str | None:
+        for module in ("onnxruntime", "onnx", "onnxscript"):
+            if importlib.util.find_spec(module) is None:
+                return f"the {module} package is not installed (pip install {module})"
+        return None
+
+    def prepare(self, model: GPT, *, dtype: torch.dtype = torch.float32, layout: str = "onnx"):
+        """Export `model` (cached on disk) and open an onnxruntime session on it.
+
+        Raises `models.onnx_export.ExportError` with the exporter's message when export fails.
+        """
+        from models.onnx_export import OrtModel, export
+
+        if dtype != torch.float32:
+            raise ValueError(f"the onnxruntime backend exports fp32 graphs only; {dtype} is not supported")
+        return OrtModel(export(model), model.config)
+
+    @property
+    def provider(self) -> str:
+        from models.onnx_export import available_providers
+
+        return available_providers()[0]
+
+
+Backend = TorchBackend | OnnxRuntimeBackend
+
+BACKENDS: dict[str, Backend] = {
     "torch-cpu": TorchBackend("torch-cpu", "cpu"),
     "torch-cuda": TorchBackend("torch-cuda", "cuda"),
+    "onnxruntime": OnnxRuntimeBackend(),
 }
 
 
-def get(name: str) -> TorchBackend:
+def get(name: str) -> Backend:
     """The backend called `name` (exact match); a miss lists the valid names."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; valid names: {', '.join(BACKENDS)}")

@@ -15,7 +15,8 @@ class DecodeSweep:
     caches: tuple[str, ...] = ("none", "raw")
     dtype: str = "fp32"
     prompt_len: int = 16
-    rounds: int = 3
+    rounds: int = 5  # timed rounds of the cached mode (cheap: more rounds, steadier slopes)
+    uncached_rounds: int = 3  # timed rounds of the uncached mode (expensive at long T)
     uncached_max_len: int | None = None  # the uncached (O(T^2)) mode stops here, when set
 
 
@@ -48,13 +49,13 @@ _MINI = ("gpt2-mini", "llama-mini", "vaswani-mini")
 PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         "smoke", "a few seconds: the harness end to end (tests use it)",
-        decode=(DecodeSweep(("gpt2-tiny", "llama-tiny"), (8, 16, 32), rounds=1, prompt_len=4),),
+        decode=(DecodeSweep(("gpt2-tiny", "llama-tiny"), (8, 16, 32), rounds=1, uncached_rounds=1, prompt_len=4),),
     ),
     "quick": Preset(
         "quick", "about 5 minutes on 2 CPU cores: tiny models to 512 tokens, GPT-2 124M at short lengths",
         decode=(
             DecodeSweep(_TINY, (32, 64, 128, 256, 512)),
-            DecodeSweep(("gpt2-small",), (16, 32, 64), uncached_max_len=32, rounds=2),
+            DecodeSweep(("gpt2-small",), (16, 32, 64, 128), uncached_max_len=32, rounds=3, uncached_rounds=2),
         ),
         peer=(PeerSweep("gpt2-small", (32,), caches=("raw",), rounds=2),),
     ),
@@ -71,7 +72,7 @@ PRESETS: dict[str, Preset] = {
         decode=(
             DecodeSweep(_TINY + _MINI, (256, 512, 1024, 2048, 4096, 8192), batches=(1, 8), uncached_max_len=2048),
             DecodeSweep(("gpt2-small", "gpt2-medium", "gpt2-large"), (128, 256, 512, 1000), batches=(1, 8),
-                        uncached_max_len=512, rounds=2),
+                        uncached_max_len=512, rounds=3, uncached_rounds=2),
         ),
         peer=(PeerSweep("gpt2-small", (128, 512), caches=("raw", "none")),),
     ),

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from bench.conftest import backend_fixture, selected_backends
-from models import GPT, PositionLimitError, build, generate, kv_cache, variants
+from models import GPT, PositionLimitError, build, generate, variants
 from models.generate import decode
 from profiles import roofline
 from profiles.memory import MemoryProbe
@@ -67,8 +67,9 @@ def _decode_cases(config: pytest.Config) -> list[DecodeCase]:
                         for length in sweep.lengths:
                             if cache_kind == "none" and sweep.uncached_max_len and length > sweep.uncached_max_len:
                                 continue
+                            rounds = sweep.rounds if cache_kind == "raw" else sweep.uncached_rounds
                             out.append(DecodeCase(variant, backend, cache_kind, length, batch, sweep.dtype,
-                                                  sweep.prompt_len, sweep.rounds))
+                                                  sweep.prompt_len, rounds))
     return out
 
 
@@ -111,6 +112,21 @@ def _positions_to_trace(prompt_len: int, n_steps: int, count: int) -> list[int]:
     return sorted({round(i * (n_steps - 1) / (count - 1)) for i in range(count)})
 
 
+def prepare_or_skip(backend, cpu_model: GPT, dtype: torch.dtype, layout: str):
+    """The model on `backend` and the weight layout used; a model the backend cannot take is a skip
+    carrying the backend's (exporter's, runtime's) message, and the run goes on."""
+    if backend.name == "onnxruntime":
+        from models.onnx_export import ExportError
+
+        try:
+            return backend.prepare(cpu_model, dtype=dtype), "onnx"
+        except (ExportError, ValueError) as exc:
+            pytest.skip(f"{backend.name} cannot run {cpu_model.config}: {exc}")
+        except Exception as exc:  # onnxruntime failing to load the graph
+            pytest.skip(f"onnxruntime could not load the exported model: {type(exc).__name__}: {exc}")
+    return backend.prepare(cpu_model, dtype=dtype, layout=layout), layout
+
+
 def test_decode(benchmark, record, ceiling, preset, decode_case: DecodeCase) -> None:
     case = decode_case
     backend = backend_fixture(case.backend)
@@ -122,15 +138,13 @@ def test_decode(benchmark, record, ceiling, preset, decode_case: DecodeCase) -> 
     except PositionLimitError as exc:
         pytest.skip(str(exc))
     bandwidth = ceiling(backend.device)
-    layout = bandwidth.best_layout
     dtype = DTYPES[case.dtype]
-    model = backend.prepare(cpu_model, dtype=dtype, layout=layout)
+    model, layout = prepare_or_skip(backend, cpu_model, dtype, bandwidth.best_layout)
     device = backend.device
     prompt = _prompt(cfg.vocab_size, case.batch, case.prompt_len).to(device)
     tokens = torch.zeros(case.batch, total, dtype=torch.long, device=device)  # (B, P + T)
     tokens[:, : case.prompt_len] = prompt
-    cache = (kv_cache.make("raw", cfg, case.batch, total, dtype=dtype, device=device)
-             if case.cache == "raw" else None)
+    cache = model.make_cache(case.batch, total) if case.cache == "raw" else None
 
     def prefill() -> tuple[tuple, dict]:
         if cache is not None:
@@ -190,10 +204,9 @@ def test_prefill(benchmark, record, ceiling, prefill_case: DecodeCase) -> None:
     except PositionLimitError as exc:
         pytest.skip(str(exc))
     dtype = DTYPES[case.dtype]
-    layout = ceiling(backend.device).best_layout
-    model = backend.prepare(cpu_model, dtype=dtype, layout=layout)
+    model, layout = prepare_or_skip(backend, cpu_model, dtype, ceiling(backend.device).best_layout)
     prompt = _prompt(cfg.vocab_size, case.batch, case.decode_tokens).to(backend.device)
-    cache = kv_cache.make("raw", cfg, case.batch, case.decode_tokens, dtype=dtype, device=backend.device)
+    cache = model.make_cache(case.batch, case.decode_tokens)
 
     def setup() -> tuple[tuple, dict]:
         cache.reset()
@@ -201,6 +214,7 @@ def test_prefill(benchmark, record, ceiling, prefill_case: DecodeCase) -> None:
 
     with torch.inference_mode():
         torch.testing.assert_close(model(prompt, cache), model(prompt), atol=1e-4, rtol=1e-4)  # correct first
+        cache.reset()
         benchmark.pedantic(lambda: model(prompt, cache), setup=setup, rounds=max(3, case.rounds), warmup_rounds=1)
     record("decode", case.variant, case.backend,
            params={"phase": "prefill", "cache": "raw", "prompt_tokens": case.decode_tokens, "batch": case.batch,
@@ -242,7 +256,9 @@ def test_peer(benchmark, record, ceiling, peer_models, peer_case: PeerCase) -> N
     hf_cpu, ours_cpu = peer_models(case.variant)
     device = backend.device
     layout = ceiling(device).best_layout
-    ours = backend.prepare(ours_cpu, layout=layout)
+    ours, layout = prepare_or_skip(backend, ours_cpu, torch.float32, layout)
+    if backend.name == "onnxruntime" and case.impl == "transformers":
+        pytest.skip("transformers runs on torch; its onnxruntime peer is our exported graph")
     hf = hf_cpu.to(device)
     prompt = _prompt(ours.config.vocab_size, 1, case.prompt_len).to(device)
     use_cache = case.cache == "raw"

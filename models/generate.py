@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+from typing import Any, Protocol
+
 import torch
 from torch import Tensor
 
-from . import kv_cache
-from .gpt import GPT
+from .config import ArchConfig
+
+
+class Decoder(Protocol):
+    """What decoding needs of a model: our GPT, or an onnxruntime session wrapped as `OrtModel`."""
+
+    config: ArchConfig
+
+    def __call__(self, idx: Tensor, cache: Any = None) -> Tensor: ...
+
+    def check_positions(self, end: int) -> None: ...
+
+    def make_cache(self, batch: int, max_len: int) -> Any: ...
 
 
 @torch.no_grad()
-def decode(model: GPT, tokens: Tensor, length: int, logits: Tensor, n_steps: int,
-           cache: kv_cache.KVCache | None = None) -> Tensor:
+def decode(model: Decoder, tokens: Tensor, length: int, logits: Tensor, n_steps: int,
+           cache: Any = None) -> Tensor:
     """Run `n_steps` greedy decode steps in place on `tokens` (B, capacity), whose first `length` are filled.
 
     `logits` (B, vocab) are those of the last filled token. Each step appends the argmax token and
@@ -29,8 +42,8 @@ def decode(model: GPT, tokens: Tensor, length: int, logits: Tensor, n_steps: int
 
 
 @torch.no_grad()
-def generate(model: GPT, prompt: Tensor, max_new_tokens: int, *, use_cache: bool = True,
-             cache: kv_cache.KVCache | None = None) -> Tensor:
+def generate(model: Decoder, prompt: Tensor, max_new_tokens: int, *, use_cache: bool = True,
+             cache: Any = None) -> Tensor:
     """Greedy continuation of `prompt` (B, T0) by `max_new_tokens` tokens -> (B, T0 + max_new_tokens).
 
     With `use_cache` the prompt is prefilled into `cache` (a fresh raw cache in the model's dtype when
@@ -47,8 +60,7 @@ def generate(model: GPT, prompt: Tensor, max_new_tokens: int, *, use_cache: bool
     total = prompt_len + max_new_tokens
     model.check_positions(total - 1)  # the last token is produced, never fed back
     if use_cache and cache is None:
-        param = next(model.parameters())
-        cache = kv_cache.make("raw", model.config, batch, total, dtype=param.dtype, device=param.device)
+        cache = model.make_cache(batch, total)
     elif not use_cache and cache is not None:
         raise ValueError("a cache was given with use_cache=False; pass one or the other")
     tokens = torch.empty(batch, total, dtype=prompt.dtype, device=prompt.device)  # (B, T0 + N)

@@ -7,7 +7,9 @@ import math
 import torch
 from torch import Tensor, nn
 
+from . import kv_cache
 from .config import ArchConfig
+from .kv_cache import KVCache
 from .layers import (
     ATTENTION_IMPLS,
     CausalSelfAttention,
@@ -99,8 +101,15 @@ class GPT(nn.Module):
             block.attn.impl = impl
         return self
 
+    def make_cache(self, batch: int, max_len: int, kind: str = "raw") -> KVCache:
+        """A fresh KV cache of `kind` for this model, in its dtype and on its device."""
+        param = next(self.parameters())
+        return kv_cache.make(kind, self.config, batch, max_len, dtype=param.dtype, device=param.device)
+
     def check_positions(self, end: int) -> None:
         """Raise PositionLimitError if positions up to `end` (exclusive) exceed a learned table."""
+        if torch.compiler.is_exporting():  # symbolic lengths: the runtime enforces the table instead
+            return
         if isinstance(self.pos_emb, LearnedPositions) and end > self.pos_emb.max_positions:
             raise PositionLimitError(
                 f"sequence needs positions up to {end}, but this model's learned position table holds "

@@ -19,6 +19,7 @@ class BandwidthCeiling:
     """Best observed bandwidths on one device, in bytes/s."""
 
     copy_Bps: float  # tensor copy: read + write of a large buffer
+    read_Bps: float  # a sum over a large buffer: a pure read stream
     matvec_out_in_Bps: float  # F.linear(x, W) with W stored (out, in), nn.Linear's layout
     matvec_in_out_Bps: float  # x @ W with W stored (in, out), GPT-2 Conv1D's layout
     buffer_bytes: int
@@ -35,11 +36,13 @@ class BandwidthCeiling:
 
     @property
     def decode_Bps(self) -> float:
-        """The ceiling decode is compared with: the best of every read measured (the strictest bar)."""
-        return max(self.matvec_Bps, self.copy_Bps)
+        """The ceiling decode is compared with: the fastest read measured (a plain sum, or a matrix-vector
+        product in either layout). A decode step only reads, so the copy figure (read + write) is
+        reported beside it but not used."""
+        return max(self.read_Bps, self.matvec_Bps)
 
     def to_dict(self) -> dict:
-        return {"copy_Bps": self.copy_Bps, "matvec_out_in_Bps": self.matvec_out_in_Bps,
+        return {"copy_Bps": self.copy_Bps, "read_Bps": self.read_Bps, "matvec_out_in_Bps": self.matvec_out_in_Bps,
                 "matvec_in_out_Bps": self.matvec_in_out_Bps, "buffer_bytes": self.buffer_bytes,
                 "decode_Bps": self.decode_Bps, "best_layout": self.best_layout}
 
@@ -60,7 +63,7 @@ def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int | None = N
     src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
     copy_s = min(time_fn(lambda: dst.copy_(src), device, warmup=1, repeats=repeats))
-    del dst
+    read_s = min(time_fn(lambda: src.sum(), device, warmup=1, repeats=repeats))
     width = 1024
     rows = n // width
     out_in = src[: rows * width].view(rows, width)  # (out, in): nn.Linear's layout
@@ -69,8 +72,9 @@ def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int | None = N
     in_out = src[: rows * width].view(width, rows)  # (in, out): the transposed layout
     in_out_s = min(time_fn(lambda: x_in @ in_out, device, warmup=1, repeats=repeats))
     matrix_bytes = rows * width * 4
-    return BandwidthCeiling(copy_Bps=2 * n * 4 / copy_s, matvec_out_in_Bps=matrix_bytes / out_in_s,
-                            matvec_in_out_Bps=matrix_bytes / in_out_s, buffer_bytes=n * 4)
+    return BandwidthCeiling(copy_Bps=2 * n * 4 / copy_s, read_Bps=n * 4 / read_s,
+                            matvec_out_in_Bps=matrix_bytes / out_in_s, matvec_in_out_Bps=matrix_bytes / in_out_s,
+                            buffer_bytes=n * 4)
 
 
 def measure_matmul(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None,

@@ -5,8 +5,10 @@ Everything degrades to empty fields: no GPU, no NVML library, or NVML raising ne
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.metadata
+import json
 import os
 import platform
 from dataclasses import dataclass, field
@@ -49,7 +51,7 @@ class HardwareProfile:
 
     def to_dict(self) -> dict:
         """JSON-ready dict (GPUs as a list of dicts)."""
-        return dataclasses.asdict(self)
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
 
     @property
     def label(self) -> str:
@@ -135,10 +137,8 @@ def nvml_gpus(nvml: object | None = None) -> tuple[tuple[GpuInfo, ...], str | No
     except Exception as exc:
         return tuple(gpus), f"NVML failed while listing devices: {exc}"
     finally:
-        try:
+        with contextlib.suppress(Exception):
             nvml.nvmlShutdown()
-        except Exception:
-            pass
     return tuple(gpus), None
 
 

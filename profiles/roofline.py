@@ -40,7 +40,8 @@ def matmul_params(cfg: ArchConfig) -> int:
 def streamed_params(cfg: ArchConfig) -> int:
     """Parameters read each step: the matmul weights plus biases and norm gains (embeddings: one row)."""
     d = cfg.d_model
-    norms = (2 * cfg.n_layer + (0 if cfg.norm == "post_ln" else 1)) * d * (2 if cfg.bias and cfg.norm != "pre_rms" else 1)
+    n_norms = 2 * cfg.n_layer + (0 if cfg.norm == "post_ln" else 1)
+    norms = n_norms * d * (2 if cfg.bias and cfg.norm != "pre_rms" else 1)
     biases = 0
     if cfg.bias:
         biases = cfg.n_layer * ((cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim + d

@@ -1,4 +1,5 @@
-"""`python -m reports build RESULTS.json... --out FILE` and `python -m reports check --baseline BASE.json RESULTS.json`."""
+"""`python -m reports build RESULTS.json... --out FILE`; `python -m reports check --baseline BASE.json RESULTS.json`;
+`python -m reports baseline RESULTS.json --to BASE.json`."""
 
 from __future__ import annotations
 

@@ -47,8 +47,10 @@ def fmt(value: object, digits: int = 3) -> str:
     if isinstance(value, bool):
         return "yes" if value else "NO"
     if isinstance(value, float):
-        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+        if value != 0 and (abs(value) >= 1e7 or abs(value) < 1e-3):
             return f"{value:.{digits - 1}e}"
+        if abs(value) >= 10 ** digits:
+            return f"{value:,.0f}"
         return f"{value:.{digits}g}"
     return str(value)
 
@@ -94,14 +96,15 @@ def decode_section(df: pd.DataFrame) -> Section | None:
         section.tables.append(Table(
             "Fitted complexity (log-log slope of decode time vs T)",
             ["machine", "variant", "backend", "batch", "cache", "slope (upper half)", "± stderr", "lengths fitted",
-             "slope (all lengths)"],
+             "slope (all lengths)", "slope (two longest)"],
             [[r.machine, r.variant, r.backend, fmt(r.p_batch), r.p_cache, fmt(r.slope), fmt(r.slope_stderr),
-              ", ".join(map(str, r.slope_lengths)), fmt(r.slope_all)] for r in fits.itertuples()]))
+              ", ".join(map(str, r.slope_lengths)), fmt(r.slope_all), fmt(r.end_slope)] for r in fits.itertuples()]))
     pay = analysis.cache_payoff(df)
     if not pay.empty:
         section.tables.append(Table(
             "Where the cache pays",
-            ["machine", "variant", "backend", "batch", "speed-up at longest T", "longest T", "first T where cached is faster"],
+            ["machine", "variant", "backend", "batch", "speed-up at longest T", "longest T",
+             "first T where cached is faster"],
             [[r.machine, r.variant, r.backend, fmt(r.p_batch), f"{r.speedup_longest:.2f}x", fmt(r.longest),
               ("≤ " if r.pays_from_first else "") + fmt(r.break_even) if r.break_even else "never (in range)"]
              for r in pay.itertuples()]))
@@ -136,10 +139,11 @@ def summary(df: pd.DataFrame) -> list[str]:
     lines = []
     fits = analysis.slopes(df)
     for (machine, backend), g in fits.groupby(["machine", "backend"]) if not fits.empty else []:
-        raw, none = g[g["p_cache"] == "raw"]["slope"], g[g["p_cache"] == "none"]["slope"]
+        raw, none = g[g["p_cache"] == "raw"], g[g["p_cache"] == "none"]
         if len(raw) and len(none):
-            lines.append(f"{machine} / {backend}: decode time grows with slope {raw.median():.2f} with a KV cache "
-                         f"and {none.median():.2f} without (medians over variants).")
+            lines.append(f"{machine} / {backend}: decode time grows with log-log slope {raw['slope'].median():.2f} "
+                         f"with a KV cache and {none['slope'].median():.2f} without "
+                         f"({none['end_slope'].median():.2f} between the two longest lengths; medians over variants).")
     pay = analysis.cache_payoff(df)
     if not pay.empty:
         best = pay.loc[pay["speedup_longest"].idxmax()]
@@ -163,12 +167,14 @@ def summary(df: pd.DataFrame) -> list[str]:
 def environment_rows(results: list[Results]) -> tuple[list[str], list[list[str]]]:
     """The hardware profile of each machine, one column per results file."""
     fields = [("machine", lambda r: r.machine), ("CPU", lambda p: p.get("cpu_model")),
-              ("logical CPUs", lambda p: p.get("cpu_count_logical")), ("torch threads", lambda p: p.get("torch_threads")),
+              ("logical CPUs", lambda p: p.get("cpu_count_logical")),
+              ("torch threads", lambda p: p.get("torch_threads")),
               ("memory", lambda p: _bytes(p.get("memory_total_bytes"))), ("OS", lambda p: p.get("os")),
               ("Python", lambda p: p.get("python")), ("torch", lambda p: p.get("torch")),
               ("CUDA (torch build)", lambda p: p.get("cuda")), ("onnxruntime", lambda p: p.get("onnxruntime")),
-              ("GPUs", lambda p: "; ".join(f"{g['name']} ({_bytes(g['memory_total_bytes'])}, driver {g['driver']}, "
-                                           f"cc {g.get('compute_capability')})" for g in p.get("gpus") or []) or "none"),
+              ("GPUs", lambda p: "; ".join(
+                  f"{g['name']} ({_bytes(g['memory_total_bytes'])}, driver {g['driver']}, "
+                  f"cc {g.get('compute_capability')})" for g in p.get("gpus") or []) or "none"),
               ("NVML", lambda p: p.get("nvml_error") or "ok")]
     header = ["", *[r.machine for r in results]]
     rows = []
@@ -180,7 +186,9 @@ def environment_rows(results: list[Results]) -> tuple[list[str], list[list[str]]
         cells = []
         for r in results:
             c = r.archbench_info.get("ceilings", {}).get(device)
-            cells.append(f"copy {c['copy_Bps'] / 1e9:.1f} GB/s, matvec {c['matvec_out_in_Bps'] / 1e9:.1f} (out,in) / "
+            read = c.get("read_Bps", float("nan")) / 1e9
+            cells.append(f"read {read:.1f} GB/s, copy {c['copy_Bps'] / 1e9:.1f} GB/s, "
+                         f"matvec {c['matvec_out_in_Bps'] / 1e9:.1f} (out,in) / "
                          f"{c['matvec_in_out_Bps'] / 1e9:.1f} (in,out) GB/s" if c else "–")
         rows.append([f"measured bandwidth ({device})", *cells])
     rows.append(["preset", *[fmt(r.archbench_info.get("preset")) for r in results]])

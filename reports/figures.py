@@ -8,11 +8,13 @@ import io
 import matplotlib
 
 matplotlib.use("Agg")  # no display needed, before pyplot is imported
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
+import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
+import pandas as pd
+import seaborn as sns
 
-from . import analysis  # noqa: E402
+from . import analysis
+from .analysis import TIME
 
 CACHE_LABELS = {"raw": "KV cache (raw)", "none": "no cache (recompute)"}
 
@@ -23,6 +25,15 @@ def to_png_base64(fig: plt.Figure) -> str:
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _length_axis(ax: plt.Axes, lengths: list[int]) -> None:
+    """A log x axis with plain labels at the measured lengths (no overlapping powers of ten)."""
+    ticks = sorted({int(v) for v in lengths})
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    ax.tick_params(axis="x", labelrotation=45 if len(ticks) > 6 else 0)
 
 
 def _facet_cols(n: int) -> int:
@@ -46,10 +57,11 @@ def decode_scaling(df: pd.DataFrame) -> str | None:
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
     for ax, panel in zip(axes.flat, panels, strict=False):
         sub = d[d["panel"] == panel]
-        sns.lineplot(data=sub, x="p_decode_tokens", y="time_mean", hue="mode", marker="o", ax=ax,
+        sns.lineplot(data=sub, x="p_decode_tokens", y=TIME, hue="mode", marker="o", ax=ax,
                      hue_order=[v for v in CACHE_LABELS.values() if v in set(sub["mode"])])
         ax.set(xscale="log", yscale="log", xlabel="tokens decoded T (tokens, log scale)",
-               ylabel="total decode time (s, log scale)", title=panel)
+               ylabel="total decode time, fastest round (s, log scale)", title=panel)
+        _length_axis(ax, sub["p_decode_tokens"].tolist())
         handles, labels = ax.get_legend_handles_labels()
         new_labels = []
         for label in labels:
@@ -105,6 +117,7 @@ def roofline(df: pd.DataFrame) -> str | None:
     sns.lineplot(data=long, x="p_decode_tokens", y="tps", hue="label", style="kind", marker="o", ax=ax)
     ax.set(xscale="log", yscale="log", xlabel="tokens decoded T (tokens, log scale)",
            ylabel="decode throughput (tokens/s, log scale)", title="Cached decode vs the roofline bound")
+    _length_axis(ax, long["p_decode_tokens"].tolist())
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return to_png_base64(fig)
 
@@ -118,8 +131,8 @@ def peers(df: pd.DataFrame) -> str | None:
         p.assign(impl="archbench", tps=p["ours_tokens_per_s"]),
         p.assign(impl="transformers generate", tps=p["transformers_tokens_per_s"]),
     ])
-    long["case"] = (long["variant"] + " · " + long["p_cache"].map(CACHE_LABELS) + " · T" + long["p_decode_tokens"].astype(str)
-                    + " · " + long["machine"])
+    long["case"] = (long["variant"] + " · " + long["p_cache"].map(CACHE_LABELS) + " · T"
+                    + long["p_decode_tokens"].astype(str) + " · " + long["machine"])
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.55 * long["case"].nunique() * 2))
     sns.barplot(data=long, y="case", x="tps", hue="impl", ax=ax, orient="h")
     ax.set(xlabel="generate throughput, prefill included (tokens/s)", ylabel="", title="archbench vs transformers")

@@ -1,0 +1,78 @@
+"""`python -m bench` end to end on the smoke preset: results, report, crash survival, bad input."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import parse_args, rebuild_from_records
+from reports.load import load, to_frame
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _run_bench(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+
+
+def test_smoke_preset_writes_results_and_report(tmp_path) -> None:
+    proc = _run_bench("--preset", "smoke", "--backend", "torch-cpu", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = load(tmp_path / "results.json")
+    assert not results.partial
+    df = to_frame([results])
+    assert set(df["p_cache"].dropna()) == {"raw", "none"} and set(df["backend"]) == {"torch-cpu"}
+    assert results.archbench_info["ceilings"]["cpu"]["decode_Bps"] > 0
+    assert (tmp_path / "index.html").read_text().count("data:image/png;base64,") >= 2
+    check = subprocess.run([sys.executable, "-m", "reports", "check", "--baseline", str(tmp_path / "results.json"),
+                            str(tmp_path / "results.json")], cwd=ROOT, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout
+
+
+def test_a_crash_keeps_what_was_measured(tmp_path) -> None:
+    proc = _run_bench("--preset", "smoke", "--backend", "torch-cpu", "--out", str(tmp_path), "--",
+                      "-p", "tests.crash_plugin", env={"ARCHBENCH_TEST_CRASH_AFTER": "3"})
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "ended early" in proc.stdout
+    results = load(tmp_path / "results.json")
+    assert results.partial and len(results.benchmarks) == 3
+    assert "rebuilt from records" in (tmp_path / "index.html").read_text()
+
+
+def test_rebuild_tolerates_a_line_cut_short(tmp_path) -> None:
+    good = {"benchmark": {"name": "b", "stats": {"mean": 1.0}, "extra_info": {
+        "schema": 1, "study": "decode", "variant": "v", "backend": "torch-cpu", "params": {}, "metrics": {}}}}
+    records = tmp_path / "records.jsonl"
+    records.write_text(json.dumps({"machine_info": {"node": "n"}}) + "\n" + json.dumps(good) + "\n" + '{"bench')
+    assert rebuild_from_records(records, tmp_path / "results.json") == 1
+    assert load(tmp_path / "results.json").benchmarks[0]["name"] == "b"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--preset", "huge", "--out", "x"], "unknown preset 'huge'; valid names: smoke, quick, standard, full"),
+        (["--backend", "tpu", "--out", "x"], "unknown backend 'tpu'; valid names: torch-cpu, torch-cuda"),
+        (["--only", "nope", "--out", "x"], "unknown study 'nope'; valid names: decode"),
+    ],
+)
+def test_bad_arguments_list_the_valid_values(argv, message, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_pytest_direct_use_skips_unavailable_backend_with_reason(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pytest", "bench/test_decode.py", "--preset", "smoke",
+                           "--backend", "torch-cuda", "--benchmark-disable", "-q", "-rs", "-p", "no:cacheprovider"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: nothing to skip")
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert "torch-cuda unavailable" in proc.stdout and " passed" not in proc.stdout

@@ -1,0 +1,126 @@
+"""Hardware detection (with and without NVML), timers, memory probes, ceilings and roofline arithmetic."""
+
+import time
+
+import pytest
+import torch
+
+from models import build, count_params, variants
+from profiles import detect, roofline, specs
+from profiles.ceilings import measure_bandwidth
+from profiles.hardware import nvml_gpus
+from profiles.memory import MemoryProbe
+from profiles.timers import DeviceTimer, time_fn
+
+
+class FailingNvml:
+    """A pynvml stand-in whose library is missing, as on a machine without the NVIDIA driver."""
+
+    def nvmlInit(self):
+        raise RuntimeError("NVML Shared Library Not Found")
+
+
+class OneGpuNvml:
+    """A pynvml stand-in with one device that fails one optional query (as old drivers do)."""
+
+    NVML_CLOCK_SM, NVML_CLOCK_MEM = 1, 2
+
+    def __init__(self, fail_listing: bool = False):
+        self.fail_listing = fail_listing
+        self.shutdown = False
+
+    def nvmlInit(self): ...
+    def nvmlShutdown(self):
+        self.shutdown = True
+
+    def nvmlSystemGetDriverVersion(self):
+        return b"560.35.03"
+
+    def nvmlDeviceGetCount(self):
+        if self.fail_listing:
+            raise RuntimeError("GPU is lost")
+        return 1
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return ("handle", i)
+
+    def nvmlDeviceGetName(self, handle):
+        return "NVIDIA H200"
+
+    def nvmlDeviceGetMemoryInfo(self, handle):
+        return type("Mem", (), {"total": 143771336704, "used": 0})()
+
+    def nvmlDeviceGetMaxClockInfo(self, handle, which):
+        return {1: 1980, 2: 3201}[which]
+
+    def nvmlDeviceGetUUID(self, handle):
+        raise RuntimeError("not supported")
+
+
+def test_detect_without_nvml_does_not_crash() -> None:
+    profile = detect(nvml=FailingNvml())
+    assert profile.gpus == () and "NVML did not initialise" in profile.nvml_error
+    assert profile.cpu_count_logical >= 1 and profile.torch == torch.__version__
+    assert profile.torch_threads == torch.get_num_threads()
+    assert profile.label == profile.cpu_model
+    assert isinstance(profile.to_dict()["gpus"], list)
+
+
+def test_detect_reads_gpus_through_nvml() -> None:
+    fake = OneGpuNvml()
+    gpus, error = nvml_gpus(fake)
+    assert error is None and fake.shutdown
+    (gpu,) = gpus
+    assert gpu.name == "NVIDIA H200" and gpu.driver == "560.35.03" and gpu.memory_total_bytes == 143771336704
+    assert gpu.sm_clock_max_mhz == 1980 and gpu.memory_clock_max_mhz == 3201 and gpu.uuid is None
+    gpus, error = nvml_gpus(OneGpuNvml(fail_listing=True))
+    assert gpus == () and "GPU is lost" in error
+
+
+def test_spec_sheets_are_exact_name_lookups() -> None:
+    assert specs.lookup("NVIDIA H200").bandwidth_GBps == 4800
+    assert specs.lookup("H200") is None  # no fuzzy matching
+
+
+def test_device_timer_and_time_fn() -> None:
+    with DeviceTimer("cpu") as timer:
+        time.sleep(0.05)
+    assert 0.045 < timer.seconds < 0.5
+    calls = []
+    times = time_fn(lambda: calls.append(1), "cpu", warmup=2, repeats=3)
+    assert len(times) == 3 and len(calls) == 5 and all(t >= 0 for t in times)
+
+
+def test_memory_probe_sees_a_cpu_allocation() -> None:
+    with MemoryProbe("cpu") as probe:
+        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+    assert block.sum() > 0
+    assert probe.reading.rss_delta_bytes is not None and probe.reading.rss_delta_bytes > 48 * 2**20
+    assert "peak_rss_bytes" in probe.reading.as_metrics()
+
+
+def test_bandwidth_ceiling_is_positive_and_picks_a_layout() -> None:
+    bw = measure_bandwidth("cpu", nbytes=16 << 20, repeats=2)
+    assert bw.copy_Bps > 1e8 and bw.matvec_out_in_Bps > 1e8 and bw.matvec_in_out_Bps > 1e8
+    assert bw.best_layout in ("out_in", "in_out") and bw.decode_Bps == max(bw.read_Bps, bw.matvec_Bps)
+
+
+def test_roofline_gpt2_small_by_hand() -> None:
+    cfg = variants.get("gpt2-small")
+    # per layer: qkv 768*2304 + out 768*768 + MLP 2*768*3072 = 7,077,888; 12 layers + head 768*50257
+    assert roofline.matmul_params(cfg) == 12 * 7_077_888 + 38_597_376 == 123_532_032
+    # every parameter is streamed each step except the position table (one row is read)
+    assert roofline.streamed_params(cfg) == count_params(build(cfg, device="meta")) - 1024 * 768
+    step = roofline.decode_step(cfg, position=99)
+    assert step.kv_bytes == 73_728 * 100  # REFERENCES.md: 73,728 B per token in fp32
+    assert step.weight_bytes == 123_653_376 * 4
+    assert step.flops == 2 * 123_532_032 + 12 * 12 * 64 * 100 * 4
+    bound = roofline.tokens_per_s_bound(step, bandwidth_Bps=step.bytes * 10.0)
+    assert bound == pytest.approx(10.0)
+    assert roofline.tokens_per_s_bound(step, 1e30, flops_per_s=step.flops * 4.0) == pytest.approx(4.0)
+    assert roofline.decode_bytes(cfg, 0, 2) == roofline.decode_step(cfg, 0).bytes + roofline.decode_step(cfg, 1).bytes
+
+
+def test_roofline_counts_grouped_kv_heads() -> None:
+    cfg = variants.get("llama-2-7b")
+    assert roofline.decode_step(cfg, 0, param_bytes=2, kv_element_bytes=2).kv_bytes == 524_288  # REFERENCES.md

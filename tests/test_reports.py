@@ -1,0 +1,142 @@
+"""The results loader, the analysis, the HTML report and the regression check."""
+
+import base64
+import copy
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from reports import analysis
+from reports.__main__ import main as reports_main
+from reports.build import build_report
+from reports.check import check
+from reports.load import ResultsFileError, load, to_frame
+
+SMOKE = Path(__file__).parent / "data" / "smoke_results.json"
+
+
+def _write(tmp_path: Path, name: str, payload: object) -> Path:
+    path = tmp_path / name
+    path.write_text(payload if isinstance(payload, str) else json.dumps(payload))
+    return path
+
+
+def test_fit_loglog_recovers_exponents() -> None:
+    lengths = [32, 64, 128, 256, 512]
+    rng = np.random.default_rng(0)
+    for exponent in (1.0, 2.0):
+        times = [3e-4 * t**exponent * (1 + 0.02 * rng.standard_normal()) for t in lengths]
+        fit = analysis.fit_loglog(lengths, times)
+        assert fit.slope == pytest.approx(exponent, abs=0.03) and 0 < fit.stderr < 0.03 and fit.n == 5
+    two = analysis.fit_loglog([10, 20], [1.0, 4.0])
+    assert two.slope == pytest.approx(2.0) and np.isnan(two.stderr)
+    assert analysis.upper_half([32, 64, 128, 256, 512]) == [128, 256, 512]
+
+
+def test_loader_reads_a_real_file() -> None:
+    res = load(SMOKE)
+    df = to_frame([res])
+    assert len(df) == len(res.benchmarks) > 0
+    assert {"study", "variant", "backend", "p_cache", "m_kv_bytes", "time_mean"} <= set(df.columns)
+    assert res.archbench_info["profile"]["torch"]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "the file is empty"),
+        ('{"benchmarks": [', "not valid JSON"),
+        ('["a", "list"]', "not a pytest-benchmark results file"),
+        ({"machine_info": {}, "benchmarks": [{"name": "x", "stats": {"mean": 1}, "extra_info": {}}]},
+         "no archbench records"),
+        ({"machine_info": {}, "benchmarks": []}, "no benchmarks"),
+        ({"machine_info": {}, "benchmarks": [{"name": "x", "stats": {"mean": 1}, "extra_info": {"schema": 7}}]},
+         "schema 7"),
+    ],
+)
+def test_loader_rejects_bad_files_naming_them(tmp_path, content, message) -> None:
+    path = _write(tmp_path, "bad.json", content)
+    with pytest.raises(ResultsFileError, match=message) as info:
+        load(path)
+    assert str(path) in str(info.value)
+
+
+class _Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.tags = [], 0
+
+    def handle_starttag(self, tag, attrs):
+        self.tags += 1
+        if tag == "img":
+            self.images.append(dict(attrs)["src"])
+
+
+def test_report_is_self_contained_and_escapes_results(tmp_path) -> None:
+    data = json.loads(SMOKE.read_text())
+    data["machine_info"]["archbench"]["profile"]["cpu_model"] = "<script>alert('cpu')</script>"
+    for bench in data["benchmarks"]:
+        if bench["extra_info"]["variant"] == "gpt2-tiny":
+            bench["extra_info"]["variant"] = "<img src=x onerror=alert(1)>"
+    out = build_report([_write(tmp_path, "evil.json", data)], tmp_path / "index.html")
+    html = out.read_text()
+    assert "<script>alert" not in html and "<img src=x" not in html
+    assert "&lt;script&gt;alert(" in html
+    page = _Page()
+    page.feed(html)
+    assert len(page.images) >= 3
+    for src in page.images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in html and "https://" not in html  # works offline
+
+
+def test_report_from_two_machines_shows_both(tmp_path) -> None:
+    data = json.loads(SMOKE.read_text())
+    other = copy.deepcopy(data)
+    other["machine_info"]["archbench"]["label"] = "Second Machine X"
+    other["machine_info"]["archbench"]["profile"]["cpu_model"] = "Second Machine X"
+    a, b = _write(tmp_path, "a.json", data), _write(tmp_path, "b.json", other)
+    html = build_report([a, b], tmp_path / "index.html").read_text()
+    assert "Second Machine X" in html and data["machine_info"]["archbench"]["label"] in html
+    assert set(to_frame([load(a), load(b)])["machine"]) == {data["machine_info"]["archbench"]["label"],
+                                                             "Second Machine X"}
+
+
+def test_check_passes_on_identical_and_fails_on_doctored(tmp_path, capsys) -> None:
+    assert reports_main(["check", "--baseline", str(SMOKE), str(SMOKE)]) == 0
+    assert "0 failed" in capsys.readouterr().out
+    data = json.loads(SMOKE.read_text())
+    for bench in data["benchmarks"]:  # make cached decode grow quadratically
+        info = bench["extra_info"]
+        if info["params"].get("phase") == "decode" and info["params"]["cache"] == "raw":
+            for stat in ("min", "max", "mean", "median"):
+                bench["stats"][stat] *= (info["params"]["decode_tokens"] / 8) ** 1.5
+    doctored = _write(tmp_path, "doctored.json", data)
+    assert reports_main(["check", "--baseline", str(SMOKE), str(doctored)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL    cached slope" in out
+    gates = check(load(SMOKE), load(doctored))
+    assert any(g.gate == "cache speed-up" and not g.passed for g in gates)
+
+
+def test_check_fails_on_different_tokens_and_missing_groups(tmp_path) -> None:
+    data = json.loads(SMOKE.read_text())
+    for bench in data["benchmarks"]:
+        if bench["extra_info"]["params"].get("cache") == "none":
+            bench["extra_info"]["metrics"]["tokens_sha1"] = "0" * 16
+    gates = check(load(SMOKE), load(_write(tmp_path, "tokens.json", data)))
+    assert any(g.gate == "identical tokens" and not g.passed for g in gates)
+    data = json.loads(SMOKE.read_text())
+    data["benchmarks"] = [b for b in data["benchmarks"] if b["extra_info"]["variant"] != "llama-tiny"]
+    gates = check(load(SMOKE), load(_write(tmp_path, "missing.json", data)))
+    assert any(g.gate == "missing" and "llama-tiny" in g.subject for g in gates)
+
+
+def test_reports_cli_errors_name_the_file(tmp_path, capsys) -> None:
+    bad = _write(tmp_path, "corrupt.json", "{nope")
+    assert reports_main(["build", str(bad), "--out", str(tmp_path / "x.html")]) == 2
+    assert "corrupt.json: not valid JSON" in capsys.readouterr().err
