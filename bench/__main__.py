@@ -16,7 +16,7 @@ from pathlib import Path
 from bench import backends, presets
 
 ROOT = Path(__file__).resolve().parent.parent
-STUDIES = {"decode": "bench/test_decode.py"}  # study -> suite; later studies add theirs
+STUDIES = {"decode": "bench/test_decode.py", "kv": "bench/test_kv_cache.py"}  # study -> suite
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

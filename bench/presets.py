@@ -18,6 +18,7 @@ class DecodeSweep:
     rounds: int = 5  # timed rounds of the cached mode (cheap: more rounds, steadier slopes)
     uncached_rounds: int = 3  # timed rounds of the uncached mode (expensive at long T)
     uncached_max_len: int | None = None  # the uncached (O(T^2)) mode stops here, when set
+    backends: tuple[str, ...] | None = None  # only these backends (None: every selected backend)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,34 @@ class PeerSweep:
     rounds: int = 3
 
 
+KV_KINDS = ("raw-fp32", "raw-fp16", "raw-bf16", "tq2", "tq3", "tq4", "uniform2", "uniform3", "uniform4")
+
+
+@dataclass(frozen=True)
+class KVMemorySweep:
+    """Cache kinds x lengths x batches: exact bytes, peak memory, decode speed with each kind."""
+
+    variant: str
+    lengths: tuple[int, ...]
+    kinds: tuple[str, ...] = KV_KINDS
+    batches: tuple[int, ...] = (1,)
+    prompt_len: int = 16
+    rounds: int = 2
+    rss_lengths: tuple[int, ...] = ()  # lengths also measured for peak RSS in a fresh subprocess (CPU)
+    rss_kinds: tuple[str, ...] = ("raw-fp32", "raw-fp16", "tq3")
+    rss_rope: bool = True  # measure RSS with RoPE positions (random weights): no learned-table length limit
+
+
+@dataclass(frozen=True)
+class KVAccuracySweep:
+    """Cache kinds on the trained reference model: bits per byte, KL, top-1 agreement, per-layer error."""
+
+    kinds: tuple[str, ...] = KV_KINDS
+    windows: int = 48  # validation windows
+    seq_len: int = 128  # tokens per window (the reference model's training context)
+    reference: str = "gpt2-tiny"
+
+
 @dataclass(frozen=True)
 class Preset:
     """Everything one preset runs."""
@@ -39,6 +68,8 @@ class Preset:
     description: str
     decode: tuple[DecodeSweep, ...] = ()
     peer: tuple[PeerSweep, ...] = ()
+    kv_memory: tuple[KVMemorySweep, ...] = ()
+    kv_accuracy: tuple[KVAccuracySweep, ...] = ()
     trace_positions: int = 4  # positions at which per-token latency is recorded
     extra: dict = field(default_factory=dict)
 
@@ -50,14 +81,21 @@ PRESETS: dict[str, Preset] = {
     "smoke": Preset(
         "smoke", "a few seconds: the harness end to end (tests use it)",
         decode=(DecodeSweep(("gpt2-tiny", "llama-tiny"), (8, 16, 32), rounds=1, uncached_rounds=1, prompt_len=4),),
+        kv_memory=(KVMemorySweep("gpt2-tiny", (16, 32), kinds=("raw-fp32", "tq3", "uniform3"), rounds=1,
+                                 prompt_len=4),),
     ),
     "quick": Preset(
-        "quick", "about 5 minutes on 2 CPU cores: tiny models to 512 tokens, GPT-2 124M at short lengths",
+        "quick", "about 6 minutes on 2 CPU cores: tiny models to 512 tokens, GPT-2 124M at short lengths, "
+        "onnxruntime beside torch",
         decode=(
-            DecodeSweep(_TINY, (32, 64, 128, 256, 512)),
-            DecodeSweep(("gpt2-small",), (16, 32, 64, 128), uncached_max_len=32, rounds=3, uncached_rounds=2),
+            DecodeSweep(_TINY, (32, 64, 128, 256, 512), backends=("torch-cpu", "torch-cuda")),
+            DecodeSweep(("gpt2-tiny",), (32, 64, 128, 256, 512), uncached_max_len=256, backends=("onnxruntime",)),
+            DecodeSweep(("gpt2-small",), (32, 64, 128), uncached_max_len=32, rounds=3, uncached_rounds=2),
         ),
         peer=(PeerSweep("gpt2-small", (32,), caches=("raw",), rounds=2),),
+        kv_memory=(KVMemorySweep("gpt2-small", (64,), kinds=("raw-fp32", "raw-fp16", "tq3", "uniform3"),
+                                 rss_lengths=(8192,), rss_kinds=("raw-fp16", "tq3")),),
+        kv_accuracy=(KVAccuracySweep(windows=32),),
     ),
     "standard": Preset(
         "standard", "tens of minutes on a CPU: tiny and mini models to 2048 tokens at batch 1 and 8",
@@ -66,6 +104,8 @@ PRESETS: dict[str, Preset] = {
             DecodeSweep(("gpt2-small",), (32, 64, 128, 256), batches=(1, 8), uncached_max_len=64),
         ),
         peer=(PeerSweep("gpt2-small", (32, 128), caches=("raw", "none")),),
+        kv_memory=(KVMemorySweep("gpt2-small", (128, 512, 1000), batches=(1, 8), rss_lengths=(8192, 32768)),),
+        kv_accuracy=(KVAccuracySweep(),),
     ),
     "full": Preset(
         "full", "for a GPU (about 8 minutes on an H100-class device): to 8192 tokens, GPT-2 124M to 774M",
@@ -75,6 +115,9 @@ PRESETS: dict[str, Preset] = {
                         uncached_max_len=512, rounds=3, uncached_rounds=2),
         ),
         peer=(PeerSweep("gpt2-small", (128, 512), caches=("raw", "none")),),
+        kv_memory=(KVMemorySweep("gpt2-small", (256, 1000), batches=(1, 8)),
+                   KVMemorySweep("llama-mini", (1024, 4096, 8192), batches=(1, 8))),
+        kv_accuracy=(KVAccuracySweep(windows=96),),
     ),
 }
 

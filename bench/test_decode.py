@@ -62,6 +62,8 @@ def _decode_cases(config: pytest.Config) -> list[DecodeCase]:
     for sweep in config.archbench_preset.decode:
         for variant in sweep.variants:
             for backend in selected_backends(config):
+                if sweep.backends is not None and backend not in sweep.backends:
+                    continue
                 for batch in sweep.batches:
                     for cache_kind in sweep.caches:
                         for length in sweep.lengths:
@@ -163,18 +165,25 @@ def test_decode(benchmark, record, ceiling, preset, decode_case: DecodeCase) -> 
         if dtype == torch.float32:
             assert torch.equal(tokens[:, : case.prompt_len + check], expected), "cache modes disagree"
         benchmark.pedantic(run, setup=prefill, rounds=case.rounds, warmup_rounds=0)
-        # One more run, instrumented: per-step latency at a few positions, and memory.
+        # One more run, instrumented: per-step latency at a few positions, and memory. Without a cache
+        # a step at position p is one forward over p + 1 tokens, so it is timed on its own.
         trace = set(_positions_to_trace(case.prompt_len, case.decode_tokens, preset.trace_positions))
         step_latency = {}
         with MemoryProbe(device) as probe:
-            (logits,), _ = prefill()
-            for step in range(case.decode_tokens):
-                if step in trace:
+            if cache is None:
+                for step in sorted(trace):
                     with DeviceTimer(device) as timer:
-                        logits = decode(model, tokens, case.prompt_len + step, logits, 1, cache)
+                        model(tokens[:, : case.prompt_len + step + 1])
                     step_latency[str(case.prompt_len + step)] = timer.seconds
-                else:
-                    logits = decode(model, tokens, case.prompt_len + step, logits, 1, cache)
+            else:
+                (logits,), _ = prefill()
+                for step in range(case.decode_tokens):
+                    if step in trace:
+                        with DeviceTimer(device) as timer:
+                            logits = decode(model, tokens, case.prompt_len + step, logits, 1, cache)
+                        step_latency[str(case.prompt_len + step)] = timer.seconds
+                    else:
+                        logits = decode(model, tokens, case.prompt_len + step, logits, 1, cache)
 
     param_bytes = torch.finfo(dtype).bits // 8
     if cache is not None:

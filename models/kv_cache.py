@@ -52,6 +52,11 @@ class KVCache(nn.Module):
         """Forget every stored token; buffers are kept for reuse."""
         self.position = 0
 
+    def append(self, layer: int, k: Tensor, v: Tensor) -> None:
+        """Store keys and values (B, Hkv, T, hd) of `layer` at the current position without attending
+        (to fill a cache from precomputed keys and values); `advance` once every layer has them."""
+        raise NotImplementedError
+
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
         raise NotImplementedError
 
@@ -77,10 +82,14 @@ class RawKVCache(KVCache):
         n_layer, batch, heads, _, hd = self.k.shape
         return 2 * n_layer * batch * heads * hd * self.k.element_size()
 
-    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
+    def append(self, layer: int, k: Tensor, v: Tensor) -> None:
         start, end = self.position, self.position + k.shape[-2]
         self.k[layer, :, :, start:end] = k  # (B, Hkv, T, hd) written in place
         self.v[layer, :, :, start:end] = v
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
+        start, end = self.position, self.position + k.shape[-2]
+        self.append(layer, k, v)
         k_all = self.k[layer, :, :, :end]  # (B, Hkv, end, hd)
         v_all = self.v[layer, :, :, :end]  # (B, Hkv, end, hd)
         if k_all.dtype != q.dtype:  # a lower-precision cache is read back in the compute dtype
@@ -89,19 +98,60 @@ class RawKVCache(KVCache):
 
 
 def _make_raw(cfg: ArchConfig, batch: int, max_len: int, dtype: torch.dtype,
-              device: str | torch.device | None) -> KVCache:
+              device: str | torch.device | None, **options: object) -> KVCache:
+    if options:
+        raise ValueError(f"the raw cache takes no options; got {', '.join(options)}")
     return RawKVCache(cfg.n_layer, batch, cfg.kv_heads, cfg.head_dim, max_len, dtype=dtype, device=device)
 
 
-# kind -> factory(cfg, batch, max_len, dtype, device); later cache kinds register here.
+def _make_turboquant(bits: int) -> Callable[..., KVCache]:
+    def make_tq(cfg: ArchConfig, batch: int, max_len: int, dtype: torch.dtype, device: str | torch.device | None,
+                **options: object) -> KVCache:
+        from .quantized_cache import TurboQuantKVCache
+
+        return TurboQuantKVCache(cfg.n_layer, batch, cfg.kv_heads, cfg.head_dim, max_len, bits, device=device,
+                                 **options)
+
+    return make_tq
+
+
+def _make_uniform(bits: int) -> Callable[..., KVCache]:
+    def make_uniform(cfg: ArchConfig, batch: int, max_len: int, dtype: torch.dtype,
+                     device: str | torch.device | None, **options: object) -> KVCache:
+        from .quantized_cache import UniformKVCache
+
+        return UniformKVCache(cfg.n_layer, batch, cfg.kv_heads, cfg.head_dim, max_len, bits, device=device,
+                              **options)
+
+    return make_uniform
+
+
+# kind -> factory(cfg, batch, max_len, dtype, device, **options); new cache kinds register here.
 CACHE_KINDS: dict[str, Callable[..., KVCache]] = {
     "raw": _make_raw,
+    "tq2": _make_turboquant(2),
+    "tq3": _make_turboquant(3),
+    "tq4": _make_turboquant(4),
+    "uniform2": _make_uniform(2),
+    "uniform3": _make_uniform(3),
+    "uniform4": _make_uniform(4),
 }
 
 
+def bytes_per_token(kind: str, cfg: ArchConfig, batch: int = 1, dtype: torch.dtype = torch.float32) -> int:
+    """Bytes one more token adds to a cache of `kind` (codes, norms, scales; not fixed codebooks)."""
+    probe = make(kind, cfg.replace(n_layer=1), batch, 64, dtype=dtype)  # per layer, then scaled
+    return probe.bytes_per_token * cfg.n_layer
+
+
 def make(kind: str, cfg: ArchConfig, batch: int, max_len: int, dtype: torch.dtype = torch.float32,
-         device: str | torch.device | None = None) -> KVCache:
-    """A cache of `kind` for a model of `cfg`, holding up to `max_len` tokens of `batch` sequences."""
+         device: str | torch.device | None = None, **options: object) -> KVCache:
+    """A cache of `kind` for a model of `cfg`, holding up to `max_len` tokens of `batch` sequences.
+
+    Kinds: `raw` (keys and values in `dtype`), `tq2` / `tq3` / `tq4` (TurboQuant; options `window`,
+    `norm_dtype`, `chunk`, `seed`), `uniform2` / `uniform3` / `uniform4` (min-max baseline; options
+    `group`, `chunk`).
+    """
     if kind not in CACHE_KINDS:
         raise ValueError(f"unknown KV cache kind {kind!r}; allowed values: {', '.join(CACHE_KINDS)}")
-    return CACHE_KINDS[kind](cfg, batch, max_len, dtype, device)
+    return CACHE_KINDS[kind](cfg, batch, max_len, dtype, device, **options)

@@ -42,6 +42,38 @@ def nvml_used_bytes(index: int = 0) -> int | None:
         return None
 
 
+class RssSampler:
+    """Samples this process's RSS every `interval` seconds in a background thread; `peak_delta_bytes` is
+    the highest sample above the RSS at entry (ru_maxrss cannot be reset, so it cannot do this)."""
+
+    def __init__(self, interval: float = 0.001) -> None:
+        self.interval = interval
+        self.start_bytes = self.peak_bytes = 0
+
+    def __enter__(self) -> RssSampler:
+        import threading
+
+        self.start_bytes = self.peak_bytes = process_rss_bytes() or 0
+        self._stop = threading.Event()
+
+        def poll() -> None:
+            while not self._stop.wait(self.interval):
+                self.peak_bytes = max(self.peak_bytes, process_rss_bytes() or 0)
+
+        self._thread = threading.Thread(target=poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_bytes = max(self.peak_bytes, process_rss_bytes() or 0)
+
+    @property
+    def peak_delta_bytes(self) -> int:
+        return self.peak_bytes - self.start_bytes
+
+
 @dataclass
 class MemoryReading:
     """What a `MemoryProbe` saw over a block of work (None where a probe does not apply)."""

@@ -144,6 +144,22 @@ def peers(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def backends_side_by_side(df: pd.DataFrame, reference: str = "torch-cpu") -> pd.DataFrame:
+    """Tokens/s of every backend for the same (machine, variant, cache, T, batch), and each one's ratio
+    to `reference` (torch eager on the CPU, by default)."""
+    d = decode_rows(df)
+    if d.empty or d["backend"].nunique() < 2:
+        return pd.DataFrame()
+    keys = ["machine", "variant", "p_cache", "p_decode_tokens", "p_batch"]
+    wide = d.pivot_table(index=keys, columns="backend", values="tokens_per_s", aggfunc="first")
+    wide = wide.dropna(thresh=2).reset_index()
+    others = [b for b in wide.columns if b not in keys and b != reference]
+    if reference in wide.columns:
+        for b in others:
+            wide[f"{b} / {reference}"] = wide[b] / wide[reference]
+    return wide
+
+
 def latency_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Per-step latency at traced positions, long form: one row per (benchmark, position)."""
     d = decode_rows(df)
@@ -158,4 +174,53 @@ def latency_rows(df: pd.DataFrame) -> pd.DataFrame:
             rows.append({"machine": r["machine"], "variant": r["variant"], "backend": r["backend"],
                          "cache": r["p_cache"], "batch": r["p_batch"], "decode_tokens": r["p_decode_tokens"],
                          "position": int(position), "latency_s": float(seconds)})
+    return pd.DataFrame(rows)
+
+
+def _study(df: pd.DataFrame, study: str, phase: str | None = None) -> pd.DataFrame:
+    if df.empty or "study" not in df:
+        return pd.DataFrame()
+    d = df[df["study"] == study].copy()
+    if phase is not None and not d.empty:
+        d = d[d["p_phase"] == phase]
+    return d
+
+
+def kv_memory(df: pd.DataFrame) -> pd.DataFrame:
+    """Per cache kind: bytes per token, compression vs raw fp16/fp32, decode tokens/s and its ratio to
+    the raw fp32 cache of the same run (the overhead of quantizing and reading codes)."""
+    d = _study(df, "kv_memory", "decode")
+    if d.empty:
+        return d
+    d["tokens_per_s"] = d["p_decode_tokens"] * d["p_batch"] / d[TIME]
+    d["vs_fp16"] = d["m_raw_fp16_bytes_per_token"] / d["m_bytes_per_token"]
+    d["vs_fp32"] = d["m_raw_fp32_bytes_per_token"] / d["m_bytes_per_token"]
+    keys = ["machine", "variant", "backend", "p_decode_tokens", "p_batch"]
+    raw = d[d["p_cache"] == "raw-fp32"].set_index(keys)["tokens_per_s"]
+    d["speed_vs_raw_fp32"] = [r.tokens_per_s / raw.get(tuple(getattr(r, k) for k in keys), float("nan"))
+                              for r in d.itertuples()]
+    return d
+
+
+def kv_accuracy(df: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy rows of the cache kinds, with the quantizer family (raw, tq, uniform) for plotting."""
+    d = _study(df, "kv_accuracy")
+    if d.empty:
+        return d
+    d["family"] = d["p_cache"].map(lambda k: "raw" if k.startswith("raw") else ("TurboQuant" if k.startswith("tq")
+                                                                                else "uniform (KIVI-style)"))
+    return d
+
+
+def kv_capacity(df: pd.DataFrame) -> pd.DataFrame:
+    """Capacity rows: one per (variant, kind) with bytes per token, the length where the cache outgrows
+    fp16 weights and the longest context per memory budget."""
+    d = _study(df, "kv_memory", "capacity")
+    rows = []
+    for r in d.itertuples():
+        for kind, per_token in r.m_bytes_per_token.items():
+            row = {"machine": r.machine, "variant": r.variant, "params": r.m_params, "kind": kind,
+                   "bytes_per_token": per_token, "outgrows_weights_at": r.m_outgrows_weights_at_tokens[kind]}
+            row.update({f"max_context_{gib}GiB": v for gib, v in r.m_max_context_tokens[kind].items()})
+            rows.append(row)
     return pd.DataFrame(rows)

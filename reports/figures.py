@@ -122,6 +122,33 @@ def roofline(df: pd.DataFrame) -> str | None:
     return to_png_base64(fig)
 
 
+def backends(df: pd.DataFrame) -> str | None:
+    """Decode tokens/s vs length for every backend, per variant and cache mode."""
+    d = analysis.decode_rows(df)
+    if d.empty or d["backend"].nunique() < 2:
+        return None
+    multi = d.groupby(["machine", "variant", "p_cache", "p_batch"])["backend"].transform("nunique") > 1
+    d = d[multi].copy()
+    if d.empty:
+        return None
+    d["panel"] = (d["variant"] + " · " + d["p_cache"].map(CACHE_LABELS) + " · B" + d["p_batch"].astype(str)
+                  + " · " + d["machine"])
+    panels = sorted(d["panel"].unique())
+    cols = _facet_cols(len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        sub = d[d["panel"] == panel]
+        sns.lineplot(data=sub, x="p_decode_tokens", y="tokens_per_s", hue="backend", marker="o", ax=ax)
+        ax.set(xscale="log", yscale="log", xlabel="tokens decoded T (tokens, log scale)",
+               ylabel="decode throughput (tokens/s, log scale)", title=panel)
+        _length_axis(ax, sub["p_decode_tokens"].tolist())
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return to_png_base64(fig)
+
+
 def peers(df: pd.DataFrame) -> str | None:
     """Tokens/s of ours and transformers' generate on the same weights."""
     p = analysis.peers(df)
@@ -136,4 +163,99 @@ def peers(df: pd.DataFrame) -> str | None:
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.55 * long["case"].nunique() * 2))
     sns.barplot(data=long, y="case", x="tps", hue="impl", ax=ax, orient="h")
     ax.set(xlabel="generate throughput, prefill included (tokens/s)", ylabel="", title="archbench vs transformers")
+    return to_png_base64(fig)
+
+
+def kv_bytes(df: pd.DataFrame) -> str | None:
+    """Bytes per token of each cache kind, with the compression against raw fp16 on each bar."""
+    cap = analysis.kv_capacity(df)
+    if cap.empty:
+        return None
+    variant = "gpt2-small" if "gpt2-small" in set(cap["variant"]) else cap["variant"].iloc[0]
+    d = cap[cap["variant"] == variant].drop_duplicates("kind")
+    fp16 = float(d[d["kind"] == "raw-fp16"]["bytes_per_token"].iloc[0]) if (d["kind"] == "raw-fp16").any() else None
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    sns.barplot(data=d, x="kind", y="bytes_per_token", ax=ax, color="#4C72B0")
+    for i, r in enumerate(d.itertuples()):
+        if fp16:
+            ax.text(i, r.bytes_per_token, f"{fp16 / r.bytes_per_token:.2f}x", ha="center", va="bottom", fontsize=8)
+    ax.set(xlabel="cache kind", ylabel="KV cache per token (bytes, batch 1)",
+           title=f"{variant}: bytes per token (labels: compression vs raw fp16)")
+    return to_png_base64(fig)
+
+
+def kv_accuracy_vs_bytes(df: pd.DataFrame) -> str | None:
+    """KL divergence and bits-per-byte delta against bytes per token, per quantizer family."""
+    d = analysis.kv_accuracy(df)
+    if d.empty:
+        return None
+    d = d[~d["p_cache"].isin(["raw-fp32"])]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
+    for ax, metric, label in ((axes[0], "m_kl_mean_nats", "mean KL vs raw fp32 cache (nats/token)"),
+                              (axes[1], "m_bpb_delta", "bits-per-byte change vs raw fp32 cache (bits/byte)")):
+        sns.lineplot(data=d, x="m_bytes_per_token", y=metric, hue="family", marker="o", ax=ax, sort=True)
+        for r in d.itertuples():
+            ax.annotate(r.p_cache, (r.m_bytes_per_token, getattr(r, metric)), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set(xscale="log", xlabel="KV cache per token (bytes, log scale)", ylabel=label)
+    fig.suptitle(f"Accuracy of quantized caches on the reference model ({d['variant'].iloc[0]})")
+    fig.tight_layout()
+    return to_png_base64(fig)
+
+
+def kv_layer_error(df: pd.DataFrame) -> str | None:
+    """Relative error of each layer's attention output against the raw cache."""
+    d = analysis.kv_accuracy(df)
+    if d.empty:
+        return None
+    rows = [{"kind": r.p_cache, "layer": i, "error": e} for r in d.itertuples() if not r.p_cache.startswith("raw-fp32")
+            for i, e in enumerate(r.m_layer_rel_error)]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    sns.lineplot(data=pd.DataFrame(rows), x="layer", y="error", hue="kind", marker="o", ax=ax)
+    ax.set(xlabel="layer (index)", ylabel="relative error of attention output (|a - a_raw| / |a_raw|)",
+           yscale="log", title="Per-layer attention error against the raw fp32 cache")
+    ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
+    return to_png_base64(fig)
+
+
+def kv_distortion(df: pd.DataFrame) -> str | None:
+    """Measured MSE of unit vectors by bits against the paper's figures and its bounds."""
+    if df.empty or "p_phase" not in df:
+        return None
+    d = df[(df["study"] == "kv_memory") & (df["p_phase"] == "quantize")]
+    if d.empty:
+        return None
+    d = d.sort_values("p_bits")
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    ax.plot(d["p_bits"], d["m_relative_mse"], "o-", label="measured (d = 64)")
+    ax.plot(d["p_bits"], d["m_paper_mse"], "s--", label="paper")
+    ax.fill_between(d["p_bits"], d["m_lower_bound"], d["m_upper_bound"], alpha=0.15,
+                    label="bounds 4^-b .. 2.72 x 4^-b")
+    ax.set(yscale="log", xlabel="bits per coordinate (bits)", ylabel="E|x - x̂|² for unit x (log scale)",
+           title="TurboQuant distortion")
+    ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
+    ax.legend(fontsize=8)
+    return to_png_base64(fig)
+
+
+def kv_bytes_vs_length(df: pd.DataFrame) -> str | None:
+    """Cache size against context length (exact bytes per token times length), raw vs quantized."""
+    cap = analysis.kv_capacity(df)
+    if cap.empty:
+        return None
+    variant = "gpt2-small" if "gpt2-small" in set(cap["variant"]) else cap["variant"].iloc[0]
+    d = cap[cap["variant"] == variant].drop_duplicates("kind")
+    lengths = [2**i for i in range(8, 17)]
+    rows = [{"kind": r.kind, "tokens": t, "MiB": r.bytes_per_token * t / 2**20} for r in d.itertuples() for t in lengths]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(data=pd.DataFrame(rows), x="tokens", y="MiB", hue="kind", marker="o", ax=ax)
+    weights = float(df[(df["study"] == "kv_memory") & (df["p_phase"] == "capacity") & (df["variant"] == variant)]
+                    ["m_weight_bytes_fp16"].iloc[0]) / 2**20
+    ax.axhline(weights, color="grey", linestyle=":", label="weights (fp16)")
+    ax.set(xscale="log", yscale="log", xlabel="context length (tokens, log scale)",
+           ylabel="KV cache size, batch 1 (MiB, log scale)", title=f"{variant}: cache size vs length")
+    ax.legend(fontsize=8)
+    _length_axis(ax, lengths)
     return to_png_base64(fig)

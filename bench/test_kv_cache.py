@@ -1,0 +1,251 @@
+"""The KV-cache studies: what quantized caches (TurboQuant, a uniform baseline) save and what they cost.
+
+- `test_kv_memory`: decode with each cache kind: exact bytes, memory, speed, tokens against raw fp32.
+- `test_kv_quantize`: TurboQuant's quantize throughput.
+- `test_kv_rss`: peak resident memory of a filled cache, in a fresh subprocess (CPU).
+- `test_kv_capacity`: bytes per token, where the cache outgrows the weights, and the longest context
+  that fits a memory budget, for GPT-2 small to XL and 7B/70B-class shapes (analytic, checked
+  against allocated caches).
+- `test_kv_accuracy`: on the trained reference model, bits per byte, KL divergence and top-1
+  agreement against the raw cache, and per-layer relative error of the attention output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.conftest import backend_fixture, selected_backends
+from bench.presets import KVAccuracySweep, KVMemorySweep
+from models import build, count_params, generate, kv_cache, variants
+from models.generate import decode
+from profiles.memory import MemoryProbe
+
+ROOT = Path(__file__).resolve().parent.parent
+RAW_DTYPES = {"raw-fp32": torch.float32, "raw-fp16": torch.float16, "raw-bf16": torch.bfloat16}
+CAPACITY_VARIANTS = ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-2-7b", "llama-3-8b", "llama-2-70b")
+BUDGETS_GIB = (8, 24, 80)
+
+
+def _make(kind: str, cfg, batch: int, max_len: int, device: torch.device):
+    if kind in RAW_DTYPES:
+        return kv_cache.make("raw", cfg, batch, max_len, dtype=RAW_DTYPES[kind], device=device)
+    return kv_cache.make(kind, cfg, batch, max_len, device=device)
+
+
+def _bits(kind: str) -> int:
+    return {"raw-fp32": 32, "raw-fp16": 16, "raw-bf16": 16}.get(kind) or int(kind[-1])
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    preset = metafunc.config.archbench_preset
+    if "kv_memory_case" in metafunc.fixturenames:
+        torch_backends = [b for b in selected_backends(metafunc.config) if b.startswith("torch")]
+        cases = [(s, backend, kind, length, batch) for s in preset.kv_memory for backend in torch_backends
+                 for kind in s.kinds for length in s.lengths for batch in s.batches]
+        metafunc.parametrize("kv_memory_case", cases,
+                             ids=[f"{s.variant}-{b}-{k}-T{t}-B{n}" for s, b, k, t, n in cases])
+    if "kv_rss_case" in metafunc.fixturenames:
+        cases = [(s, kind, length) for s in preset.kv_memory for kind in s.rss_kinds if kind in s.kinds
+                 for length in s.rss_lengths]
+        metafunc.parametrize("kv_rss_case", cases, ids=[f"{s.variant}-{k}-T{t}" for s, k, t in cases])
+    if "kv_accuracy_case" in metafunc.fixturenames:
+        cases = [(s, kind) for s in preset.kv_accuracy for kind in s.kinds]
+        metafunc.parametrize("kv_accuracy_case", cases, ids=[f"{s.reference}-{k}" for s, k in cases])
+    if "kv_capacity_variant" in metafunc.fixturenames:
+        names = list(CAPACITY_VARIANTS) if preset.kv_memory else []
+        metafunc.parametrize("kv_capacity_variant", names)
+    if "kv_quantize_bits" in metafunc.fixturenames:
+        metafunc.parametrize("kv_quantize_bits", [1, 2, 3, 4] if preset.kv_memory else [])
+
+
+@cache
+def _cpu_model(variant: str):
+    return build(variants.get(variant), seed=0).eval()
+
+
+def _sha1(tokens: torch.Tensor) -> str:
+    return hashlib.sha1(tokens.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def test_kv_memory(benchmark, record, kv_memory_case) -> None:
+    sweep, backend_name, kind, length, batch = kv_memory_case
+    sweep: KVMemorySweep
+    backend = backend_fixture(backend_name)
+    cfg = variants.get(sweep.variant)
+    total = sweep.prompt_len + length
+    model = backend.prepare(_cpu_model(sweep.variant))
+    device = backend.device
+    prompt = torch.randint(0, cfg.vocab_size, (batch, sweep.prompt_len),
+                           generator=torch.Generator().manual_seed(7)).to(device)
+    tokens = torch.zeros(batch, total, dtype=torch.long, device=device)
+    tokens[:, : sweep.prompt_len] = prompt
+    with MemoryProbe(device) as alloc_probe:
+        cache_obj = _make(kind, cfg, batch, total, device)
+
+    def prefill():
+        cache_obj.reset()
+        return (model(prompt, cache_obj)[:, -1],), {}
+
+    with torch.inference_mode():
+        reference = generate(model, prompt, length)  # raw fp32 greedy tokens
+        (logits,), _ = prefill()
+        decode(model, tokens, sweep.prompt_len, logits, length, cache_obj)  # warm, and the tokens to compare
+        agreement = float((tokens[:, sweep.prompt_len:] == reference[:, sweep.prompt_len:]).float().mean())
+        if kind == "raw-fp32":
+            assert agreement == 1.0
+        benchmark.pedantic(lambda lg: decode(model, tokens, sweep.prompt_len, lg, length, cache_obj),
+                           setup=prefill, rounds=sweep.rounds, warmup_rounds=0)
+        with MemoryProbe(device) as probe:
+            (logits,), _ = prefill()
+            decode(model, tokens, sweep.prompt_len, logits, length, cache_obj)
+    bits = _bits(kind)
+    record("kv_memory", sweep.variant, backend_name,
+           params={"phase": "decode", "cache": kind, "bits": bits, "decode_tokens": length,
+                   "prompt_tokens": sweep.prompt_len, "batch": batch, "max_len": total},
+           metrics={"kv_bytes": cache_obj.nbytes, "bytes_per_token": cache_obj.bytes_per_token,
+                    "raw_fp16_bytes_per_token": kv_cache.bytes_per_token("raw", cfg, batch, torch.float16),
+                    "raw_fp32_bytes_per_token": kv_cache.bytes_per_token("raw", cfg, batch, torch.float32),
+                    "weight_bytes": count_params(model) * 4, "greedy_agreement": agreement,
+                    "tokens_sha1": _sha1(tokens), "alloc": alloc_probe.reading.as_metrics(),
+                    **probe.reading.as_metrics()})
+
+
+def test_kv_quantize(benchmark, record, kv_quantize_bits: int) -> None:
+    """Vectors/s of TurboQuant's quantize (rotation, codebook, packing) at head_dim 64, and its measured
+    distortion on unit vectors against the paper's bounds."""
+    from models.turboquant import TurboQuantizer
+
+    tq = TurboQuantizer(64, kv_quantize_bits, norm_dtype=torch.float32)
+    x = torch.randn(65_536, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        unit = x / x.norm(dim=-1, keepdim=True)
+        err = (tq.dequantize(tq.quantize(unit)) - unit).pow(2).sum(-1).mean().item()
+        assert err == pytest.approx(tq.expected_mse, rel=0.05)  # correct before timed
+        benchmark.pedantic(lambda: tq.quantize(x), rounds=5, warmup_rounds=1)
+    record("kv_memory", "turboquant", "torch-cpu",
+           params={"phase": "quantize", "cache": f"tq{kv_quantize_bits}", "bits": kv_quantize_bits, "vectors": 65_536,
+                   "head_dim": 64},
+           metrics={"relative_mse": err, "expected_mse": tq.expected_mse, "lower_bound": 4.0**-kv_quantize_bits,
+                    "upper_bound": 3**0.5 * 3.141592653589793 / 2 * 4.0**-kv_quantize_bits,
+                    "paper_mse": {1: 0.36, 2: 0.117, 3: 0.03, 4: 0.009}[kv_quantize_bits]})
+
+
+def test_kv_rss(benchmark, record, kv_rss_case) -> None:
+    """Peak RSS growth of filling a cache, each in a fresh Python process."""
+    sweep, kind, length = kv_rss_case
+    result: dict = {}
+
+    def run() -> None:
+        cmd = [sys.executable, "-m", "profiles.rss_probe", "--variant", sweep.variant, "--cache", kind,
+               "--tokens", str(length), *(["--rope"] if sweep.rss_rope else [])]
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    assert result["peak_rss_delta_bytes"] >= 0
+    record("kv_memory", sweep.variant, "torch-cpu",
+           params={"phase": "rss", "cache": kind, "bits": _bits(kind), "tokens": length, "batch": 1,
+                   "pos": "rope" if sweep.rss_rope else variants.get(sweep.variant).pos},
+           metrics={"peak_rss_delta_bytes": result["peak_rss_delta_bytes"], "kv_bytes": result["cache_nbytes"]})
+
+
+def test_kv_capacity(benchmark, record, kv_capacity_variant: str) -> None:
+    """Bytes per token of every kind, where the cache outgrows the weights, the longest context per budget."""
+    cfg = variants.get(kv_capacity_variant)
+    kinds = ("raw-fp32", "raw-fp16", "tq4", "tq3", "tq2", "uniform3")
+    per_token: dict[str, int] = {}
+
+    def compute() -> None:
+        for kind in kinds:
+            dtype = RAW_DTYPES.get(kind, torch.float32)
+            per_token[kind] = kv_cache.bytes_per_token("raw" if kind in RAW_DTYPES else kind, cfg, 1, dtype)
+
+    benchmark.pedantic(compute, rounds=1, warmup_rounds=0)
+    # checked against the formula of REFERENCES.md and, where this machine can hold it, an allocated cache
+    assert per_token["raw-fp32"] == 2 * cfg.n_layer * cfg.kv_heads * cfg.head_dim * 4
+    if cfg.n_layer * cfg.d_model <= 12 * 768:
+        allocated = kv_cache.make("tq3", cfg, 1, 128)
+        assert allocated.bytes_per_token == per_token["tq3"]
+    params = count_params(build(cfg, device="meta"))
+    weights_fp16 = params * 2
+    capacity = {kind: {str(gib): max(0, (gib * 2**30 - weights_fp16) // b) for gib in BUDGETS_GIB}
+                for kind, b in per_token.items()}
+    record("kv_memory", kv_capacity_variant, "analytic",
+           params={"phase": "capacity", "budgets_gib": list(BUDGETS_GIB), "weights": "fp16"},
+           metrics={"params": params, "weight_bytes_fp16": weights_fp16, "bytes_per_token": per_token,
+                    "outgrows_weights_at_tokens": {k: weights_fp16 // b for k, b in per_token.items()},
+                    "max_context_tokens": capacity})
+
+
+@pytest.fixture(scope="module")
+def accuracy_setup(request: pytest.FixtureRequest):
+    """The trained reference model, validation windows and the raw-cache outputs they are compared to."""
+    from models import corpus
+    from models.reference import reference_model
+
+    made: dict = {}
+
+    def get(sweep: KVAccuracySweep):
+        if sweep not in made:
+            model = reference_model(sweep.reference, progress=False).model.eval()
+            windows = corpus.eval_windows(corpus.load().tokens("val"), sweep.seq_len, sweep.windows)
+            made[sweep] = (model, windows, _evaluate(model, windows, "raw-fp32"))
+        return made[sweep]
+
+    return get
+
+
+def _evaluate(model, windows: torch.Tensor, kind: str, batch: int = 8) -> dict:
+    """Logits of every window through a cache of `kind` (one prefill: each query attends to the stored,
+    quantized keys, as in decoding) and the attention output of every layer."""
+    captured: list[list[torch.Tensor]] = [[] for _ in model.blocks]
+    hooks = [block.attn.register_forward_hook(lambda m, a, out, i=i: captured[i].append(out.detach()))
+             for i, block in enumerate(model.blocks)]
+    logits = []
+    try:
+        with torch.inference_mode():
+            for chunk in windows.split(batch):
+                inputs = chunk[:, :-1]
+                cache_obj = _make(kind, model.config, inputs.shape[0], inputs.shape[1], torch.device("cpu"))
+                logits.append(model(inputs, cache_obj).float())
+    finally:
+        for h in hooks:
+            h.remove()
+    return {"logits": torch.cat(logits), "attn": [torch.cat(c) for c in captured]}
+
+
+def test_kv_accuracy(benchmark, record, accuracy_setup, kv_accuracy_case) -> None:
+    sweep, kind = kv_accuracy_case
+    model, windows, raw = accuracy_setup(sweep)
+    result: dict = {}
+    benchmark.pedantic(lambda: result.update(_evaluate(model, windows, kind)), rounds=1, warmup_rounds=0)
+    targets = windows[:, 1:]
+    logits, ref = result["logits"], raw["logits"]
+    nats = F.cross_entropy(logits.flatten(0, 1), targets.flatten()).item()
+    raw_nats = F.cross_entropy(ref.flatten(0, 1), targets.flatten()).item()
+    log_p, log_q = F.log_softmax(ref, -1), F.log_softmax(logits, -1)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean().item()
+    top1 = (logits.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    layer_error = [float((a - b).norm() / b.norm()) for a, b in zip(result["attn"], raw["attn"], strict=True)]
+    if kind == "raw-fp32":
+        assert kl < 1e-9 and top1 == 1.0  # the comparison itself is sound
+    bpb, raw_bpb = nats / 0.6931471805599453, raw_nats / 0.6931471805599453
+    record("kv_accuracy", sweep.reference, "torch-cpu",
+           params={"cache": kind, "bits": _bits(kind), "windows": int(windows.shape[0]), "seq_len": sweep.seq_len},
+           metrics={"bits_per_byte": bpb, "bpb_delta": bpb - raw_bpb,
+                    "ppl_delta_pct": (2 ** (bpb - raw_bpb) - 1) * 100,
+                    "kl_mean_nats": kl, "top1_agreement": top1,
+                    "max_abs_logit_delta": float((logits - ref).abs().max()),
+                    "layer_rel_error": layer_error,
+                    "bytes_per_token": kv_cache.bytes_per_token("raw" if kind in RAW_DTYPES else kind, model.config, 1,
+                                                                RAW_DTYPES.get(kind, torch.float32))})
