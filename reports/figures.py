@@ -248,7 +248,8 @@ def kv_bytes_vs_length(df: pd.DataFrame) -> str | None:
     variant = "gpt2-small" if "gpt2-small" in set(cap["variant"]) else cap["variant"].iloc[0]
     d = cap[cap["variant"] == variant].drop_duplicates("kind")
     lengths = [2**i for i in range(8, 17)]
-    rows = [{"kind": r.kind, "tokens": t, "MiB": r.bytes_per_token * t / 2**20} for r in d.itertuples() for t in lengths]
+    rows = [{"kind": r.kind, "tokens": t, "MiB": r.bytes_per_token * t / 2**20}
+            for r in d.itertuples() for t in lengths]
     fig, ax = plt.subplots(figsize=(7, 4))
     sns.lineplot(data=pd.DataFrame(rows), x="tokens", y="MiB", hue="kind", marker="o", ax=ax)
     weights = float(df[(df["study"] == "kv_memory") & (df["p_phase"] == "capacity") & (df["variant"] == variant)]
