@@ -81,6 +81,16 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--weights", args.weights]
     cmd += args.pytest_args
     print(f"archbench: preset {args.preset!r}, studies {', '.join(args.only or STUDIES)} -> {out}", flush=True)
+    preset = presets.get(args.preset)
+    if "kv" in (args.only or STUDIES) and preset.kv_accuracy:
+        # train (or load) the reference model here, where its progress bar is visible; pytest reuses the cache
+        from models.reference import reference_model
+
+        for sweep in preset.kv_accuracy:
+            result = reference_model(sweep.reference, progress=True)
+            state = "loaded from the cache" if result.from_cache else f"trained in {result.seconds:.0f} s"
+            print(f"archbench: reference model {sweep.reference} {state}: {result.val_bits_per_byte:.3f} bits/byte "
+                  f"on held-out files (unigram {result.unigram_bits_per_byte:.3f})", flush=True)
     try:
         code = subprocess.call(cmd, cwd=ROOT)
     except KeyboardInterrupt:

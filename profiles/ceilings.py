@@ -63,7 +63,7 @@ def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int | None = N
     src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
     copy_s = min(time_fn(lambda: dst.copy_(src), device, warmup=1, repeats=repeats))
-    read_s = min(time_fn(lambda: src.sum(), device, warmup=1, repeats=repeats))
+    read_s = min(time_fn(lambda: src.sum(), device, warmup=1, repeats=2 * repeats))
     width = 1024
     rows = n // width
     out_in = src[: rows * width].view(rows, width)  # (out, in): nn.Linear's layout

@@ -195,6 +195,14 @@ def kv_section(df: pd.DataFrame) -> Section | None:
               fmt(r.m_bytes_per_token), f"{r.vs_fp16:.2f}x", f"{r.vs_fp32:.2f}x", _bytes(r.m_kv_bytes),
               fmt(r.tokens_per_s), f"{r.speed_vs_raw_fp32:.2f}x", f"{100 * r.m_greedy_agreement:.0f}%"]
              for r in mem.itertuples()]))
+    quant = analysis._study(df, "kv_memory", "quantize")
+    if not quant.empty:
+        section.tables.append(Table(
+            "TurboQuant quantize: distortion and throughput (head_dim 64, 65,536 vectors)",
+            ["machine", "bits", "measured E|x - x̂|²", "codebook's expectation", "paper", "bounds", "vectors/s"],
+            [[r.machine, fmt(int(r.p_bits)), fmt(r.m_relative_mse), fmt(r.m_expected_mse), fmt(r.m_paper_mse),
+              f"{r.m_lower_bound:.4f} .. {r.m_upper_bound:.4f}", fmt(r.p_vectors / r.time_min)]
+             for r in quant.sort_values("p_bits").itertuples()]))
     if not rss.empty:
         section.tables.append(Table(
             "Peak resident memory of a filled cache (fresh process per row, CPU)",
@@ -248,8 +256,10 @@ def summary(df: pd.DataFrame) -> list[str]:
         if not big.empty:
             top = big.loc[big["m_weight_bytes"].idxmax()]
             top_rows = big[(big["variant"] == top.variant) & (big["machine"] == top.machine)]
-            lines.append(f"{top.variant} cached decode reaches {100 * top_rows['bandwidth_fraction'].max():.0f}% of "
-                         f"the measured bandwidth ceiling on {top.machine}.")
+            parts = [f"{100 * g['bandwidth_fraction'].max():.0f}% on {backend}"
+                     for backend, g in top_rows.groupby("backend")]
+            lines.append(f"{top.variant} cached decode reaches {', '.join(parts)} of the measured bandwidth "
+                         f"ceiling on {top.machine} (best length).")
     acc = analysis.kv_accuracy(df)
     if not acc.empty:
         by_kind = acc.set_index("p_cache")

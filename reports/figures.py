@@ -68,7 +68,7 @@ def decode_scaling(df: pd.DataFrame) -> str | None:
             cache = next(k for k, v in CACHE_LABELS.items() if v == label)
             fit = fits[(fits["panel"] == panel) & (fits["p_cache"] == cache)]
             slope = fit["slope"].iloc[0] if len(fit) else float("nan")
-            new_labels.append(f"{label}: slope {slope:.2f}")
+            new_labels.append(f"{label}: slope {slope:.2f}" if slope == slope else f"{label}: one length")
         ax.legend(handles, new_labels, fontsize=8)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
