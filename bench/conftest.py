@@ -91,7 +91,7 @@ def record(benchmark, request: pytest.FixtureRequest):
     stats = getattr(benchmark, "stats", None)
     if path and holder and stats is not None:
         with open(path, "a") as fh:
-            fh.write(json.dumps({"benchmark": stats.as_dict(include_data=False)}, default=str) + "\n")
+            fh.write(json.dumps({"benchmark": stats.as_dict(include_data=True)}, default=str) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 

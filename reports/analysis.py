@@ -39,10 +39,41 @@ def fit_loglog(lengths: list[float], times: list[float]) -> SlopeFit:
     return SlopeFit(slope, stderr, n, tuple(int(v) for v in lengths))
 
 
+def fit_linear_quadratic(lengths: list[float], times: list[float]) -> tuple[float, float]:
+    """Non-negative a, b of time = a*T + b*T^2 by least squares on relative errors.
+
+    Decode time is a per-token cost (weights, fixed overheads) plus a part that grows with the
+    length (attention over the prefix, or the whole prefix again without a cache); the fitted model
+    uses every length at once, so one noisy point moves it less than a two-point slope.
+    """
+    T, t = np.asarray(lengths, float), np.asarray(times, float)
+    design = np.stack([T, T**2], axis=1) / t[:, None]  # rows scaled: relative residuals
+    (a, b), *_ = np.linalg.lstsq(design, np.ones_like(t), rcond=None)
+    if a >= 0 and b >= 0:
+        return float(a), float(b)
+    only_a = float((T / t).sum() / ((T / t) ** 2).sum())  # one-term fits when a term would go negative
+    only_b = float((T**2 / t).sum() / ((T**2 / t) ** 2).sum())
+    err_a, err_b = ((only_a * T / t - 1) ** 2).sum(), ((only_b * T**2 / t - 1) ** 2).sum()
+    return (only_a, 0.0) if err_a <= err_b else (0.0, only_b)
+
+
+def model_slope(a: float, b: float, length: float) -> float:
+    """Local log-log slope of a*T + b*T^2 at T = length: (a + 2bT) / (a + bT)."""
+    return (a + 2 * b * length) / (a + b * length)
+
+
 def upper_half(lengths: list[int]) -> list[int]:
     """The lengths at or above the median: where the asymptotic growth shows (fixed per-step costs fade)."""
     ordered = sorted(set(lengths))
     return ordered if len(ordered) <= 2 else ordered[(len(ordered) - 1) // 2 :]
+
+
+def _normalised(rounds: object, calibration: object) -> float:
+    """min over rounds of (round time / the calibration time measured just before it); NaN if absent."""
+    if not isinstance(rounds, list) or not isinstance(calibration, list) or len(rounds) != len(calibration) \
+            or not rounds:
+        return math.nan
+    return min(r / c for r, c in zip(rounds, calibration, strict=True) if c > 0)
 
 
 def decode_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -54,6 +85,7 @@ def decode_rows(df: pd.DataFrame) -> pd.DataFrame:
         return d
     for col in ("p_decode_tokens", "p_batch"):
         d[col] = d[col].astype(int)
+    d["time_norm"] = [_normalised(r.time_data, getattr(r, "m_calibration_s", None)) for r in d.itertuples()]
     d["tokens_per_s"] = d["p_decode_tokens"] * d["p_batch"] / d[TIME]
     d["achieved_Bps"] = d["m_bytes_read"] / d[TIME]
     d["bandwidth_fraction"] = d["achieved_Bps"] / d["m_ceiling_Bps"]
@@ -61,16 +93,20 @@ def decode_rows(df: pd.DataFrame) -> pd.DataFrame:
     return d
 
 
-def slopes(df: pd.DataFrame) -> pd.DataFrame:
+def slopes(df: pd.DataFrame, time_col: str = TIME) -> pd.DataFrame:
     """One row per (machine, variant, backend, batch, dtype, cache): log-log slopes of decode time vs T.
 
     `slope`: least squares over the upper half of the lengths (with its standard error); `slope_all`:
-    over every length; `end_slope`: between the two longest lengths, where the asymptotic growth
-    shows most (fixed per-forward costs flatten the uncached curve at short lengths).
+    over every length (the steadiest against noise); `end_slope`: between the two longest lengths;
+    `model_end_slope`: the local slope at the longest length of a*T + b*T^2 fitted to every length
+    (fixed per-forward costs flatten the uncached curve at short lengths; this sees past them).
     """
     d = decode_rows(df)
     rows = []
     if d.empty:
+        return pd.DataFrame()
+    d = d.assign(**{TIME: d[time_col]}) if time_col != TIME else d
+    if d[TIME].isna().any():
         return pd.DataFrame()
     for key, g in d.groupby([*GROUP, "p_cache"]):
         g = g.sort_values("p_decode_tokens")
@@ -79,19 +115,27 @@ def slopes(df: pd.DataFrame) -> pd.DataFrame:
         gu = g[g["p_decode_tokens"].isin(upper)]
         fit = fit_loglog(gu["p_decode_tokens"].tolist(), gu[TIME].tolist())
         end = fit_loglog(g["p_decode_tokens"].tolist()[-2:], g[TIME].tolist()[-2:])
+        longest = int(g["p_decode_tokens"].max())
+        model_end = math.nan
+        if len(g) >= 3:
+            a, b = fit_linear_quadratic(g["p_decode_tokens"].tolist(), g[TIME].tolist())
+            model_end = model_slope(a, b, longest)
         rows.append(dict(zip([*GROUP, "p_cache"], key, strict=True), slope=fit.slope, slope_stderr=fit.stderr,
                          slope_points=fit.n, slope_lengths=fit.lengths, slope_all=all_fit.slope,
-                         slope_all_stderr=all_fit.stderr, end_slope=end.slope,
-                         longest=int(g["p_decode_tokens"].max())))
+                         slope_all_stderr=all_fit.stderr, end_slope=end.slope, model_end_slope=model_end,
+                         points=len(g), longest=longest))
     return pd.DataFrame(rows)
 
 
-def cache_payoff(df: pd.DataFrame) -> pd.DataFrame:
+def cache_payoff(df: pd.DataFrame, time_col: str = TIME) -> pd.DataFrame:
     """Per group: the cache's speed-up (uncached time / cached time) at each common length, the speed-up
     at the longest one, and the first length at which the cache is faster."""
     d = decode_rows(df)
     rows = []
     if d.empty:
+        return pd.DataFrame()
+    d = d.assign(**{TIME: d[time_col]}) if time_col != TIME else d
+    if d[TIME].isna().any():
         return pd.DataFrame()
     for key, g in d.groupby(GROUP):
         raw = g[g["p_cache"] == "raw"].set_index("p_decode_tokens")[TIME]
@@ -101,8 +145,14 @@ def cache_payoff(df: pd.DataFrame) -> pd.DataFrame:
             continue
         speedups = {int(t): float(none[t] / raw[t]) for t in common}
         pays = [t for t in common if speedups[t] > 1.0]
+        modeled = math.nan
+        if len(raw) >= 3 and len(none) >= 3:  # both curves fitted on every length, compared at the longest
+            a_r, b_r = fit_linear_quadratic(list(raw.index), list(raw.values))
+            a_n, b_n = fit_linear_quadratic(list(none.index), list(none.values))
+            t = common[-1]
+            modeled = (a_n * t + b_n * t * t) / (a_r * t + b_r * t * t)
         rows.append(dict(zip(GROUP, key, strict=True), lengths=tuple(common), speedups=speedups,
-                         longest=int(common[-1]), speedup_longest=speedups[common[-1]],
+                         longest=int(common[-1]), speedup_longest=speedups[common[-1]], speedup_model=modeled,
                          break_even=int(pays[0]) if pays else None,
                          pays_from_first=bool(pays and pays[0] == common[0])))
     return pd.DataFrame(rows)

@@ -89,6 +89,7 @@ def to_frame(results: list[Results]) -> pd.DataFrame:
             row.update({f"p_{k}": v for k, v in info["params"].items()})
             row.update({f"m_{k}": v for k, v in info["metrics"].items()})
             row.update({f"time_{k}": bench["stats"].get(k) for k in STAT_FIELDS})
+            row["time_data"] = bench["stats"].get("data")  # every round's seconds, where saved
             rows.append(row)
     return pd.DataFrame(rows)
 

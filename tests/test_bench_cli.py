@@ -25,7 +25,13 @@ def test_smoke_preset_writes_results_and_report(tmp_path) -> None:
     results = load(tmp_path / "results.json")
     assert not results.partial
     df = to_frame([results])
-    assert set(df["p_cache"].dropna()) == {"raw", "none"} and set(df["backend"]) == {"torch-cpu"}
+    decode = df[df["study"] == "decode"]
+    assert set(decode["p_cache"].dropna()) == {"raw", "none"} and set(decode["backend"]) == {"torch-cpu"}
+    assert {"tq3", "uniform3", "raw-fp32"} <= set(df[df["study"] == "kv_memory"]["p_cache"].dropna())
+    from reports import analysis
+
+    rows = analysis.decode_rows(df)
+    assert rows["time_norm"].notna().all()  # every decode round has its calibration
     assert results.archbench_info["ceilings"]["cpu"]["decode_Bps"] > 0
     assert (tmp_path / "index.html").read_text().count("data:image/png;base64,") >= 2
     check = subprocess.run([sys.executable, "-m", "reports", "check", "--baseline", str(tmp_path / "results.json"),

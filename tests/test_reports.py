@@ -113,8 +113,10 @@ def test_check_passes_on_identical_and_fails_on_doctored(tmp_path, capsys) -> No
     for bench in data["benchmarks"]:  # make cached decode grow quadratically
         info = bench["extra_info"]
         if info["params"].get("phase") == "decode" and info["params"]["cache"] == "raw":
+            factor = (info["params"]["decode_tokens"] / 8) ** 1.5
             for stat in ("min", "max", "mean", "median"):
-                bench["stats"][stat] *= (info["params"]["decode_tokens"] / 8) ** 1.5
+                bench["stats"][stat] *= factor
+            bench["stats"]["data"] = [t * factor for t in bench["stats"]["data"]]
     doctored = _write(tmp_path, "doctored.json", data)
     assert reports_main(["check", "--baseline", str(SMOKE), str(doctored)]) == 1
     out = capsys.readouterr().out
