@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--out", required=True, type=Path)
     check = sub.add_parser("check", help="regression gates of a run against a baseline; exit 1 on a failure")
     check.add_argument("--baseline", required=True, type=Path)
-    check.add_argument("results", type=Path)
+    check.add_argument("results", type=Path, nargs="+",
+                       help="one run, or several runs of the same code (a gate passes if it passes in any)")
     base = sub.add_parser("baseline", help="make a run the new baseline, showing the gates it is accepted with")
     base.add_argument("results", type=Path)
     base.add_argument("--to", required=True, type=Path, help="baseline file to write")
@@ -32,10 +33,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {out}")
             return 0
         from .check import check as run_check
-        from .check import format_table
+        from .check import combine, format_table
 
         if args.command == "check":
-            gates = run_check(load(args.baseline), load(args.results))
+            baseline = load(args.baseline)
+            gates = combine([run_check(baseline, load(path)) for path in args.results])
             print(format_table(gates))
             failed = [g for g in gates if not g.passed]
             print(f"\n{len(gates) - len(failed)} gates passed, {len(failed)} failed")

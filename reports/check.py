@@ -138,6 +138,18 @@ def check(baseline: Results, current: Results) -> list[Gate]:
     return gates
 
 
+def combine(runs: list[list[Gate]]) -> list[Gate]:
+    """Gates of several runs of the same code on the same machine: a gate passes when it passes in any
+    run. A regression fails in every run; a slow patch of a shared machine does not."""
+    combined: dict[tuple[str, str], Gate] = {}
+    for gates in runs:
+        for g in gates:
+            key = (g.gate, g.subject)
+            if key not in combined or (g.passed and not combined[key].passed):
+                combined[key] = g
+    return list(combined.values())
+
+
 def format_table(gates: list[Gate]) -> str:
     """The gates as an aligned text table, failures marked."""
     header = ("status", "gate", "subject", "value", "limit")
