@@ -69,11 +69,14 @@ def upper_half(lengths: list[int]) -> list[int]:
 
 
 def _normalised(rounds: object, calibration: object) -> float:
-    """min over rounds of (round time / the calibration time measured just before it); NaN if absent."""
+    """Median over rounds of (round time / the calibration time measured just before it); NaN if absent.
+
+    The median, not the minimum: a calibration caught by a momentary stall would make one ratio tiny.
+    """
     if not isinstance(rounds, list) or not isinstance(calibration, list) or len(rounds) != len(calibration) \
             or not rounds:
         return math.nan
-    return min(r / c for r, c in zip(rounds, calibration, strict=True) if c > 0)
+    return float(np.median([r / c for r, c in zip(rounds, calibration, strict=True) if c > 0]))
 
 
 def decode_rows(df: pd.DataFrame) -> pd.DataFrame:

@@ -13,7 +13,7 @@ Gates (decode study), each on the statistic that is steadiest on a noisy machine
   fastest round slower than 3x the baseline's (shared machines do slow down by 2x for seconds).
 A group present in the baseline and missing from the run fails (`missing`).
 Slopes and speed-ups use each round's time divided by a calibration workload timed just before it
-(`time_norm`, the minimum over rounds): a shared machine's slow phases scale both alike. Runs without
+(`time_norm`, the median over rounds): a shared machine's slow phases scale both alike. Runs without
 calibrations fall back to pytest-benchmark's `min` (the fastest round), as the time gates always do.
 """
 
