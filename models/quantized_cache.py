@@ -16,9 +16,16 @@ from .layers import causal_mask
 from .turboquant import TurboQuantizer, pack_codes, packed_bytes, unpack_codes
 
 
-def _grouped_mask(q_len: int, k_len: int, q_start: int, groups: int, device: torch.device) -> Tensor:
-    """Causal mask (groups * q_len, k_len) for queries laid out head-group-major, as the scores are."""
-    return causal_mask(q_len, k_len, q_start, device).repeat(groups, 1)
+def _causal_softmax(scores: Tensor, q_len: int, q_start: int, groups: int) -> Tensor:
+    """Softmax of raw q.k scores (B, Hkv, G*Tq, Tk), queries laid out head-group-major, scaled by
+    1/sqrt(head_dim) and causally masked (query i at position q_start + i)."""
+    mask = causal_mask(q_len, scores.shape[-1], q_start, scores.device).repeat(groups, 1)  # (G*Tq, Tk)
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+
+
+def _chunks(end: int, size: int) -> list[tuple[int, int]]:
+    """Token ranges [lo, hi) of at most `size` covering 0..end: attention reads a chunk at a time."""
+    return [(lo, min(end, lo + size)) for lo in range(0, end, size)]
 
 
 class TurboQuantKVCache(KVCache):
@@ -86,19 +93,15 @@ class TurboQuantKVCache(KVCache):
         q32 = q.float().reshape(B, n_kv, groups * q_len, hd)  # (B, Hkv, G*Tq, hd): query heads grouped
         q_rot = self.quantizer.rotate(q32)  # rotated once
         scores = torch.empty(B, n_kv, groups * q_len, end, device=q.device)  # (B, Hkv, G*Tq, end)
-        for lo in range(0, exact_from, self.chunk):
-            hi = min(exact_from, lo + self.chunk)
+        for lo, hi in _chunks(exact_from, self.chunk):
             scores[..., lo:hi] = q_rot @ self._rotated(layer, "k", lo, hi).transpose(-1, -2)
         if exact_from < end:
             slots = torch.arange(exact_from, end, device=q.device) % self.window
             recent_k = self.k_window[layer][:, :, slots].float()  # (B, Hkv, W, hd)
             scores[..., exact_from:end] = q32 @ recent_k.transpose(-1, -2)
-        scores = scores / math.sqrt(hd)
-        scores.masked_fill_(~_grouped_mask(q_len, end, start, groups, q.device), float("-inf"))
-        probs = torch.softmax(scores, dim=-1)  # (B, Hkv, G*Tq, end)
+        probs = _causal_softmax(scores / math.sqrt(hd), q_len, start, groups)  # (B, Hkv, G*Tq, end)
         out_rot = torch.zeros(B, n_kv, groups * q_len, hd, device=q.device)
-        for lo in range(0, exact_from, self.chunk):
-            hi = min(exact_from, lo + self.chunk)
+        for lo, hi in _chunks(exact_from, self.chunk):
             out_rot += probs[..., lo:hi] @ self._rotated(layer, "v", lo, hi)
         out = self.quantizer.unrotate(out_rot)  # de-rotated once
         if exact_from < end:
@@ -204,14 +207,10 @@ class UniformKVCache(KVCache):
         self.append(layer, k, v)
         q32 = q.float().reshape(B, n_kv, groups * q_len, hd)
         scores = torch.empty(B, n_kv, groups * q_len, end, device=q.device)
-        for lo in range(0, end, self.chunk):
-            hi = min(end, lo + self.chunk)
+        for lo, hi in _chunks(end, self.chunk):
             scores[..., lo:hi] = q32 @ self._keys(layer, lo, hi, end).transpose(-1, -2)
-        scores = scores / math.sqrt(hd)
-        scores.masked_fill_(~_grouped_mask(q_len, end, start, groups, q.device), float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
+        probs = _causal_softmax(scores / math.sqrt(hd), q_len, start, groups)  # (B, Hkv, G*Tq, end)
         out = torch.zeros(B, n_kv, groups * q_len, hd, device=q.device)
-        for lo in range(0, end, self.chunk):
-            hi = min(end, lo + self.chunk)
+        for lo, hi in _chunks(end, self.chunk):
             out += probs[..., lo:hi] @ self._values(layer, lo, hi)
         return out.reshape(B, H, q_len, hd).to(q.dtype)

@@ -96,6 +96,15 @@ def decode_rows(df: pd.DataFrame) -> pd.DataFrame:
     return d
 
 
+def _timed_decode_rows(df: pd.DataFrame, time_col: str) -> pd.DataFrame:
+    """Decode rows with `time_col` as their time (empty when any row lacks it: no mixed units)."""
+    d = decode_rows(df)
+    if d.empty:
+        return d
+    d = d.assign(**{TIME: d[time_col]}) if time_col != TIME else d
+    return pd.DataFrame() if d[TIME].isna().any() else d
+
+
 def slopes(df: pd.DataFrame, time_col: str = TIME) -> pd.DataFrame:
     """One row per (machine, variant, backend, batch, dtype, cache): log-log slopes of decode time vs T.
 
@@ -104,13 +113,10 @@ def slopes(df: pd.DataFrame, time_col: str = TIME) -> pd.DataFrame:
     `model_end_slope`: the local slope at the longest length of a*T + b*T^2 fitted to every length
     (fixed per-forward costs flatten the uncached curve at short lengths; this sees past them).
     """
-    d = decode_rows(df)
+    d = _timed_decode_rows(df, time_col)
     rows = []
     if d.empty:
-        return pd.DataFrame()
-    d = d.assign(**{TIME: d[time_col]}) if time_col != TIME else d
-    if d[TIME].isna().any():
-        return pd.DataFrame()
+        return d
     for key, g in d.groupby([*GROUP, "p_cache"]):
         g = g.sort_values("p_decode_tokens")
         all_fit = fit_loglog(g["p_decode_tokens"].tolist(), g[TIME].tolist())
@@ -133,13 +139,10 @@ def slopes(df: pd.DataFrame, time_col: str = TIME) -> pd.DataFrame:
 def cache_payoff(df: pd.DataFrame, time_col: str = TIME) -> pd.DataFrame:
     """Per group: the cache's speed-up (uncached time / cached time) at each common length, the speed-up
     at the longest one, and the first length at which the cache is faster."""
-    d = decode_rows(df)
+    d = _timed_decode_rows(df, time_col)
     rows = []
     if d.empty:
-        return pd.DataFrame()
-    d = d.assign(**{TIME: d[time_col]}) if time_col != TIME else d
-    if d[TIME].isna().any():
-        return pd.DataFrame()
+        return d
     for key, g in d.groupby(GROUP):
         raw = g[g["p_cache"] == "raw"].set_index("p_decode_tokens")[TIME]
         none = g[g["p_cache"] == "none"].set_index("p_decode_tokens")[TIME]

@@ -39,6 +39,13 @@ class Section:
     tables: list[Table] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
+    def add_figures(self, df: pd.DataFrame, specs: tuple) -> None:
+        """Render each (title, figure function, caption); a function with nothing to draw adds nothing."""
+        for title, make, caption in specs:
+            png = make(df)
+            if png:
+                self.figures.append(Figure(title, png, caption))
+
 
 def fmt(value: object, digits: int = 3) -> str:
     """Human-readable cell text (numbers with `digits` significant digits)."""
@@ -78,7 +85,7 @@ def decode_section(df: pd.DataFrame) -> Section | None:
                       "Slopes are least-squares fits of log time on log T over the upper half of the lengths; "
                       "the bound assumes every weight and the cache up to the position is read once per step "
                       "at the bandwidth measured on this machine.")
-    for title, make, caption in (
+    section.add_figures(df, (
         ("Total decode time vs length", figures.decode_scaling,
          "Log-log: a slope of 1 is linear growth, 2 quadratic. Legends give the fitted slope."),
         ("Per-token latency vs position", figures.latency_vs_position,
@@ -89,10 +96,7 @@ def decode_section(df: pd.DataFrame) -> Section | None:
          "The same weights decoded by every backend that ran (torch eager, onnxruntime on the exported graph)."),
         ("archbench vs transformers", figures.peers,
          "Same weights, greedy, same lengths; transformers' GPT2LMHeadModel.generate vs ours, prefill included."),
-    ):
-        png = make(df)
-        if png:
-            section.figures.append(Figure(title, png, caption))
+    ))
     fits = analysis.slopes(df)
     if not fits.empty:
         section.tables.append(Table(
@@ -155,7 +159,7 @@ def kv_section(df: pd.DataFrame) -> Section | None:
                       "Bytes are exact counts of what each cache holds. Accuracy is measured on the trained "
                       "reference model over held-out standard-library files: every query attends to the stored "
                       "(quantized) keys and values, as in decoding.")
-    for title, make, caption in (
+    section.add_figures(df, (
         ("Bytes per token", figures.kv_bytes, "Exact bytes each kind adds per token, every layer, batch 1."),
         ("Cache size vs length", figures.kv_bytes_vs_length,
          "Exact bytes per token times length; the dotted line is the fp16 weights."),
@@ -165,10 +169,7 @@ def kv_section(df: pd.DataFrame) -> Section | None:
          "Lower is better on both axes; equal x means equal memory."),
         ("Error by layer", figures.kv_layer_error,
          "Errors compound: a layer's input already carries the earlier layers' errors."),
-    ):
-        png = make(df)
-        if png:
-            section.figures.append(Figure(title, png, caption))
+    ))
     if not acc.empty:
         section.tables.append(Table(
             f"Accuracy on the reference model ({acc['variant'].iloc[0]}, {int(acc['p_windows'].iloc[0])} windows of "

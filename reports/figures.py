@@ -36,8 +36,15 @@ def _length_axis(ax: plt.Axes, lengths: list[int]) -> None:
     ax.tick_params(axis="x", labelrotation=45 if len(ticks) > 6 else 0)
 
 
-def _facet_cols(n: int) -> int:
-    return min(3, max(1, n))
+def _facet_grid(n_panels: int, height: float) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A figure of up to three panels a row; returns the first `n_panels` axes (the rest hidden)."""
+    cols = min(3, max(1, n_panels))
+    rows = -(-n_panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, height * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n_panels:]:
+        ax.set_visible(False)
+    return fig, flat[:n_panels]
 
 
 def decode_scaling(df: pd.DataFrame) -> str | None:
@@ -52,10 +59,8 @@ def decode_scaling(df: pd.DataFrame) -> str | None:
         + fits["machine"]
     d["mode"] = d["p_cache"].map(CACHE_LABELS)
     panels = sorted(d["panel"].unique())
-    cols = _facet_cols(len(panels))
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
-    for ax, panel in zip(axes.flat, panels, strict=False):
+    fig, panel_axes = _facet_grid(len(panels), height=3.8)
+    for ax, panel in zip(panel_axes, panels, strict=True):
         sub = d[d["panel"] == panel]
         sns.lineplot(data=sub, x="p_decode_tokens", y=TIME, hue="mode", marker="o", ax=ax,
                      hue_order=[v for v in CACHE_LABELS.values() if v in set(sub["mode"])])
@@ -70,8 +75,6 @@ def decode_scaling(df: pd.DataFrame) -> str | None:
             slope = fit["slope"].iloc[0] if len(fit) else float("nan")
             new_labels.append(f"{label}: slope {slope:.2f}" if slope == slope else f"{label}: one length")
         ax.legend(handles, new_labels, fontsize=8)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
     fig.tight_layout()
     return to_png_base64(fig)
 
@@ -87,15 +90,11 @@ def latency_vs_position(df: pd.DataFrame) -> str | None:
     lat["mode"] = lat["cache"].map(CACHE_LABELS)
     lat["panel"] = lat["variant"] + " · " + lat["backend"] + " · B" + lat["batch"].astype(str) + " · " + lat["machine"]
     panels = sorted(lat["panel"].unique())
-    cols = _facet_cols(len(panels))
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
-    for ax, panel in zip(axes.flat, panels, strict=False):
+    fig, panel_axes = _facet_grid(len(panels), height=3.6)
+    for ax, panel in zip(panel_axes, panels, strict=True):
         sns.lineplot(data=lat[lat["panel"] == panel], x="position", y="latency_ms", hue="mode", marker="o", ax=ax)
         ax.set(xlabel="position of the new token (tokens)", ylabel="latency of one decode step (ms)", title=panel)
         ax.set_ylim(bottom=0)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
     fig.tight_layout()
     return to_png_base64(fig)
 
@@ -134,17 +133,13 @@ def backends(df: pd.DataFrame) -> str | None:
     d["panel"] = (d["variant"] + " · " + d["p_cache"].map(CACHE_LABELS) + " · B" + d["p_batch"].astype(str)
                   + " · " + d["machine"])
     panels = sorted(d["panel"].unique())
-    cols = _facet_cols(len(panels))
-    rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
-    for ax, panel in zip(axes.flat, panels, strict=False):
+    fig, panel_axes = _facet_grid(len(panels), height=3.6)
+    for ax, panel in zip(panel_axes, panels, strict=True):
         sub = d[d["panel"] == panel]
         sns.lineplot(data=sub, x="p_decode_tokens", y="tokens_per_s", hue="backend", marker="o", ax=ax)
         ax.set(xscale="log", yscale="log", xlabel="tokens decoded T (tokens, log scale)",
                ylabel="decode throughput (tokens/s, log scale)", title=panel)
         _length_axis(ax, sub["p_decode_tokens"].tolist())
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
     fig.tight_layout()
     return to_png_base64(fig)
 
