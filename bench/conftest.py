@@ -16,6 +16,7 @@ import torch
 
 from bench import backends, presets
 from profiles import ceilings, hardware
+from profiles.timers import synchronize
 
 SCHEMA = 1
 
@@ -50,6 +51,18 @@ def selected_backends(config: pytest.Config) -> list[str]:
 @pytest.fixture(scope="session")
 def preset(pytestconfig: pytest.Config) -> presets.Preset:
     return pytestconfig.archbench_preset
+
+
+def synced(fn, device: torch.device):
+    """`fn` followed by a device synchronisation: what pytest-benchmark's wall clock times must include
+    (CUDA kernels run asynchronously; without it a round would time only their launches)."""
+
+    def call(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        synchronize(device)
+        return out
+
+    return call
 
 
 def backend_fixture(name: str) -> backends.TorchBackend:

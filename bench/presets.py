@@ -45,9 +45,10 @@ class KVMemorySweep:
     batches: tuple[int, ...] = (1,)
     prompt_len: int = 16
     rounds: int = 2
-    rss_lengths: tuple[int, ...] = ()  # lengths also measured for peak RSS in a fresh subprocess (CPU)
-    rss_kinds: tuple[str, ...] = ("raw-fp32", "raw-fp16", "tq3")
-    rss_rope: bool = True  # measure RSS with RoPE positions (random weights): no learned-table length limit
+    probe_lengths: tuple[int, ...] = ()  # lengths also measured for peak memory in a fresh process (kv_probe)
+    probe_kinds: tuple[str, ...] = ("raw-fp32", "raw-fp16", "tq3")
+    probe_batch: int = 1
+    probe_rope: bool = True  # probe with RoPE positions (random weights): no learned-table length limit
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ PRESETS: dict[str, Preset] = {
         ),
         peer=(PeerSweep("gpt2-small", (32,), caches=("raw",), rounds=2),),
         kv_memory=(KVMemorySweep("gpt2-small", (64,), kinds=("raw-fp32", "raw-fp16", "tq3", "uniform3"),
-                                 rss_lengths=(8192,), rss_kinds=("raw-fp16", "tq3")),),
+                                 probe_lengths=(8192,), probe_kinds=("raw-fp16", "tq3")),),
         kv_accuracy=(KVAccuracySweep(windows=32),),
     ),
     "standard": Preset(
@@ -104,20 +105,24 @@ PRESETS: dict[str, Preset] = {
             DecodeSweep(("gpt2-small",), (32, 64, 128, 256), batches=(1, 8), uncached_max_len=64),
         ),
         peer=(PeerSweep("gpt2-small", (32, 128), caches=("raw", "none")),),
-        kv_memory=(KVMemorySweep("gpt2-small", (128, 512, 1000), batches=(1, 8), rss_lengths=(8192, 32768)),),
+        kv_memory=(KVMemorySweep("gpt2-small", (128, 512, 1000), batches=(1, 8), probe_lengths=(8192, 32768)),),
         kv_accuracy=(KVAccuracySweep(),),
     ),
     "full": Preset(
-        "full", "for a GPU (about 8 minutes on an H100-class device): to 8192 tokens, GPT-2 124M to 774M",
-        decode=(
-            DecodeSweep(_TINY + _MINI, (256, 512, 1024, 2048, 4096, 8192), batches=(1, 8), uncached_max_len=2048),
-            DecodeSweep(("gpt2-small", "gpt2-medium", "gpt2-large"), (128, 256, 512, 1000), batches=(1, 8),
-                        uncached_max_len=512, rounds=3, uncached_rounds=2),
+        "full", "for a GPU (about 6 minutes on an H200): GPT-2 124M to 774M, tiny models to 8192 tokens, "
+        "KV-cache memory of gpt2-medium at 16k-64k tokens, batch 8",
+        decode=(  # the large models first: a run cut short keeps the figures that matter most
+            DecodeSweep(("gpt2-small", "gpt2-medium", "gpt2-large"), (128, 256, 512, 1000), uncached_max_len=256,
+                        rounds=2, uncached_rounds=1),
+            DecodeSweep(("gpt2-small",), (128, 256, 512, 1000), batches=(8,), uncached_max_len=256, rounds=2,
+                        uncached_rounds=1),
+            DecodeSweep(("llama-tiny", "vaswani-tiny", "gpt2-tiny"), (512, 2048, 8192), batches=(1, 8),
+                        uncached_max_len=2048, rounds=2, uncached_rounds=1),
         ),
-        peer=(PeerSweep("gpt2-small", (128, 512), caches=("raw", "none")),),
-        kv_memory=(KVMemorySweep("gpt2-small", (256, 1000), batches=(1, 8)),
-                   KVMemorySweep("llama-mini", (1024, 4096, 8192), batches=(1, 8))),
-        kv_accuracy=(KVAccuracySweep(windows=96),),
+        peer=(PeerSweep("gpt2-small", (128, 512), caches=("raw", "none"), rounds=2),),
+        kv_memory=(KVMemorySweep("gpt2-medium", (256,), kinds=("raw-fp16", "tq3", "uniform3"), batches=(8,),
+                                 probe_lengths=(16384, 32768, 65536), probe_kinds=("raw-fp16", "tq3"),
+                                 probe_batch=8),),
     ),
 }
 

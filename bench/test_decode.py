@@ -15,12 +15,12 @@ from functools import cache
 import pytest
 import torch
 
-from bench.conftest import backend_fixture, selected_backends
+from bench.conftest import backend_fixture, selected_backends, synced
 from models import GPT, PositionLimitError, build, generate, variants
 from models.generate import decode
 from profiles import roofline
 from profiles.memory import MemoryProbe
-from profiles.timers import DeviceTimer
+from profiles.timers import DeviceTimer, synchronize
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 CHECK_STEPS = 16  # steps compared between cache modes before timing (also the warm-up)
@@ -167,10 +167,14 @@ def test_decode(benchmark, record, ceiling, preset, decode_case: DecodeCase) -> 
             calibrate()
         if cache is not None:
             cache.reset()
-        return (model(prompt, cache)[:, -1],), {}
+        logits = model(prompt, cache)[:, -1]
+        synchronize(device)  # the prefill is not part of the timed round
+        return (logits,), {}
 
     def run(logits: torch.Tensor) -> torch.Tensor:
-        return decode(model, tokens, case.prompt_len, logits, case.decode_tokens, cache)
+        logits = decode(model, tokens, case.prompt_len, logits, case.decode_tokens, cache)
+        synchronize(device)  # CUDA runs asynchronously: the round ends when the device is done
+        return logits
 
     with torch.inference_mode():
         # Correct before timed, and warm: the first steps agree with the other cache mode.
@@ -240,7 +244,8 @@ def test_prefill(benchmark, record, ceiling, prefill_case: DecodeCase) -> None:
     with torch.inference_mode():
         torch.testing.assert_close(model(prompt, cache), model(prompt), atol=1e-4, rtol=1e-4)  # correct first
         cache.reset()
-        benchmark.pedantic(lambda: model(prompt, cache), setup=setup, rounds=max(3, case.rounds), warmup_rounds=1)
+        benchmark.pedantic(synced(lambda: model(prompt, cache), backend.device), setup=setup,
+                           rounds=max(3, case.rounds), warmup_rounds=1)
     record("decode", case.variant, case.backend,
            params={"phase": "prefill", "cache": "raw", "prompt_tokens": case.decode_tokens, "batch": case.batch,
                    "dtype": case.dtype, "weight_layout": layout, "pos": cfg.pos, "norm": cfg.norm},
@@ -300,7 +305,8 @@ def test_peer(benchmark, record, ceiling, peer_models, peer_case: PeerCase) -> N
         ours_tokens, hf_tokens = run_ours(), run_hf()  # the first calls double as warm-up
         identical = bool(torch.equal(ours_tokens, hf_tokens))
         assert identical, "archbench and transformers generated different tokens from the same weights"
-        benchmark.pedantic(run_ours if case.impl == "archbench" else run_hf, rounds=case.rounds, warmup_rounds=0)
+        benchmark.pedantic(synced(run_ours if case.impl == "archbench" else run_hf, device), rounds=case.rounds,
+                           warmup_rounds=0)
     record("decode", case.variant, case.backend,
            params={"phase": "peer", "impl": case.impl, "cache": case.cache, "decode_tokens": case.decode_tokens,
                    "prompt_tokens": case.prompt_len, "batch": 1, "dtype": "fp32",

@@ -2,7 +2,8 @@
 
 - `test_kv_memory`: decode with each cache kind: exact bytes, memory, speed, tokens against raw fp32.
 - `test_kv_quantize`: TurboQuant's quantize throughput.
-- `test_kv_rss`: peak resident memory of a filled cache, in a fresh subprocess (CPU).
+- `test_kv_peak`: peak memory of a filled cache, in a fresh subprocess: resident set on the CPU, the
+  allocator's peak (and NVML's view) on CUDA.
 - `test_kv_capacity`: bytes per token, where the cache outgrows the weights, and the longest context
   that fits a memory budget, for GPT-2 small to XL and 7B/70B-class shapes (analytic, checked
   against allocated caches).
@@ -23,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.conftest import backend_fixture, selected_backends
+from bench.conftest import backend_fixture, selected_backends, synced
 from bench.presets import KVAccuracySweep, KVMemorySweep
 from models import build, count_params, generate, kv_cache, variants
 from models.generate import decode
@@ -53,10 +54,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                  for kind in s.kinds for length in s.lengths for batch in s.batches]
         metafunc.parametrize("kv_memory_case", cases,
                              ids=[f"{s.variant}-{b}-{k}-T{t}-B{n}" for s, b, k, t, n in cases])
-    if "kv_rss_case" in metafunc.fixturenames:
-        cases = [(s, kind, length) for s in preset.kv_memory for kind in s.rss_kinds if kind in s.kinds
-                 for length in s.rss_lengths]
-        metafunc.parametrize("kv_rss_case", cases, ids=[f"{s.variant}-{k}-T{t}" for s, k, t in cases])
+    if "kv_peak_case" in metafunc.fixturenames:
+        torch_backends = [b for b in selected_backends(metafunc.config) if b.startswith("torch")]
+        cases = [(s, backend, kind, length) for s in preset.kv_memory for backend in torch_backends
+                 for kind in s.probe_kinds for length in s.probe_lengths]
+        metafunc.parametrize("kv_peak_case", cases,
+                             ids=[f"{s.variant}-{b}-{k}-T{t}-B{s.probe_batch}" for s, b, k, t in cases])
     if "kv_accuracy_case" in metafunc.fixturenames:
         cases = [(s, kind) for s in preset.kv_accuracy for kind in s.kinds]
         metafunc.parametrize("kv_accuracy_case", cases, ids=[f"{s.reference}-{k}" for s, k in cases])
@@ -93,7 +96,7 @@ def test_kv_memory(benchmark, record, kv_memory_case) -> None:
 
     def prefill():
         cache_obj.reset()
-        return (model(prompt, cache_obj)[:, -1],), {}
+        return (synced(model, device)(prompt, cache_obj)[:, -1],), {}
 
     with torch.inference_mode():
         reference = generate(model, prompt, length)  # raw fp32 greedy tokens
@@ -102,7 +105,7 @@ def test_kv_memory(benchmark, record, kv_memory_case) -> None:
         agreement = float((tokens[:, sweep.prompt_len:] == reference[:, sweep.prompt_len:]).float().mean())
         if kind == "raw-fp32":
             assert agreement == 1.0
-        benchmark.pedantic(lambda lg: decode(model, tokens, sweep.prompt_len, lg, length, cache_obj),
+        benchmark.pedantic(synced(lambda lg: decode(model, tokens, sweep.prompt_len, lg, length, cache_obj), device),
                            setup=prefill, rounds=sweep.rounds, warmup_rounds=0)
         with MemoryProbe(device) as probe:
             (logits,), _ = prefill()
@@ -139,24 +142,34 @@ def test_kv_quantize(benchmark, record, kv_quantize_bits: int) -> None:
                     "paper_mse": {1: 0.36, 2: 0.117, 3: 0.03, 4: 0.009}[kv_quantize_bits]})
 
 
-def test_kv_rss(benchmark, record, kv_rss_case) -> None:
-    """Peak RSS growth of filling a cache, each in a fresh Python process."""
-    sweep, kind, length = kv_rss_case
+def test_kv_peak(benchmark, record, kv_peak_case) -> None:
+    """Peak memory growth of filling a cache and decoding over it, each in a fresh Python process:
+    resident set on the CPU (phase `rss`), the CUDA allocator's peak and NVML's delta on a GPU (`vram`)."""
+    sweep, backend_name, kind, length = kv_peak_case
+    backend = backend_fixture(backend_name)
     result: dict = {}
 
     def run() -> None:
-        cmd = [sys.executable, "-m", "profiles.rss_probe", "--variant", sweep.variant, "--cache", kind,
-               "--tokens", str(length), *(["--rope"] if sweep.rss_rope else [])]
+        cmd = [sys.executable, "-m", "profiles.kv_probe", "--variant", sweep.variant, "--cache", kind,
+               "--tokens", str(length), "--batch", str(sweep.probe_batch), "--device", backend.device_type,
+               *(["--rope"] if sweep.probe_rope else [])]
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stderr[-2000:]
         result.update(json.loads(proc.stdout.strip().splitlines()[-1]))
 
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
-    assert result["peak_rss_delta_bytes"] >= 0
-    record("kv_memory", sweep.variant, "torch-cpu",
-           params={"phase": "rss", "cache": kind, "bits": _bits(kind), "tokens": length, "batch": 1,
-                   "pos": "rope" if sweep.rss_rope else variants.get(sweep.variant).pos},
-           metrics={"peak_rss_delta_bytes": result["peak_rss_delta_bytes"], "kv_bytes": result["cache_nbytes"]})
+    assert result["peak_delta_bytes"] >= result["cache_nbytes"] * (0.5 if backend.device_type == "cpu" else 1.0)
+    cuda = backend.device_type == "cuda"
+    metrics = {"peak_delta_bytes": result["peak_delta_bytes"], "kv_bytes": result["cache_nbytes"]}
+    if cuda:
+        metrics.update(nvml_delta_bytes=result["nvml_delta_bytes"])
+    else:
+        metrics.update(peak_rss_delta_bytes=result["peak_delta_bytes"])
+    record("kv_memory", sweep.variant, backend_name,
+           params={"phase": "vram" if cuda else "rss", "cache": kind, "bits": _bits(kind), "tokens": length,
+                   "batch": sweep.probe_batch, "pos": result["pos"], "measure": result["measure"],
+                   **({"device_name": result["device_name"]} if cuda else {})},
+           metrics=metrics)
 
 
 def test_kv_capacity(benchmark, record, kv_capacity_variant: str) -> None:

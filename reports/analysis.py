@@ -242,6 +242,30 @@ def _study(df: pd.DataFrame, study: str, phase: str | None = None) -> pd.DataFra
     return d
 
 
+def kv_peak(df: pd.DataFrame) -> pd.DataFrame:
+    """Measured peak memory of filled caches (CPU resident set: phase `rss`; CUDA allocator: `vram`),
+    with the ratio to the exact bytes held and the saving against raw fp16 at the same tokens and batch."""
+    parts = [_study(df, "kv_memory", phase) for phase in ("rss", "vram")]
+    d = pd.concat([p for p in parts if not p.empty]) if any(not p.empty for p in parts) else pd.DataFrame()
+    if d.empty:
+        return d
+    if "m_peak_delta_bytes" not in d:
+        d["m_peak_delta_bytes"] = float("nan")
+    if "m_peak_rss_delta_bytes" in d:  # results written before the probe measured CUDA too
+        d["m_peak_delta_bytes"] = d["m_peak_delta_bytes"].fillna(d["m_peak_rss_delta_bytes"])
+    if "p_batch" not in d:
+        d["p_batch"] = 1
+    d["p_batch"] = d["p_batch"].fillna(1).astype(int)
+    d["peak_over_held"] = d["m_peak_delta_bytes"] / d["m_kv_bytes"]
+    keys = ["machine", "backend", "variant", "p_phase", "p_tokens", "p_batch"]
+    fp16 = d[d["p_cache"] == "raw-fp16"].set_index(keys)
+    d["saving_vs_fp16"] = [fp16["m_peak_delta_bytes"].get(tuple(getattr(r, k) for k in keys), float("nan"))
+                           / r.m_peak_delta_bytes for r in d.itertuples()]
+    d["exact_saving_vs_fp16"] = [fp16["m_kv_bytes"].get(tuple(getattr(r, k) for k in keys), float("nan"))
+                                 / r.m_kv_bytes for r in d.itertuples()]
+    return d.sort_values(["machine", "backend", "p_phase", "p_batch", "p_tokens", "p_cache"]).reset_index(drop=True)
+
+
 def kv_memory(df: pd.DataFrame) -> pd.DataFrame:
     """Per cache kind: bytes per token, compression vs raw fp16/fp32, decode tokens/s and its ratio to
     the raw fp32 cache of the same run (the overhead of quantizing and reading codes)."""

@@ -255,3 +255,28 @@ def kv_bytes_vs_length(df: pd.DataFrame) -> str | None:
     ax.legend(fontsize=8)
     _length_axis(ax, lengths)
     return to_png_base64(fig)
+
+
+def kv_peak_memory(df: pd.DataFrame) -> str | None:
+    """Measured peak memory of a filled cache against the exact bytes it holds, per kind and length."""
+    d = analysis.kv_peak(df)
+    if d.empty:
+        return None
+    d = d.copy()
+    d["panel"] = d["variant"] + " · " + d["backend"] + " · B" + d["p_batch"].astype(str) + " · " + d["machine"]
+    panels = sorted(d["panel"].unique())
+    fig, axes = _facet_grid(len(panels), 3.9)
+    for ax, panel in zip(axes, panels, strict=True):
+        p = d[d["panel"] == panel]
+        measure = "peak RSS growth" if (p["p_phase"] == "rss").all() else "CUDA allocator peak"
+        for kind, g in p.groupby("p_cache"):
+            g = g.sort_values("p_tokens")
+            line = ax.plot(g["p_tokens"], g["m_peak_delta_bytes"] / 2**30, marker="o", label=f"{kind}: {measure}")
+            ax.plot(g["p_tokens"], g["m_kv_bytes"] / 2**30, ls=":", color=line[0].get_color(),
+                    label=f"{kind}: exact bytes held")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        _length_axis(ax, list(p["p_tokens"]))
+        ax.set(xlabel="tokens in the cache", ylabel="memory (GiB)", title=panel)
+        ax.legend(fontsize=7)
+    return to_png_base64(fig)
