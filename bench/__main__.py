@@ -16,7 +16,8 @@ from pathlib import Path
 from bench import backends, presets
 
 ROOT = Path(__file__).resolve().parent.parent
-STUDIES = {"decode": "bench/test_decode.py", "kv": "bench/test_kv_cache.py"}  # study -> suite
+STUDIES = {"decode": "bench/test_decode.py", "kv": "bench/test_kv_cache.py",  # study -> suite
+           "int8": "bench/test_int8.py"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,6 +64,14 @@ def rebuild_from_records(records: Path, results: Path) -> int:
     return len(benchmarks)
 
 
+def _complete(results: Path) -> bool:
+    """Whether pytest-benchmark finished writing `results` (a crash or an interrupt can leave it empty)."""
+    try:
+        return bool(json.loads(results.read_text()).get("benchmarks") is not None)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out: Path = args.out
@@ -82,28 +91,35 @@ def main(argv: list[str] | None = None) -> int:
     cmd += args.pytest_args
     print(f"archbench: preset {args.preset!r}, studies {', '.join(args.only or STUDIES)} -> {out}", flush=True)
     preset = presets.get(args.preset)
-    if "kv" in (args.only or STUDIES) and preset.kv_accuracy:
+    studies = args.only or STUDIES
+    references = {s.reference for s in preset.kv_accuracy if "kv" in studies}
+    references |= {s.reference for s in preset.int8 if "int8" in studies}
+    for variant in sorted(references):
         # train (or load) the reference model here, where its progress bar is visible; pytest reuses the cache
         from models.reference import reference_model
 
-        for sweep in preset.kv_accuracy:
-            result = reference_model(sweep.reference, progress=True)
-            state = "loaded from the cache" if result.from_cache else f"trained in {result.seconds:.0f} s"
-            print(f"archbench: reference model {sweep.reference} {state}: {result.val_bits_per_byte:.3f} bits/byte "
-                  f"on held-out files (unigram {result.unigram_bits_per_byte:.3f})", flush=True)
+        result = reference_model(variant, progress=True)
+        state = "loaded from the cache" if result.from_cache else f"trained in {result.seconds:.0f} s"
+        print(f"archbench: reference model {variant} {state}: {result.val_bits_per_byte:.3f} bits/byte "
+              f"on held-out files (unigram {result.unigram_bits_per_byte:.3f})", flush=True)
     try:
         code = subprocess.call(cmd, cwd=ROOT)
     except KeyboardInterrupt:
         code = 130
-    if not results.exists():
+    if not _complete(results):  # interrupted: pytest-benchmark had opened the file but never wrote it
         if not records.exists():
             print("archbench: nothing was measured", file=sys.stderr)
             return code or 1
         n = rebuild_from_records(records, results)
         print(f"archbench: the run ended early (exit {code}); {n} measured records kept in {results}", flush=True)
     from reports.build import build_report
+    from reports.load import ResultsFileError
 
-    build_report([results], report)
+    try:
+        build_report([results], report)
+    except ResultsFileError as exc:  # nothing measured (every benchmark skipped): say so, no traceback
+        print(f"archbench: no report written: {exc}", file=sys.stderr)
+        return code or 1
     print(f"archbench: wrote {results} and {report}", flush=True)
     return code
 

@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
-# The GPU sample: the full preset on torch-cuda (decode, then the KV-cache memory study), each study
+# The GPU sample: the full preset on torch-cuda (decode, the KV-cache memory study, INT8), each study
 # under its own time limit (SIGINT: the measured records are kept and the report is built from them),
-# then one report from both. Usage: bench/gpu-sample.sh OUT_DIR [DECODE_SECONDS] [KV_SECONDS]
+# then one report from all. Usage: bench/gpu-sample.sh OUT_DIR [DECODE_S] [KV_S] [INT8_S]
 set -u
-out=${1:?usage: bench/gpu-sample.sh OUT_DIR [DECODE_SECONDS] [KV_SECONDS]}
-decode_s=${2:-270}
+out=${1:?usage: bench/gpu-sample.sh OUT_DIR [DECODE_S] [KV_S] [INT8_S]}
+decode_s=${2:-150}
 kv_s=${3:-110}
+int8_s=${4:-90}
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out"
-$py -m profiles > "$out/profile.txt" 2>&1
-cat "$out/profile.txt"
-timeout -s INT -k 20 "$decode_s" $py -m bench --preset full --backend torch-cuda --only decode --out "$out/decode"
-timeout -s INT -k 20 "$kv_s" $py -m bench --preset full --backend torch-cuda --only kv --out "$out/kv"
+$py -m profiles
+for study in decode kv int8; do
+  limit=${study}_s
+  timeout -s INT -k 20 "${!limit}" $py -m bench --preset full --backend torch-cuda --only $study --out "$out/$study"
+  rm -f "$out/$study/index.html"
+done
 parts=()
-for study in decode kv; do
+for study in decode kv int8; do
   [ -s "$out/$study/results.json" ] && parts+=("$out/$study/results.json")
 done
 [ ${#parts[@]} -gt 0 ] && $py -m reports build "${parts[@]}" --out "$out/index.html"

@@ -62,6 +62,21 @@ class KVAccuracySweep:
 
 
 @dataclass(frozen=True)
+class Int8Sweep:
+    """INT8 schemes x norm policies x backends on the trained reference model, plus a per-layer sweep."""
+
+    schemes: tuple[str, ...] = ("weight_only", "w8a8", "llm_int8", "torch_dynamic", "ort_dynamic", "ort_static")
+    norms: tuple[str, ...] = ("keep", "quantize")
+    windows: int = 32  # validation windows for bits per byte, KL and top-1
+    seq_len: int = 128
+    decode_tokens: int = 64  # cached greedy steps timed for tokens/s
+    rounds: int = 3
+    sensitivity_scheme: str | None = "w8a8"  # the per-layer sweep (torch-cpu); None: skip it
+    sensitivity_windows: int = 16
+    reference: str = "gpt2-tiny"
+
+
+@dataclass(frozen=True)
 class Preset:
     """Everything one preset runs."""
 
@@ -71,6 +86,7 @@ class Preset:
     peer: tuple[PeerSweep, ...] = ()
     kv_memory: tuple[KVMemorySweep, ...] = ()
     kv_accuracy: tuple[KVAccuracySweep, ...] = ()
+    int8: tuple[Int8Sweep, ...] = ()
     trace_positions: int = 4  # positions at which per-token latency is recorded
     extra: dict = field(default_factory=dict)
 
@@ -97,6 +113,7 @@ PRESETS: dict[str, Preset] = {
         kv_memory=(KVMemorySweep("gpt2-small", (64,), kinds=("raw-fp32", "raw-fp16", "tq3", "uniform3"),
                                  probe_lengths=(8192,), probe_kinds=("raw-fp16", "tq3")),),
         kv_accuracy=(KVAccuracySweep(windows=32),),
+        int8=(Int8Sweep(),),
     ),
     "standard": Preset(
         "standard", "tens of minutes on a CPU: tiny and mini models to 2048 tokens at batch 1 and 8",
@@ -107,22 +124,22 @@ PRESETS: dict[str, Preset] = {
         peer=(PeerSweep("gpt2-small", (32, 128), caches=("raw", "none")),),
         kv_memory=(KVMemorySweep("gpt2-small", (128, 512, 1000), batches=(1, 8), probe_lengths=(8192, 32768)),),
         kv_accuracy=(KVAccuracySweep(),),
+        int8=(Int8Sweep(windows=96, decode_tokens=128, sensitivity_windows=32),),
     ),
     "full": Preset(
         "full", "for a GPU (about 6 minutes on an H200): GPT-2 124M to 774M, tiny models to 8192 tokens, "
-        "KV-cache memory of gpt2-medium at 16k-64k tokens, batch 8",
+        "KV-cache memory of gpt2-medium at 16k-64k tokens and batch 8, the INT8 study",
         decode=(  # the large models first: a run cut short keeps the figures that matter most
-            DecodeSweep(("gpt2-small", "gpt2-medium", "gpt2-large"), (128, 256, 512, 1000), uncached_max_len=256,
+            DecodeSweep(("gpt2-small", "gpt2-medium", "gpt2-large"), (64, 128, 256, 512), uncached_max_len=128,
                         rounds=2, uncached_rounds=1),
-            DecodeSweep(("gpt2-small",), (128, 256, 512, 1000), batches=(8,), uncached_max_len=256, rounds=2,
+            DecodeSweep(("llama-tiny", "gpt2-tiny"), (512, 2048, 8192), uncached_max_len=2048, rounds=1,
                         uncached_rounds=1),
-            DecodeSweep(("llama-tiny", "vaswani-tiny", "gpt2-tiny"), (512, 2048, 8192), batches=(1, 8),
-                        uncached_max_len=2048, rounds=2, uncached_rounds=1),
         ),
-        peer=(PeerSweep("gpt2-small", (128, 512), caches=("raw", "none"), rounds=2),),
-        kv_memory=(KVMemorySweep("gpt2-medium", (256,), kinds=("raw-fp16", "tq3", "uniform3"), batches=(8,),
+        peer=(PeerSweep("gpt2-small", (128,), caches=("raw",), rounds=2),),
+        kv_memory=(KVMemorySweep("gpt2-medium", (256,), kinds=("raw-fp16", "tq3"), batches=(8,),
                                  probe_lengths=(16384, 32768, 65536), probe_kinds=("raw-fp16", "tq3"),
                                  probe_batch=8),),
+        int8=(Int8Sweep(windows=64, decode_tokens=128),),
     ),
 }
 

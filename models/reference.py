@@ -4,7 +4,9 @@ Accuracy studies (INT8, KV quantization, adapters) need a model that has learned
 trains a small byte-level model on the embedded corpus (`models.corpus`), seeded so that two runs
 give identical weights, and caches the checkpoint (safetensors + JSON) under the user's cache
 directory, keyed by the architecture, the training settings, the corpus fingerprint and the
-versions of Python and torch. `ARCHBENCH_CACHE_DIR` overrides the directory.
+versions of Python and torch (and the device, when it is not the CPU). `ARCHBENCH_CACHE_DIR`
+overrides the directory. Training runs on CUDA when a GPU is visible (seconds instead of minutes),
+else on the CPU; `ARCHBENCH_TRAIN_DEVICE` overrides the choice.
 """
 
 from __future__ import annotations
@@ -78,12 +80,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "archbench"
 
 
-def cache_key(arch: ArchConfig, train: TrainConfig, corpus: corpus_mod.Corpus) -> str:
-    """Hex key of a training run: config, settings, corpus and versions."""
+def train_device() -> str:
+    """Where reference models are trained: $ARCHBENCH_TRAIN_DEVICE, else CUDA when visible, else the CPU."""
+    return os.environ.get("ARCHBENCH_TRAIN_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cache_key(arch: ArchConfig, train: TrainConfig, corpus: corpus_mod.Corpus, device: str = "cpu") -> str:
+    """Hex key of a training run: config, settings, corpus, versions and (when not the CPU) the device type."""
     payload = {
         "arch": arch.to_dict(), "train": dataclasses.asdict(train), "corpus": corpus.fingerprint,
         "python": platform.python_version(), "torch": torch.__version__.split("+")[0], "trainer": TRAINER_VERSION,
     }
+    if torch.device(device).type != "cpu":
+        payload["device"] = torch.device(device).type
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -119,8 +128,9 @@ def bits_per_byte(model: GPT, tokens: Tensor, seq_len: int, max_windows: int, ba
 
 
 def train(arch: ArchConfig, tc: TrainConfig = TrainConfig(), *, corpus: corpus_mod.Corpus | None = None,
-          progress: bool = True, desc: str = "training") -> TrainResult:
-    """Train a fresh model of `arch` on the corpus; deterministic for a given seed, torch build and thread count."""
+          progress: bool = True, desc: str = "training", device: str | torch.device = "cpu") -> TrainResult:
+    """Train a fresh model of `arch` on the corpus on `device`; the result is returned on the CPU.
+    Deterministic on the CPU for a given seed, torch build and thread count."""
     from tqdm.auto import tqdm
 
     if arch.vocab_size < 256:
@@ -129,7 +139,8 @@ def train(arch: ArchConfig, tc: TrainConfig = TrainConfig(), *, corpus: corpus_m
         raise ValueError(f"TrainConfig.seq_len={tc.seq_len} exceeds the learned position table ({arch.max_seq_len})")
     corpus = corpus or corpus_mod.load()
     data = corpus.tokens(tc.split)
-    model = build(arch, seed=tc.seed).train()
+    device = torch.device(device)
+    model = build(arch, seed=tc.seed, device=device).train()
     optimizer = _optimizer(model, tc)
     generator = torch.Generator().manual_seed(tc.seed)
     losses: list[float] = []
@@ -139,6 +150,7 @@ def train(arch: ArchConfig, tc: TrainConfig = TrainConfig(), *, corpus: corpus_m
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, tc)
         x, y = corpus_mod.random_windows(data, tc.batch_size, tc.seq_len, generator)  # 2x (B, T)
+        x, y = x.to(device), y.to(device)
         logits = model(x)  # (B, T, vocab)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
         optimizer.zero_grad(set_to_none=True)
@@ -151,7 +163,7 @@ def train(arch: ArchConfig, tc: TrainConfig = TrainConfig(), *, corpus: corpus_m
             bar.set_postfix(bits_per_byte=f"{losses[-1] * corpus_mod.NATS_TO_BITS:.3f}")
     bar.close()
     seconds = time.perf_counter() - start
-    model.eval()
+    model = model.eval().cpu()
     val = corpus.tokens("val")
     val_bpb = bits_per_byte(model, val, tc.seq_len, tc.eval_windows)
     unigram = corpus_mod.unigram_bits_per_byte(data, val)
@@ -159,15 +171,18 @@ def train(arch: ArchConfig, tc: TrainConfig = TrainConfig(), *, corpus: corpus_m
 
 
 def reference_model(variant: str | ArchConfig = DEFAULT_VARIANT, tc: TrainConfig = TrainConfig(), *,
-                    progress: bool = True, directory: Path | None = None) -> TrainResult:
-    """The trained reference model: loaded from the cache when present, else trained and saved there."""
+                    progress: bool = True, directory: Path | None = None,
+                    device: str | None = None) -> TrainResult:
+    """The trained reference model (on the CPU): loaded from the cache when present, else trained (on
+    `device`, default `train_device()`) and saved there."""
     from safetensors.torch import load_file, save_file
 
     from . import variants
 
     arch = variants.get(variant) if isinstance(variant, str) else variant
     corpus = corpus_mod.load()
-    key = cache_key(arch, tc, corpus)
+    device = device or train_device()
+    key = cache_key(arch, tc, corpus, device)
     folder = (directory or cache_dir()) / "reference" / key
     weights, meta_file = folder / "model.safetensors", folder / "meta.json"
     if weights.is_file() and meta_file.is_file():
@@ -175,7 +190,7 @@ def reference_model(variant: str | ArchConfig = DEFAULT_VARIANT, tc: TrainConfig
         model = from_state_dict(arch, load_file(str(weights))).eval()
         return TrainResult(model, meta["val_bits_per_byte"], meta["unigram_bits_per_byte"], meta["train_losses"],
                            meta["seconds"], from_cache=True)
-    result = train(arch, tc, corpus=corpus, progress=progress, desc=f"training reference {key[:8]}")
+    result = train(arch, tc, corpus=corpus, progress=progress, desc=f"training reference {key[:8]}", device=device)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in result.model.state_dict().items()
              if not (arch.tie_weights and k == "lm_head.weight")}  # a tied head is stored once
@@ -185,6 +200,6 @@ def reference_model(variant: str | ArchConfig = DEFAULT_VARIANT, tc: TrainConfig
     meta = {"arch": arch.to_dict(), "train": dataclasses.asdict(tc), "corpus": corpus.fingerprint,
             "val_bits_per_byte": result.val_bits_per_byte, "unigram_bits_per_byte": result.unigram_bits_per_byte,
             "train_losses": result.train_losses, "seconds": result.seconds, "torch": torch.__version__,
-            "python": platform.python_version()}
+            "device": str(device), "python": platform.python_version()}
     meta_file.write_text(json.dumps(meta, indent=1))
     return result

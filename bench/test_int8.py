@@ -1,0 +1,258 @@
+"""The INT8 study: what each scheme costs in accuracy on each backend, with norms kept or quantized.
+
+On the trained reference model, for every scheme x norm policy x backend: validation bits per byte
+and its change, mean KL divergence and top-1 agreement against the same backend's fp32 model and
+against torch fp32 on the CPU, max |delta logit|, model bytes; the timed work is cached greedy decode
+(tokens/s). `test_int8_sensitivity` quantizes one layer or one norm at a time (torch-cpu).
+
+Schemes by backend:
+- torch-cpu / torch-cuda: ours (`models.int8`): `weight_only`, `w8a8`, `llm_int8`; torch-cpu also
+  `torch_dynamic` (torch.ao.quantization.quantize_dynamic, per-tensor int8 Linear; deprecated in
+  torch, used while it exists). The `quantize` norm policy wraps the norms in every case.
+- onnxruntime: `ort_dynamic` (onnxruntime.quantization.quantize_dynamic on the exported graph; its
+  LayerNormalization stays float, so only `keep` applies) and `ort_static` (QDQ, calibrated on
+  training windows; `keep` excludes LayerNormalization, `quantize` includes it in Q/DQ).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.conftest import backend_fixture, selected_backends, synced
+from bench.presets import Int8Sweep
+from models import build, generate, variants
+from models.generate import decode
+from models.int8 import NORM_POLICIES, model_bytes, norm_names, quantize_int8, quantize_norms, target_names
+
+TORCH_SCHEMES = ("weight_only", "w8a8", "llm_int8", "torch_dynamic")
+ORT_SCHEMES = ("ort_dynamic", "ort_static")
+NATS_TO_BITS = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class Int8Case:
+    sweep: Int8Sweep
+    backend: str
+    scheme: str  # "fp32" or a scheme
+    norms: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.sweep.reference}-{self.backend}-{self.scheme}-{self.norms}"
+
+
+def _cases(config: pytest.Config) -> list[Int8Case]:
+    out = []
+    for sweep in config.archbench_preset.int8:
+        for backend in selected_backends(config):
+            family = ORT_SCHEMES if backend == "onnxruntime" else TORCH_SCHEMES
+            out.append(Int8Case(sweep, backend, "fp32", "keep"))
+            out += [Int8Case(sweep, backend, s, n) for s in sweep.schemes if s in family for n in sweep.norms]
+    return out
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "int8_case" in metafunc.fixturenames:
+        cases = _cases(metafunc.config)
+        metafunc.parametrize("int8_case", cases, ids=[c.id for c in cases])
+    if "int8_sensitivity_case" in metafunc.fixturenames:
+        cases = []
+        for sweep in metafunc.config.archbench_preset.int8:
+            if sweep.sensitivity_scheme and "torch-cpu" in selected_backends(metafunc.config):
+                shapes = build(variants.get(sweep.reference), device="meta")  # names without training
+                cases += [(sweep, name) for name in target_names(shapes) + norm_names(shapes)]
+        metafunc.parametrize("int8_sensitivity_case", cases, ids=[f"{s.reference}-{n}" for s, n in cases])
+
+
+@cache
+def _reference(variant: str):
+    from models.reference import reference_model
+
+    return reference_model(variant, progress=False).model.eval()
+
+
+@cache
+def _windows(seq_len: int, count: int, split: str = "val") -> torch.Tensor:
+    from models import corpus
+
+    return corpus.eval_windows(corpus.load().tokens(split), seq_len, count)  # (n, seq_len + 1)
+
+
+def _logits(model, windows: torch.Tensor, device: torch.device, batch: int = 8) -> torch.Tensor:
+    """Logits of every window (prefill, no cache) on `device`, returned on the CPU in fp32."""
+    with torch.inference_mode():
+        return torch.cat([model(chunk[:, :-1].to(device)).float().cpu() for chunk in windows.split(batch)])
+
+
+@cache
+def _torch_fp32_logits(variant: str, seq_len: int, count: int) -> torch.Tensor:
+    return _logits(_reference(variant), _windows(seq_len, count), torch.device("cpu"))
+
+
+def _compare(logits: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor) -> dict:
+    """bits per byte of `logits`, and KL / top-1 / max |delta| against `ref` (both (n, T, vocab))."""
+    log_p, log_q = F.log_softmax(ref, -1), F.log_softmax(logits, -1)
+    return {
+        "bits_per_byte": F.cross_entropy(logits.flatten(0, 1), targets.flatten()).item() * NATS_TO_BITS,
+        "kl_mean_nats": (log_p.exp() * (log_p - log_q)).sum(-1).mean().item(),
+        "top1_agreement": (logits.argmax(-1) == ref.argmax(-1)).float().mean().item(),
+        "max_abs_logit_delta": (logits - ref).abs().max().item(),
+    }
+
+
+def _torch_dynamic(model):
+    """torch.ao.quantization.quantize_dynamic on the Linear projections, or a skip saying why not."""
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as exc:  # removed from this torch
+        pytest.skip(f"torch_dynamic: torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic ({exc})")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated upstream; measured while it exists
+        warnings.simplefilter("ignore", UserWarning)
+        names = set(target_names(model))
+        qconfig = torch.ao.quantization.default_dynamic_qconfig
+        return quantize_dynamic(model, {name: qconfig for name in names}, dtype=torch.qint8)
+
+
+def _torch_model(case: Int8Case, device: torch.device):
+    base = _reference(case.sweep.reference)
+    if case.scheme == "fp32":
+        return copy.deepcopy(base).to(device)
+    if case.scheme == "torch_dynamic":
+        if device.type != "cpu":
+            pytest.skip("torch_dynamic: torch's dynamic quantized Linear runs on the CPU only")
+        return _torch_dynamic(quantize_norms(base) if case.norms == "quantize" else copy.deepcopy(base))
+    return quantize_int8(base, case.scheme, case.norms).to(device)
+
+
+def _ort_model(case: Int8Case, tmp: Path):
+    """The exported reference model, quantized by onnxruntime as the case says, in a session."""
+    from models.onnx_export import OrtModel, export
+
+    base = _reference(case.sweep.reference)
+    path = export(base)
+    if case.scheme == "fp32":
+        return OrtModel(path, base.config), path
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    out = tmp / f"{case.scheme}-{case.norms}.onnx"
+    if case.scheme == "ort_dynamic":
+        if case.norms == "quantize":
+            pytest.skip("ort_dynamic: onnxruntime's dynamic quantization has no int8 LayerNormalization "
+                        "(only MatMul/Gemm/Attention-like ops); use ort_static for the quantize policy")
+        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True)
+    else:
+        ops = ["MatMul", "Gemm"] + (["LayerNormalization"] if case.norms == "quantize" else [])
+        quantize_static(str(path), str(out), _CalibrationReader(base.config, case.sweep.seq_len),
+                        quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    return OrtModel(out, base.config), out
+
+
+class _CalibrationReader:
+    """onnxruntime's CalibrationDataReader protocol: 16 training windows, empty past."""
+
+    def __init__(self, cfg, seq_len: int, count: int = 16) -> None:
+        import numpy as np
+
+        from models.onnx_export import input_names
+
+        windows = _windows(seq_len, count, split="train")[:, :-1].numpy()
+        names = input_names(cfg)
+        empty = np.zeros((1, cfg.kv_heads, 0, cfg.head_dim), dtype=np.float32)
+        self._feeds = iter([{names[0]: w[None].astype(np.int64), **{n: empty for n in names[1:]}}
+                            for w in windows])
+
+    def get_next(self) -> dict | None:
+        return next(self._feeds, None)
+
+
+def _onnx_bytes(path: Path) -> int:
+    import onnx
+    from onnx import numpy_helper
+
+    return sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
+
+
+def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path) -> None:
+    case = int8_case
+    sweep = case.sweep
+    if case.norms not in NORM_POLICIES:
+        raise ValueError(f"unknown norm policy {case.norms!r}; valid policies: {', '.join(NORM_POLICIES)}")
+    backend = backend_fixture(case.backend)
+    windows = _windows(sweep.seq_len, sweep.windows)
+    targets = windows[:, 1:]
+    torch_fp32 = _torch_fp32_logits(sweep.reference, sweep.seq_len, sweep.windows)
+    if case.backend == "onnxruntime":
+        pytest.importorskip("onnxruntime.quantization", reason="onnxruntime's quantization tools are needed")
+        model, path = _ort_model(case, tmp_path)
+        fp32_model, _ = _ort_model(Int8Case(sweep, case.backend, "fp32", "keep"), tmp_path)
+        nbytes, device = _onnx_bytes(path), torch.device("cpu")
+    else:
+        device = backend.device
+        model = _torch_model(case, device)
+        fp32_model = copy.deepcopy(_reference(sweep.reference)).to(device)
+        nbytes = model_bytes(model)
+    logits = _logits(model, windows, device)
+    same_backend_fp32 = _logits(fp32_model, windows, device)
+    vs_backend, vs_torch = _compare(logits, same_backend_fp32, targets), _compare(logits, torch_fp32, targets)
+    fp32_bpb = _compare(same_backend_fp32, torch_fp32, targets)["bits_per_byte"]
+    # the same first batch again (per-tensor dynamic scales depend on the whole batch, so not a smaller one)
+    assert torch.equal(_logits(model, windows[:8], device), logits[:8]), "the quantized model is not deterministic"
+    if case.scheme == "fp32" and case.backend != "onnxruntime":
+        assert vs_backend["kl_mean_nats"] < 1e-9
+
+    prompt = windows[:1, :16].to(device)
+    steps = sweep.decode_tokens
+    tokens = torch.zeros(1, 16 + steps, dtype=torch.long, device=device)
+    tokens[:, :16] = prompt
+    cache_obj = model.make_cache(1, 16 + steps) if hasattr(model, "make_cache") else None
+
+    def setup():
+        cache_obj.reset()
+        return (synced(model, device)(prompt, cache_obj)[:, -1],), {}
+
+    with torch.inference_mode():
+        generate(model, prompt, 8)  # warm
+        benchmark.pedantic(synced(lambda lg: decode(model, tokens, 16, lg, steps, cache_obj), device), setup=setup,
+                           rounds=sweep.rounds, warmup_rounds=0)
+    record("int8", sweep.reference, case.backend,
+           params={"scheme": case.scheme, "norms": case.norms, "windows": sweep.windows, "seq_len": sweep.seq_len,
+                   "decode_tokens": steps, "batch": 1},
+           metrics={"bits_per_byte": vs_backend["bits_per_byte"],
+                    "bpb_delta": vs_backend["bits_per_byte"] - fp32_bpb,
+                    "bpb_delta_vs_torch_fp32": vs_torch["bits_per_byte"] - _compare(torch_fp32, torch_fp32,
+                                                                                    targets)["bits_per_byte"],
+                    "kl_mean_nats": vs_backend["kl_mean_nats"], "top1_agreement": vs_backend["top1_agreement"],
+                    "max_abs_logit_delta": vs_backend["max_abs_logit_delta"],
+                    "kl_vs_torch_fp32_nats": vs_torch["kl_mean_nats"],
+                    "top1_vs_torch_fp32": vs_torch["top1_agreement"], "model_bytes": nbytes})
+
+
+def test_int8_sensitivity(benchmark, record, int8_sensitivity_case) -> None:
+    """One layer (or one norm) quantized at a time: which parts hurt most."""
+    sweep, name = int8_sensitivity_case
+    base = _reference(sweep.reference)
+    windows = _windows(sweep.seq_len, sweep.sensitivity_windows)
+    ref = _logits(base, windows, torch.device("cpu"))
+    is_norm = name in norm_names(base)
+    norms = "quantize" if is_norm else "keep"
+    model = quantize_int8(base, sweep.sensitivity_scheme, norms, only=lambda n: n == name)
+    result: dict = {}
+    benchmark.pedantic(lambda: result.update(logits=_logits(model, windows, torch.device("cpu"))), rounds=1,
+                       warmup_rounds=0)
+    stats = _compare(result["logits"], ref, windows[:, 1:])
+    assert stats["kl_mean_nats"] > 0.0, f"quantizing {name} changed nothing"
+    record("int8", sweep.reference, "torch-cpu",
+           params={"phase": "sensitivity", "scheme": sweep.sensitivity_scheme, "module": name,
+                   "kind": "norm" if is_norm else "linear", "windows": sweep.sensitivity_windows},
+           metrics={"kl_mean_nats": stats["kl_mean_nats"], "top1_agreement": stats["top1_agreement"],
+                    "bpb_delta": stats["bits_per_byte"] - _compare(ref, ref, windows[:, 1:])["bits_per_byte"]})
