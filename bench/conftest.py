@@ -16,7 +16,7 @@ import torch
 
 from bench import backends, presets
 from profiles import ceilings, hardware
-from profiles.timers import synchronize
+from profiles.timers import synchronize, warm_up
 
 SCHEMA = 1
 
@@ -81,6 +81,7 @@ def ceiling(pytestconfig: pytest.Config):
 
     def get(device: torch.device) -> ceilings.BandwidthCeiling:
         if device.type not in cache:
+            warm_up(device)  # a GPU at idle clocks would make the first benchmarks slow
             cache[device.type] = ceilings.measure_bandwidth(device)
             _append_machine_info(pytestconfig)  # a crash later still leaves the ceiling on disk
         return cache[device.type]

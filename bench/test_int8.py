@@ -30,7 +30,15 @@ from bench.conftest import backend_fixture, selected_backends, synced
 from bench.presets import Int8Sweep
 from models import build, generate, variants
 from models.generate import decode
-from models.int8 import NORM_POLICIES, model_bytes, norm_names, quantize_int8, quantize_norms, target_names
+from models.int8 import (
+    model_bytes,
+    norm_names,
+    quantize_int8,
+    quantize_norms,
+    quantize_onnx,
+    target_names,
+    unsupported_reason,
+)
 
 TORCH_SCHEMES = ("weight_only", "w8a8", "llm_int8", "torch_dynamic")
 ORT_SCHEMES = ("ort_dynamic", "ort_static")
@@ -127,8 +135,6 @@ def _torch_model(case: Int8Case, device: torch.device):
     if case.scheme == "fp32":
         return copy.deepcopy(base).to(device)
     if case.scheme == "torch_dynamic":
-        if device.type != "cpu":
-            pytest.skip("torch_dynamic: torch's dynamic quantized Linear runs on the CPU only")
         return _torch_dynamic(quantize_norms(base) if case.norms == "quantize" else copy.deepcopy(base))
     return quantize_int8(base, case.scheme, case.norms).to(device)
 
@@ -141,66 +147,79 @@ def _ort_model(case: Int8Case, tmp: Path):
     path = export(base)
     if case.scheme == "fp32":
         return OrtModel(path, base.config), path
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-
-    out = tmp / f"{case.scheme}-{case.norms}.onnx"
-    if case.scheme == "ort_dynamic":
-        if case.norms == "quantize":
-            pytest.skip("ort_dynamic: onnxruntime's dynamic quantization has no int8 LayerNormalization "
-                        "(only MatMul/Gemm/Attention-like ops); use ort_static for the quantize policy")
-        quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8, per_channel=True)
-    else:
-        ops = ["MatMul", "Gemm"] + (["LayerNormalization"] if case.norms == "quantize" else [])
-        quantize_static(str(path), str(out), _CalibrationReader(base.config, case.sweep.seq_len),
-                        quant_format=QuantFormat.QDQ, op_types_to_quantize=ops, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+    out = quantize_onnx(path, tmp / f"{case.scheme}-{case.norms}.onnx", case.scheme, case.norms,
+                        calibration=_calibration_feeds(base.config, case.sweep.seq_len))
     return OrtModel(out, base.config), out
 
 
-class _CalibrationReader:
-    """onnxruntime's CalibrationDataReader protocol: 16 training windows, empty past."""
+def _calibration_feeds(cfg, seq_len: int, count: int = 16) -> list[dict]:
+    """16 training windows (not the validation ones) as onnxruntime input feeds, with an empty past."""
+    import numpy as np
 
-    def __init__(self, cfg, seq_len: int, count: int = 16) -> None:
-        import numpy as np
+    from models.onnx_export import input_names
 
-        from models.onnx_export import input_names
-
-        windows = _windows(seq_len, count, split="train")[:, :-1].numpy()
-        names = input_names(cfg)
-        empty = np.zeros((1, cfg.kv_heads, 0, cfg.head_dim), dtype=np.float32)
-        self._feeds = iter([{names[0]: w[None].astype(np.int64), **{n: empty for n in names[1:]}}
-                            for w in windows])
-
-    def get_next(self) -> dict | None:
-        return next(self._feeds, None)
+    names = input_names(cfg)
+    empty = np.zeros((1, cfg.kv_heads, 0, cfg.head_dim), dtype=np.float32)
+    return [{names[0]: w[None].astype(np.int64), **{n: empty for n in names[1:]}}
+            for w in _windows(seq_len, count, split="train")[:, :-1].numpy()]
 
 
-def _onnx_bytes(path: Path) -> int:
+def _torch_bytes(model) -> int:
+    """Bytes the model holds, including the packed int8 weights of torch's dynamic quantized Linear
+    (kept outside parameters and buffers)."""
+    total = model_bytes(model)
+    for module in model.modules():
+        if hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
+            weight, bias = module.weight(), module.bias()
+            total += weight.numel() * weight.element_size() + (0 if bias is None else bias.numel() * 4)
+            total += 8 if weight.qscheme() == torch.per_tensor_affine else 12 * weight.shape[0]  # scale, zero point
+    return total
+
+
+def _torch_int8_weights(model) -> tuple[int, int]:
+    """(int8 weight elements, bytes of their per-channel or per-tensor scales) held by the model."""
+    elements = scale_bytes = 0
+    for module in model.modules():
+        if hasattr(module, "weight_int8"):
+            elements += module.weight_int8.numel()
+            scale_bytes += module.weight_scale.numel() * module.weight_scale.element_size()
+        elif hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
+            elements += module.weight().numel()
+            scale_bytes += 8
+    return elements, scale_bytes
+
+
+def _onnx_bytes(path: Path) -> tuple[int, int, int]:
+    """(all initializer bytes, int8 weight elements, bytes of the quantization scales) of an ONNX file."""
     import onnx
     from onnx import numpy_helper
 
-    return sum(numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer)
+    arrays = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    int8 = sum(a.size for a in arrays.values() if a.dtype.itemsize == 1)
+    scales = sum(a.nbytes for name, a in arrays.items() if name.endswith("_scale") or name.endswith("_zero_point"))
+    return sum(a.nbytes for a in arrays.values()), int8, scales
 
 
 def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path) -> None:
     case = int8_case
     sweep = case.sweep
-    if case.norms not in NORM_POLICIES:
-        raise ValueError(f"unknown norm policy {case.norms!r}; valid policies: {', '.join(NORM_POLICIES)}")
     backend = backend_fixture(case.backend)
+    reason = unsupported_reason(case.scheme, case.norms, case.backend)
+    if reason:
+        pytest.skip(reason)
     windows = _windows(sweep.seq_len, sweep.windows)
     targets = windows[:, 1:]
     torch_fp32 = _torch_fp32_logits(sweep.reference, sweep.seq_len, sweep.windows)
     if case.backend == "onnxruntime":
-        pytest.importorskip("onnxruntime.quantization", reason="onnxruntime's quantization tools are needed")
         model, path = _ort_model(case, tmp_path)
         fp32_model, _ = _ort_model(Int8Case(sweep, case.backend, "fp32", "keep"), tmp_path)
-        nbytes, device = _onnx_bytes(path), torch.device("cpu")
+        (nbytes, int8_elements, scale_bytes), device = _onnx_bytes(path), torch.device("cpu")
     else:
         device = backend.device
         model = _torch_model(case, device)
         fp32_model = copy.deepcopy(_reference(sweep.reference)).to(device)
-        nbytes = model_bytes(model)
+        nbytes = _torch_bytes(model)
+        int8_elements, scale_bytes = _torch_int8_weights(model)
     logits = _logits(model, windows, device)
     same_backend_fp32 = _logits(fp32_model, windows, device)
     vs_backend, vs_torch = _compare(logits, same_backend_fp32, targets), _compare(logits, torch_fp32, targets)
@@ -234,7 +253,10 @@ def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path) -> None:
                     "kl_mean_nats": vs_backend["kl_mean_nats"], "top1_agreement": vs_backend["top1_agreement"],
                     "max_abs_logit_delta": vs_backend["max_abs_logit_delta"],
                     "kl_vs_torch_fp32_nats": vs_torch["kl_mean_nats"],
-                    "top1_vs_torch_fp32": vs_torch["top1_agreement"], "model_bytes": nbytes})
+                    "top1_vs_torch_fp32": vs_torch["top1_agreement"], "model_bytes": nbytes,
+                    # the quantized layers alone: int8 weights plus scales, against the same weights in fp32
+                    "quantized_weights_bytes": int8_elements + scale_bytes,
+                    "quantized_weights_fp32_bytes": int8_elements * 4})
 
 
 def test_int8_sensitivity(benchmark, record, int8_sensitivity_case) -> None:

@@ -14,6 +14,10 @@ Targets: the attention and MLP projections (`qkv`, `out`, `up`, `down`, `gate`);
 with `head=True`. A tied head shares its weight with the token embedding: quantizing it gives the
 head its own int8 copy and leaves the embedding in full precision (the model then holds both).
 
+Peers, measured the same way: `torch_dynamic` (torch.ao.quantization.quantize_dynamic: per-tensor
+int8 Linear, CPU only), `ort_dynamic` and `ort_static` (`quantize_onnx`: onnxruntime's dynamic
+quantization, and static QDQ quantization calibrated on sample inputs).
+
 Norm policy, on every scheme:
 - `keep` (the default and the usual practice): LayerNorm/RMSNorm stay in full precision.
 - `quantize`: each norm is replaced by `Int8FakeQuantNorm`: its gain (and bias) are rounded to int8
@@ -26,7 +30,8 @@ Norm policy, on every scheme:
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +40,7 @@ from torch import Tensor, nn
 from .layers import LayerNorm, RMSNorm
 
 SCHEMES = ("weight_only", "w8a8", "llm_int8")
+PEER_SCHEMES = {"torch_dynamic": ("torch-cpu",), "ort_dynamic": ("onnxruntime",), "ort_static": ("onnxruntime",)}
 NORM_POLICIES = ("keep", "quantize")
 LINEAR_NAMES = ("qkv", "out", "up", "down", "gate")
 OUTLIER_THRESHOLD = 6.0  # LLM.int8()'s default
@@ -223,3 +229,59 @@ def model_bytes(model: nn.Module) -> int:
         seen.add(t.data_ptr())
         total += t.numel() * t.element_size()
     return total
+
+
+def unsupported_reason(scheme: str, norms: str, backend: str) -> str | None:
+    """Why `backend` cannot run `scheme` with the `norms` policy (None when it can). Unknown names raise."""
+    if scheme not in SCHEMES and scheme not in PEER_SCHEMES and scheme != "fp32":
+        raise ValueError(f"unknown INT8 scheme {scheme!r}; valid schemes: {', '.join((*SCHEMES, *PEER_SCHEMES))}")
+    if norms not in NORM_POLICIES:
+        raise ValueError(f"unknown norm policy {norms!r}; valid policies: {', '.join(NORM_POLICIES)}")
+    onnx = backend == "onnxruntime"
+    if scheme in SCHEMES and onnx:
+        return (f"{scheme} is a torch module transform; onnxruntime quantizes the exported graph "
+                "(ort_dynamic, ort_static)")
+    if scheme in PEER_SCHEMES and backend not in PEER_SCHEMES[scheme]:
+        where = {"torch_dynamic": "torch's dynamic quantized Linear runs on the CPU only"}.get(
+            scheme, f"{scheme} quantizes an ONNX graph for onnxruntime")
+        return f"{scheme} on {backend}: {where}"
+    if scheme == "ort_dynamic" and norms == "quantize":
+        return ("ort_dynamic: onnxruntime's dynamic quantization has no int8 LayerNormalization (MatMul, Gemm, "
+                "Gather and attention-like ops only); ort_static covers the quantize policy")
+    return None
+
+
+def quantize_onnx(src: str | Path, dst: str | Path, scheme: str, norms: str = "keep",
+                  calibration: Iterable[dict] | None = None) -> Path:
+    """onnxruntime's own INT8 quantization of the ONNX file `src`, written to `dst`.
+
+    `ort_dynamic`: `quantize_dynamic`, int8 weights per channel, activations quantized at run time;
+    LayerNormalization stays float. `ort_static`: QDQ format, int8 weights per channel and int8
+    activations with scales calibrated (min-max) on `calibration` (input feeds); norms `keep` quantizes
+    MatMul/Gemm only, `quantize` also wraps LayerNormalization in QuantizeLinear/DequantizeLinear.
+    """
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+    reason = unsupported_reason(scheme, norms, "onnxruntime")
+    if reason:
+        raise ValueError(reason)
+    if scheme == "ort_dynamic":
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True)
+    else:
+        if calibration is None:
+            raise ValueError("ort_static needs calibration inputs (an iterable of input feeds)")
+        ops = ["MatMul", "Gemm"] + (["LayerNormalization"] if norms == "quantize" else [])
+        quantize_static(str(src), str(dst), _FeedReader(calibration), quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=ops, per_channel=True, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8)
+    return Path(dst)
+
+
+class _FeedReader:
+    """onnxruntime's CalibrationDataReader protocol over an iterable of feeds."""
+
+    def __init__(self, feeds: Iterable[dict]) -> None:
+        self._feeds = iter(feeds)
+
+    def get_next(self) -> dict | None:
+        return next(self._feeds, None)

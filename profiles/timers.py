@@ -58,3 +58,17 @@ def time_fn(fn: Callable[[], object], device: str | torch.device, *, warmup: int
             fn()
         times.append(timer.seconds)
     return times
+
+
+def warm_up(device: str | torch.device, seconds: float = 2.0) -> None:
+    """Keep `device` busy for about `seconds` (GPUs idle at low clocks and take a moment to ramp up);
+    a no-op on the CPU."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return
+    a = torch.randn(4096, 4096, device=device, dtype=torch.bfloat16)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(20):
+            a @ a
+        synchronize(device)

@@ -1,14 +1,15 @@
 """`python -m reports build RESULTS.json... --out FILE`; `python -m reports check --baseline BASE.json RESULTS.json`;
-`python -m reports baseline RESULTS.json --to BASE.json`."""
+`python -m reports baseline RESULTS.json --to BASE.json`; `python -m reports merge RESULTS.json... --out FILE`."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from pathlib import Path
 
-from .load import ResultsFileError, load
+from .load import ResultsFileError, load, merge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--baseline", required=True, type=Path)
     check.add_argument("results", type=Path, nargs="+",
                        help="one run, or several runs of the same code (a gate passes if it passes in any)")
+    merged = sub.add_parser("merge", help="merge several results files of one machine (studies or shards run "
+                            "apart) into one")
+    merged.add_argument("results", nargs="+", type=Path)
+    merged.add_argument("--out", required=True, type=Path)
     base = sub.add_parser("baseline", help="make a run the new baseline, showing the gates it is accepted with")
     base.add_argument("results", type=Path)
     base.add_argument("--to", required=True, type=Path, help="baseline file to write")
@@ -31,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
 
             out = build_report(args.results, args.out)
             print(f"wrote {out}")
+            return 0
+        if args.command == "merge":
+            doc = merge(args.results)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(doc, indent=1))
+            print(f"wrote {args.out} ({len(doc['benchmarks'])} benchmarks from {len(args.results)} files)")
             return 0
         from .check import check as run_check
         from .check import combine, format_table

@@ -238,7 +238,7 @@ def _study(df: pd.DataFrame, study: str, phase: str | None = None) -> pd.DataFra
         return pd.DataFrame()
     d = df[df["study"] == study].copy()
     if phase is not None and not d.empty:
-        d = d[d["p_phase"] == phase]
+        d = d[d["p_phase"] == phase] if "p_phase" in d else d.iloc[0:0]
     return d
 
 
@@ -276,9 +276,14 @@ def kv_memory(df: pd.DataFrame) -> pd.DataFrame:
     d["vs_fp16"] = d["m_raw_fp16_bytes_per_token"] / d["m_bytes_per_token"]
     d["vs_fp32"] = d["m_raw_fp32_bytes_per_token"] / d["m_bytes_per_token"]
     keys = ["machine", "variant", "backend", "p_decode_tokens", "p_batch"]
-    raw = d[d["p_cache"] == "raw-fp32"].set_index(keys)["tokens_per_s"]
-    d["speed_vs_raw_fp32"] = [r.tokens_per_s / raw.get(tuple(getattr(r, k) for k in keys), float("nan"))
-                              for r in d.itertuples()]
+    speeds = {kind: d[d["p_cache"] == kind].set_index(keys)["tokens_per_s"] for kind in ("raw-fp32", "raw-fp16")}
+    ratios, refs = [], []
+    for r in d.itertuples():  # against raw fp32 where the run has it, else raw fp16
+        key = tuple(getattr(r, k) for k in keys)
+        ref = next((kind for kind in speeds if key in speeds[kind].index), None)
+        ratios.append(r.tokens_per_s / speeds[ref][key] if ref else float("nan"))
+        refs.append(ref or "–")
+    d["speed_vs_raw"], d["speed_ref"] = ratios, refs
     return d
 
 
@@ -304,3 +309,48 @@ def kv_capacity(df: pd.DataFrame) -> pd.DataFrame:
             row.update({f"max_context_{gib}GiB": v for gib, v in r.m_max_context_tokens[kind].items()})
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def int8(df: pd.DataFrame) -> pd.DataFrame:
+    """INT8 rows (not the sensitivity sweep), with tokens/s, and the size ratio and speed-up against the
+    same backend's fp32 model of the same run."""
+    d = _study(df, "int8")
+    if d.empty:
+        return d
+    if "p_phase" in d:
+        d = d[d["p_phase"].isna()].copy()
+    if d.empty:
+        return d
+    d["tokens_per_s"] = d["p_decode_tokens"] * d["p_batch"] / d[TIME]
+    base = d[d["p_scheme"] == "fp32"].set_index(["machine", "backend"])
+    keys = list(zip(d["machine"], d["backend"], strict=True))
+    d["size_vs_fp32"] = [base["m_model_bytes"].get(k, float("nan")) / b for k, b in zip(keys, d["m_model_bytes"],
+                                                                                      strict=True)]
+    d["speed_vs_fp32"] = [t / base["tokens_per_s"].get(k, float("nan")) for k, t in zip(keys, d["tokens_per_s"],
+                                                                                      strict=True)]
+    if "m_quantized_weights_bytes" in d:
+        d["layers_size_vs_fp32"] = d["m_quantized_weights_fp32_bytes"] / d["m_quantized_weights_bytes"].where(
+            d["m_quantized_weights_bytes"] > 0)
+    else:
+        d["layers_size_vs_fp32"] = float("nan")
+    order = {s: i for i, s in enumerate(("fp32", "weight_only", "w8a8", "llm_int8", "torch_dynamic",
+                                         "ort_dynamic", "ort_static"))}
+    d["_order"] = d["p_scheme"].map(lambda s: order.get(s, 99))
+    return d.sort_values(["machine", "backend", "_order", "p_norms"]).drop(columns="_order").reset_index(drop=True)
+
+
+def int8_norm_effect(df: pd.DataFrame) -> pd.DataFrame:
+    """Per machine, backend and scheme: KL and bits-per-byte change with norms kept vs quantized, side by side."""
+    d = int8(df)
+    if d.empty:
+        return d
+    d = d[d["p_scheme"] != "fp32"]
+    wide = d.pivot_table(index=["machine", "backend", "p_scheme"], columns="p_norms",
+                         values=["m_kl_mean_nats", "m_bpb_delta", "m_top1_agreement"], aggfunc="first")
+    wide.columns = [f"{metric}_{policy}" for metric, policy in wide.columns]
+    return wide.reset_index()
+
+
+def int8_sensitivity(df: pd.DataFrame) -> pd.DataFrame:
+    """The per-layer sweep: one module quantized at a time, its KL against fp32."""
+    return _study(df, "int8", "sensitivity")

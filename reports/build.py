@@ -194,10 +194,10 @@ def kv_section(df: pd.DataFrame) -> Section | None:
         section.tables.append(Table(
             "Memory and decode speed by cache kind",
             ["machine", "variant", "backend", "cache", "T", "batch", "bytes/token", "vs fp16", "vs fp32",
-             "cache bytes held", "tokens/s", "speed vs raw fp32", "greedy tokens equal to raw fp32"],
+             "cache bytes held", "tokens/s", "speed vs raw (kind)", "greedy tokens equal to raw fp32"],
             [[r.machine, r.variant, r.backend, r.p_cache, fmt(int(r.p_decode_tokens)), fmt(int(r.p_batch)),
               fmt(r.m_bytes_per_token), f"{r.vs_fp16:.2f}x", f"{r.vs_fp32:.2f}x", _bytes(r.m_kv_bytes),
-              fmt(r.tokens_per_s), f"{r.speed_vs_raw_fp32:.2f}x", f"{100 * r.m_greedy_agreement:.0f}%"]
+              fmt(r.tokens_per_s), f"{r.speed_vs_raw:.2f}x ({r.speed_ref})", f"{100 * r.m_greedy_agreement:.0f}%"]
              for r in mem.itertuples()]))
     quant = analysis._study(df, "kv_memory", "quantize")
     if not quant.empty:
@@ -228,7 +228,59 @@ def kv_section(df: pd.DataFrame) -> Section | None:
     return section
 
 
-SECTION_BUILDERS = [decode_section, kv_section]  # later studies append theirs
+def int8_section(df: pd.DataFrame) -> Section | None:
+    """INT8: accuracy per scheme, norm policy and backend; size; speed; per-layer sensitivity."""
+    d = analysis.int8(df)
+    sens = analysis.int8_sensitivity(df)
+    if d.empty and sens.empty:
+        return None
+    section = Section("int8", "INT8: accuracy, size and speed, with norms kept or quantized",
+                      "Each scheme on the trained reference model, against the same backend's fp32 model (and "
+                      "against torch fp32 on the CPU). Ours (models.int8): weight_only (int8 weights per output "
+                      "channel), w8a8 (plus int8 activations per token, int32 accumulation), llm_int8 (input "
+                      "columns with |x| >= 6 in float). Peers: torch's quantize_dynamic, onnxruntime's dynamic "
+                      "and static (QDQ, calibrated on training windows) quantization. Norm policy quantize: norm "
+                      "gain/bias rounded to int8 and the norm's input fake-quantized per token (torch); "
+                      "LayerNormalization wrapped in Q/DQ (onnxruntime static).")
+    section.add_figures(df, (
+        ("Accuracy cost by scheme, backend and norm policy", figures.int8_heatmap,
+         "Mean KL divergence of the next-byte distribution against the backend's own fp32 model."),
+        ("Size and speed", figures.int8_size_speed,
+         "Model bytes held (parameters, buffers, packed weights; embeddings stay fp32) and cached decode speed."),
+        ("Per-layer sensitivity", figures.int8_sensitivity,
+         "One projection (W8A8) or one norm (fake-quantized) at a time; the rest stays fp32."),
+    ))
+    if not d.empty:
+        section.tables.append(Table(
+            "INT8 on the reference model",
+            ["machine", "backend", "scheme", "norms", "bits per byte", "Δ bits per byte", "KL (nats)", "top-1",
+             "max |Δ logit|", "KL vs torch fp32", "model bytes", "size vs fp32", "quantized layers vs fp32",
+             "tokens/s", "speed vs fp32"],
+            [[r.machine, r.backend, r.p_scheme, r.p_norms, f"{r.m_bits_per_byte:.4f}", f"{r.m_bpb_delta:+.4f}",
+              fmt(r.m_kl_mean_nats), f"{100 * r.m_top1_agreement:.2f}%", fmt(r.m_max_abs_logit_delta),
+              fmt(r.m_kl_vs_torch_fp32_nats), _bytes(r.m_model_bytes), f"{r.size_vs_fp32:.2f}x",
+              f"{r.layers_size_vs_fp32:.2f}x" if r.layers_size_vs_fp32 == r.layers_size_vs_fp32 else "–",
+              fmt(r.tokens_per_s), f"{r.speed_vs_fp32:.2f}x"] for r in d.itertuples()]))
+        effect = analysis.int8_norm_effect(df)
+        if {"m_kl_mean_nats_keep", "m_kl_mean_nats_quantize"} <= set(effect.columns):
+            effect = effect.dropna(subset=["m_kl_mean_nats_keep", "m_kl_mean_nats_quantize"])
+            section.tables.append(Table(
+                "Norms kept vs quantized, side by side",
+                ["machine", "backend", "scheme", "KL keep", "KL quantize", "quantize / keep", "Δ bpb keep",
+                 "Δ bpb quantize"],
+                [[r.machine, r.backend, r.p_scheme, fmt(r.m_kl_mean_nats_keep), fmt(r.m_kl_mean_nats_quantize),
+                  f"{r.m_kl_mean_nats_quantize / r.m_kl_mean_nats_keep:.2f}x" if r.m_kl_mean_nats_keep > 0 else "–",
+                  f"{r.m_bpb_delta_keep:+.4f}", f"{r.m_bpb_delta_quantize:+.4f}"] for r in effect.itertuples()]))
+        section.notes.append(
+            "Why int8 is or is not faster here: batch-1 decode streams every weight once per token, so int8 "
+            "weights could cut the bytes read 4x, but only if the matmul reads int8 directly. Eager torch widens "
+            "int8 to float (weight_only) or adds per-token quantize and rescale kernels (w8a8, llm_int8) around "
+            "an int8 GEMM: on a small model more launched kernels cost more than the bytes saved. Runtimes "
+            "with fused int8 kernels (onnxruntime's MatMulInteger / QDQ fusion) are where int8 can win.")
+    return section
+
+
+SECTION_BUILDERS = [decode_section, kv_section, int8_section]  # later studies append theirs
 
 
 def summary(df: pd.DataFrame) -> list[str]:
@@ -302,7 +354,7 @@ def environment_rows(results: list[Results]) -> tuple[list[str], list[list[str]]
         cells = []
         for r in results:
             c = r.archbench_info.get("ceilings", {}).get(device)
-            read = c.get("read_Bps", float("nan")) / 1e9
+            read = c.get("read_Bps", float("nan")) / 1e9 if c else float("nan")
             cells.append(f"read {read:.1f} GB/s, copy {c['copy_Bps'] / 1e9:.1f} GB/s, "
                          f"matvec {c['matvec_out_in_Bps'] / 1e9:.1f} (out,in) / "
                          f"{c['matvec_in_out_Bps'] / 1e9:.1f} (in,out) GB/s" if c else "–")

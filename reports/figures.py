@@ -280,3 +280,55 @@ def kv_peak_memory(df: pd.DataFrame) -> str | None:
         ax.set(xlabel="tokens in the cache", ylabel="memory (GiB)", title=panel)
         ax.legend(fontsize=7)
     return to_png_base64(fig)
+
+
+def int8_heatmap(df: pd.DataFrame) -> str | None:
+    """Mean KL against the same backend's fp32 model: scheme (rows) x backend and norm policy (columns)."""
+    d = analysis.int8(df)
+    if d.empty:
+        return None
+    d = d[d["p_scheme"] != "fp32"].copy()
+    multi = d["machine"].nunique() > 1
+    d["column"] = (d["machine"] + " · " if multi else "") + d["backend"] + " · norms " + d["p_norms"]
+    grid = d.pivot_table(index="p_scheme", columns="column", values="m_kl_mean_nats", aggfunc="first")
+    fig, ax = plt.subplots(figsize=(1.6 * grid.shape[1] + 3, 0.6 * grid.shape[0] + 2))
+    sns.heatmap(grid, annot=True, fmt=".2g", cmap="rocket_r", ax=ax, linewidths=0.5,
+                cbar_kws={"label": "mean KL vs the backend's fp32 (nats/token)"})
+    ax.set(xlabel="backend · norm policy", ylabel="INT8 scheme", title="Accuracy cost of INT8 (blank: not applicable)")
+    ax.tick_params(axis="x", labelrotation=30)
+    return to_png_base64(fig)
+
+
+def int8_size_speed(df: pd.DataFrame) -> str | None:
+    """Model bytes and decode tokens/s per scheme and backend (norms kept)."""
+    d = analysis.int8(df)
+    if d.empty:
+        return None
+    d = d[d["p_norms"] == "keep"].copy()
+    d["model_mib"] = d["m_model_bytes"] / 2**20
+    if d["machine"].nunique() > 1:
+        d["backend"] = d["machine"] + " · " + d["backend"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    sns.barplot(data=d, x="p_scheme", y="model_mib", hue="backend", ax=axes[0])
+    axes[0].set(xlabel="scheme", ylabel="model size (MiB)", title="Bytes held (norms kept)")
+    sns.barplot(data=d, x="p_scheme", y="tokens_per_s", hue="backend", ax=axes[1])
+    axes[1].set(xlabel="scheme", ylabel="cached decode (tokens/s, batch 1)", title="Decode speed (norms kept)")
+    for ax in axes:
+        ax.tick_params(axis="x", labelrotation=30)
+        ax.legend(fontsize=7)
+    return to_png_base64(fig)
+
+
+def int8_sensitivity(df: pd.DataFrame) -> str | None:
+    """KL against fp32 when one module alone is quantized, per module."""
+    d = analysis.int8_sensitivity(df)
+    if d.empty:
+        return None
+    d = d.copy()
+    fig, ax = plt.subplots(figsize=(max(7, 0.32 * len(d) + 2), 4))
+    sns.barplot(data=d, x="p_module", y="m_kl_mean_nats", hue="p_kind", dodge=False, ax=ax)
+    ax.set_yscale("log")
+    ax.set(xlabel="module quantized alone", ylabel="mean KL vs fp32 (nats/token, log)",
+           title=f"Per-layer sensitivity ({d['p_scheme'].iloc[0]} linears; norms fake-quantized)")
+    ax.tick_params(axis="x", labelrotation=90)
+    return to_png_base64(fig)

@@ -76,6 +76,24 @@ def load(path: str | Path) -> Results:
     return Results(path, data["machine_info"], ours, bool(data.get("archbench_partial")))
 
 
+def merge(paths: list[str | Path]) -> dict:
+    """One results document from several runs of the same machine (studies run apart, shards of one
+    matrix): every benchmark of every file, the first file's machine info with every file's measured
+    ceilings. Each file is validated by `load` first."""
+    loaded = [load(p) for p in paths]
+    raw = [json.loads(Path(p).read_text()) for p in paths]
+    labels = {r.machine for r in loaded}
+    if len(labels) > 1:
+        raise ResultsFileError(f"cannot merge runs of different machines ({', '.join(sorted(labels))}); "
+                               "build one report from the separate files instead")
+    machine_info = json.loads(json.dumps(raw[0]["machine_info"]))  # a deep copy
+    ceilings = machine_info.setdefault("archbench", {}).setdefault("ceilings", {})
+    for doc in raw:
+        ceilings.update(doc["machine_info"].get("archbench", {}).get("ceilings") or {})
+    return {**raw[0], "machine_info": machine_info, "benchmarks": [b for doc in raw for b in doc["benchmarks"]],
+            "archbench_partial": any(r.partial for r in loaded), "archbench_merged_from": [str(p) for p in paths]}
+
+
 def to_frame(results: list[Results]) -> pd.DataFrame:
     """Tidy table of every benchmark of every file, one row each."""
     rows = []

@@ -87,3 +87,28 @@ def test_pytest_direct_use_skips_unavailable_backend_with_reason(tmp_path) -> No
         pytest.skip("a CUDA device is present: nothing to skip")
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "torch-cuda unavailable" in proc.stdout and " passed" not in proc.stdout
+
+
+def test_ctrl_c_mid_run_keeps_the_records_and_writes_the_report(tmp_path) -> None:
+    """SIGINT to the whole process group (Ctrl-C in a terminal, or `timeout -s INT`): pytest-benchmark
+    leaves an empty results file behind; the records rebuild it and the report is still written."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "--preset", "smoke", "--only", "decode", "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    records = out / "records.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if records.exists() and records.read_text().count('"benchmark"') >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the smoke run finished before it could be interrupted"
+    os.killpg(proc.pid, signal.SIGINT)
+    output, _ = proc.communicate(timeout=300)
+    assert "the run ended early" in output, output[-2000:]
+    results = load(out / "results.json")
+    assert results.partial and len(results.benchmarks) >= 2
+    assert (out / "index.html").stat().st_size > 0

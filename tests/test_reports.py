@@ -145,3 +145,19 @@ def test_reports_cli_errors_name_the_file(tmp_path, capsys) -> None:
     bad = _write(tmp_path, "corrupt.json", "{nope")
     assert reports_main(["build", str(bad), "--out", str(tmp_path / "x.html")]) == 2
     assert "corrupt.json: not valid JSON" in capsys.readouterr().err
+
+
+def test_merge_joins_runs_of_one_machine_and_refuses_two(tmp_path, capsys) -> None:
+    data = json.loads(SMOKE.read_text())
+    first, second = copy.deepcopy(data), copy.deepcopy(data)
+    first["benchmarks"], second["benchmarks"] = data["benchmarks"][:3], data["benchmarks"][3:]
+    second["machine_info"]["archbench"]["ceilings"] = {"cuda": {"read_Bps": 1.0}}
+    a, b = _write(tmp_path, "a.json", first), _write(tmp_path, "b.json", second)
+    assert reports_main(["merge", str(a), str(b), "--out", str(tmp_path / "m.json")]) == 0
+    merged = load(tmp_path / "m.json")
+    assert len(merged.benchmarks) == len(data["benchmarks"])
+    assert set(merged.archbench_info["ceilings"]) == set(data["machine_info"]["archbench"]["ceilings"]) | {"cuda"}
+    second["machine_info"]["archbench"]["label"] = "Another Machine"
+    c = _write(tmp_path, "c.json", second)
+    assert reports_main(["merge", str(a), str(c), "--out", str(tmp_path / "n.json")]) == 2
+    assert "different machines" in capsys.readouterr().err
