@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from models import GPT
-from models.layout import to_input_major
+from models.layout import to_input_major, to_onednn
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,17 @@ class TorchBackend:
         """A copy of `model` on this backend's device in `dtype`, with Linear weights in `layout`."""
         if layout not in LAYOUTS:
             raise ValueError(f"weight layout {layout!r} is not valid; allowed values: {', '.join(LAYOUTS)}")
+        if layout == "onednn" and (self.device_type != "cpu" or dtype != torch.float32):
+            raise ValueError(f"the onednn layout is for fp32 on the CPU, not {dtype} on {self.device_type}")
         prepared = copy.deepcopy(model).to(device=self.device, dtype=dtype).eval()
         if layout == "in_out":
             to_input_major(prepared)
+        elif layout == "onednn":
+            to_onednn(prepared)
         return prepared
 
 
-LAYOUTS = ("out_in", "in_out")
+LAYOUTS = ("out_in", "in_out", "onednn")
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
-"""Weight-layout transform for decoding: store Linear weights (in, out) instead of (out, in).
+"""Weight-layout transforms for decoding: Linear weights stored (in, out), or prepacked for oneDNN.
 
 A batch-1 decode step is a chain of matrix-vector products whose speed is the speed of streaming
-the weights. Which layout a BLAS streams faster is a property of the machine (on x86 CPUs with
-MKL, the (in, out) layout that GPT-2's Conv1D uses is often 1.3-1.7x faster than nn.Linear's), so
-the backend measures both (`profiles.ceilings.measure_bandwidth`) and applies this transform only
-where it wins. The model itself never changes: this is a module swap outside it.
+the weights. Which layout streams fastest is a property of the machine and its libraries: on x86
+CPUs MKL's single-row GEMM streams the (in, out) layout that GPT-2's Conv1D uses 1.3-1.7x faster
+than nn.Linear's (out, in), and oneDNN's prepacked (blocked) weights faster still. The backend
+measures every layout (`profiles.ceilings.measure_bandwidth`) and applies the winner. The model
+itself never changes: these are module swaps outside it.
 """
 
 from __future__ import annotations
@@ -45,4 +46,51 @@ def to_input_major(model: nn.Module) -> nn.Module:
             setattr(model, name, InputMajorLinear(child))
         else:
             to_input_major(child)
+    return model
+
+
+class OneDnnLinear(nn.Module):
+    """y = x @ W^T + b through oneDNN's matmul with W held as a oneDNN tensor (CPU, fp32, inference).
+
+    Input and output stay ordinary dense tensors: no per-call conversions (torch's `MkldnnLinear`
+    converts the input to and the output from oneDNN's format on every call, which costs more than
+    the weight layout gains at batch 1).
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("weight", linear.weight.detach().float().to_mkldnn(), persistent=False)  # (out, in)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float(), requires_grad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")  # (..., out)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def onednn_available() -> bool:
+    """Whether this torch build can run `OneDnnLinear` (oneDNN present, its linear op registered)."""
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return False
+    try:
+        probe = OneDnnLinear(nn.Linear(8, 4))
+        with torch.inference_mode():
+            return probe(torch.ones(1, 2, 8)).shape == (1, 2, 4)
+    except (RuntimeError, TypeError):
+        return False
+
+
+def to_onednn(model: nn.Module) -> nn.Module:
+    """Swap every plain nn.Linear of `model` (in place) for a `OneDnnLinear` (CPU, fp32, inference only);
+    returns `model`. Like `to_input_major`, a tied head gets its own copy of the embedding matrix."""
+    if not onednn_available():
+        raise RuntimeError(f"torch {torch.__version__} cannot run oneDNN linear layers here; use layout out_in "
+                           "or in_out")
+    for name, child in list(model.named_children()):
+        if type(child) is nn.Linear:
+            setattr(model, name, OneDnnLinear(child))
+        else:
+            to_onednn(child)
     return model

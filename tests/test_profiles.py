@@ -102,7 +102,28 @@ def test_memory_probe_sees_a_cpu_allocation() -> None:
 def test_bandwidth_ceiling_is_positive_and_picks_a_layout() -> None:
     bw = measure_bandwidth("cpu", nbytes=16 << 20, repeats=2)
     assert bw.copy_Bps > 1e8 and bw.matvec_out_in_Bps > 1e8 and bw.matvec_in_out_Bps > 1e8
-    assert bw.best_layout in ("out_in", "in_out") and bw.decode_Bps == max(bw.read_Bps, bw.matvec_Bps)
+    assert bw.best_layout in ("out_in", "in_out", "onednn") and bw.decode_Bps == max(bw.read_Bps, bw.matvec_Bps)
+    rates = {"out_in": bw.matvec_out_in_Bps, "in_out": bw.matvec_in_out_Bps, "onednn": bw.matvec_onednn_Bps}
+    assert rates[bw.best_layout] == max(rates.values()) or bw.best_layout == "out_in"
+
+
+@pytest.mark.parametrize("layout", ["in_out", "onednn"])
+def test_weight_layouts_give_the_same_logits_and_tokens(layout: str) -> None:
+    from bench.backends import get
+    from models import generate
+    from models.layout import onednn_available
+
+    if layout == "onednn" and not onednn_available():
+        pytest.skip(f"torch {torch.__version__} has no usable oneDNN linear here")
+    model = build(variants.get("gpt2-tiny"), seed=0).eval()
+    prepared = get("torch-cpu").prepare(model, layout=layout)
+    idx = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        torch.testing.assert_close(prepared(idx), model(idx), atol=1e-4, rtol=1e-4)
+        prompt = idx[:1, :8]
+        assert torch.equal(generate(prepared, prompt, 24), generate(prepared, prompt, 24, use_cache=False))
+    with pytest.raises(ValueError, match="allowed values: out_in, in_out, onednn"):
+        get("torch-cpu").prepare(model, layout="blocked")
 
 
 def test_roofline_gpt2_small_by_hand() -> None:
