@@ -27,7 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"run only this study (repeatable): {', '.join(STUDIES)}")
     parser.add_argument("--backend", action="append", default=None, metavar="NAME",
                         help=f"run only this backend (repeatable): {', '.join(backends.BACKENDS)}")
-    parser.add_argument("--weights", default=None, help="local transformers GPT-2 checkpoint directory")
+    parser.add_argument("--weights", default=None,
+                        help="local transformers GPT-2 or Llama checkpoint directory with its tokenizer: the peer "
+                        "comparison and the accuracy studies (KV cache, INT8) use it")
     parser.add_argument("--out", required=True, type=Path, help="output directory (results.json, index.html)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
     args = parser.parse_args(argv)

@@ -7,8 +7,10 @@ the output directory and the report.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,7 +32,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--records", default=None,
                     help="append every record to this JSON-lines file as it is measured (survives a crash)")
     group.addoption("--weights", default=None,
-                    help="a local transformers GPT-2 checkpoint directory to use instead of random 124M weights")
+                    help="a local transformers GPT-2 or Llama checkpoint directory (with its tokenizer): the peer "
+                         "comparison uses its weights, and the accuracy studies (KV cache, INT8) run on it too")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -148,3 +151,38 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if session.config.getoption("--records"):
         _append_machine_info(session.config)
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A model and the held-out windows its accuracy is measured on."""
+
+    model: torch.nn.Module
+    windows: torch.Tensor  # (n, seq_len + 1) token ids
+    target_bytes: int  # text bytes the targets (tokens 1.. of each window) cover: bits per byte = bits / this
+    name: str  # the variant column of records: the reference variant, or "checkpoint:<directory name>"
+
+
+def accuracy_sources(config: pytest.Config) -> list[str]:
+    """`reference` (the trained byte-level model) and, with --weights, `checkpoint` (the user's real model)."""
+    return ["reference", "checkpoint"] if config.getoption("--weights") else ["reference"]
+
+
+@functools.cache
+def _eval_set(source: str, reference: str, weights: str | None, seq_len: int, count: int) -> EvalSet:
+    from models import corpus
+    from models.hf import load_hf, load_tokenizer, tokenized_windows
+
+    if source == "checkpoint":
+        windows, nbytes = tokenized_windows(load_tokenizer(weights), corpus.text("val"), seq_len, count)
+        return EvalSet(load_hf(weights).eval(), windows, nbytes, f"checkpoint:{Path(weights).name}")
+    from models.reference import reference_model
+
+    windows = corpus.eval_windows(corpus.load().tokens("val"), seq_len, count)
+    return EvalSet(reference_model(reference, progress=False).model.eval(), windows,
+                   windows[:, 1:].numel(), reference)
+
+
+def eval_set(config: pytest.Config, source: str, reference: str, seq_len: int, count: int) -> EvalSet:
+    """The model and windows of an accuracy study for `source` (see `accuracy_sources`), made once per run."""
+    return _eval_set(source, reference, config.getoption("--weights"), seq_len, count)

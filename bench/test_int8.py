@@ -19,14 +19,13 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.conftest import backend_fixture, selected_backends, synced
+from bench.conftest import EvalSet, accuracy_sources, backend_fixture, eval_set, selected_backends, synced
 from bench.presets import Int8Sweep
 from models import build, generate, variants
 from models.generate import decode
@@ -51,19 +50,23 @@ class Int8Case:
     backend: str
     scheme: str  # "fp32" or a scheme
     norms: str
+    source: str = "reference"  # or "checkpoint" (--weights)
 
     @property
     def id(self) -> str:
-        return f"{self.sweep.reference}-{self.backend}-{self.scheme}-{self.norms}"
+        model = self.sweep.reference if self.source == "reference" else self.source
+        return f"{model}-{self.backend}-{self.scheme}-{self.norms}"
 
 
 def _cases(config: pytest.Config) -> list[Int8Case]:
     out = []
     for sweep in config.archbench_preset.int8:
-        for backend in selected_backends(config):
-            family = ORT_SCHEMES if backend == "onnxruntime" else TORCH_SCHEMES
-            out.append(Int8Case(sweep, backend, "fp32", "keep"))
-            out += [Int8Case(sweep, backend, s, n) for s in sweep.schemes if s in family for n in sweep.norms]
+        for source in accuracy_sources(config):
+            for backend in selected_backends(config):
+                family = ORT_SCHEMES if backend == "onnxruntime" else TORCH_SCHEMES
+                out.append(Int8Case(sweep, backend, "fp32", "keep", source))
+                out += [Int8Case(sweep, backend, s, n, source) for s in sweep.schemes if s in family
+                        for n in sweep.norms]
     return out
 
 
@@ -80,18 +83,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("int8_sensitivity_case", cases, ids=[f"{s.reference}-{n}" for s, n in cases])
 
 
-@cache
-def _reference(variant: str):
-    from models.reference import reference_model
-
-    return reference_model(variant, progress=False).model.eval()
-
-
-@cache
-def _windows(seq_len: int, count: int, split: str = "val") -> torch.Tensor:
-    from models import corpus
-
-    return corpus.eval_windows(corpus.load().tokens(split), seq_len, count)  # (n, seq_len + 1)
+def _evals(config: pytest.Config, case: Int8Case) -> EvalSet:
+    return eval_set(config, case.source, case.sweep.reference, case.sweep.seq_len, case.sweep.windows)
 
 
 def _logits(model, windows: torch.Tensor, device: torch.device, batch: int = 8) -> torch.Tensor:
@@ -100,16 +93,22 @@ def _logits(model, windows: torch.Tensor, device: torch.device, batch: int = 8) 
         return torch.cat([model(chunk[:, :-1].to(device)).float().cpu() for chunk in windows.split(batch)])
 
 
-@cache
-def _torch_fp32_logits(variant: str, seq_len: int, count: int) -> torch.Tensor:
-    return _logits(_reference(variant), _windows(seq_len, count), torch.device("cpu"))
+_TORCH_FP32: dict[int, torch.Tensor] = {}
 
 
-def _compare(logits: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor) -> dict:
+def _torch_fp32_logits(evals: EvalSet) -> torch.Tensor:
+    """torch fp32 on the CPU: the one reference every backend and scheme is also compared with."""
+    if id(evals) not in _TORCH_FP32:
+        _TORCH_FP32[id(evals)] = _logits(evals.model, evals.windows, torch.device("cpu"))
+    return _TORCH_FP32[id(evals)]
+
+
+def _compare(logits: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor, target_bytes: int) -> dict:
     """bits per byte of `logits`, and KL / top-1 / max |delta| against `ref` (both (n, T, vocab))."""
     log_p, log_q = F.log_softmax(ref, -1), F.log_softmax(logits, -1)
+    nats = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
     return {
-        "bits_per_byte": F.cross_entropy(logits.flatten(0, 1), targets.flatten()).item() * NATS_TO_BITS,
+        "bits_per_byte": nats * NATS_TO_BITS / target_bytes,
         "kl_mean_nats": (log_p.exp() * (log_p - log_q)).sum(-1).mean().item(),
         "top1_agreement": (logits.argmax(-1) == ref.argmax(-1)).float().mean().item(),
         "max_abs_logit_delta": (logits - ref).abs().max().item(),
@@ -130,8 +129,7 @@ def _torch_dynamic(model):
         return quantize_dynamic(model, {name: qconfig for name in names}, dtype=torch.qint8)
 
 
-def _torch_model(case: Int8Case, device: torch.device):
-    base = _reference(case.sweep.reference)
+def _torch_model(base, case: Int8Case, device: torch.device):
     if case.scheme == "fp32":
         return copy.deepcopy(base).to(device)
     if case.scheme == "torch_dynamic":
@@ -139,29 +137,37 @@ def _torch_model(case: Int8Case, device: torch.device):
     return quantize_int8(base, case.scheme, case.norms).to(device)
 
 
-def _ort_model(case: Int8Case, tmp: Path):
-    """The exported reference model, quantized by onnxruntime as the case says, in a session."""
+def _ort_model(base, case: Int8Case, tmp: Path, calibration: list[dict]):
+    """The exported model, quantized by onnxruntime as the case says, in a session."""
     from models.onnx_export import OrtModel, export
 
-    base = _reference(case.sweep.reference)
     path = export(base)
     if case.scheme == "fp32":
         return OrtModel(path, base.config), path
     out = quantize_onnx(path, tmp / f"{case.scheme}-{case.norms}.onnx", case.scheme, case.norms,
-                        calibration=_calibration_feeds(base.config, case.sweep.seq_len))
+                        calibration=calibration)
     return OrtModel(out, base.config), out
 
 
-def _calibration_feeds(cfg, seq_len: int, count: int = 16) -> list[dict]:
-    """16 training windows (not the validation ones) as onnxruntime input feeds, with an empty past."""
+def _calibration_feeds(config: pytest.Config, case: Int8Case, count: int = 16) -> list[dict]:
+    """`count` training windows (never the validation ones) as onnxruntime input feeds with an empty past."""
     import numpy as np
 
+    from models import corpus
     from models.onnx_export import input_names
 
+    seq_len = case.sweep.seq_len
+    if case.source == "checkpoint":
+        from models.hf import load_tokenizer, tokenized_windows
+
+        text = corpus.text("train")[: 400 * seq_len * count]  # enough tokens for the windows
+        windows, _ = tokenized_windows(load_tokenizer(config.getoption("--weights")), text, seq_len, count)
+    else:
+        windows = corpus.eval_windows(corpus.load().tokens("train"), seq_len, count)
+    cfg = _evals(config, case).model.config
     names = input_names(cfg)
     empty = np.zeros((1, cfg.kv_heads, 0, cfg.head_dim), dtype=np.float32)
-    return [{names[0]: w[None].astype(np.int64), **{n: empty for n in names[1:]}}
-            for w in _windows(seq_len, count, split="train")[:, :-1].numpy()]
+    return [{names[0]: w[None].astype(np.int64), **{n: empty for n in names[1:]}} for w in windows[:, :-1].numpy()]
 
 
 def _torch_bytes(model) -> int:
@@ -200,30 +206,34 @@ def _onnx_bytes(path: Path) -> tuple[int, int, int]:
     return sum(a.nbytes for a in arrays.values()), int8, scales
 
 
-def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path) -> None:
+def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path, pytestconfig: pytest.Config) -> None:
     case = int8_case
     sweep = case.sweep
     backend = backend_fixture(case.backend)
     reason = unsupported_reason(case.scheme, case.norms, case.backend)
     if reason:
         pytest.skip(reason)
-    windows = _windows(sweep.seq_len, sweep.windows)
+    evals = _evals(pytestconfig, case)
+    base, windows, nbytes_text = evals.model, evals.windows, evals.target_bytes
     targets = windows[:, 1:]
-    torch_fp32 = _torch_fp32_logits(sweep.reference, sweep.seq_len, sweep.windows)
+    torch_fp32 = _torch_fp32_logits(evals)
     if case.backend == "onnxruntime":
-        model, path = _ort_model(case, tmp_path)
-        fp32_model, _ = _ort_model(Int8Case(sweep, case.backend, "fp32", "keep"), tmp_path)
+        feeds = _calibration_feeds(pytestconfig, case) if case.scheme == "ort_static" else []
+        model, path = _ort_model(base, case, tmp_path, feeds)
+        fp32_model, _ = _ort_model(base, Int8Case(sweep, case.backend, "fp32", "keep", case.source), tmp_path, [])
         (nbytes, int8_elements, scale_bytes), device = _onnx_bytes(path), torch.device("cpu")
     else:
         device = backend.device
-        model = _torch_model(case, device)
-        fp32_model = copy.deepcopy(_reference(sweep.reference)).to(device)
+        model = _torch_model(base, case, device)
+        fp32_model = copy.deepcopy(base).to(device)
         nbytes = _torch_bytes(model)
         int8_elements, scale_bytes = _torch_int8_weights(model)
     logits = _logits(model, windows, device)
     same_backend_fp32 = _logits(fp32_model, windows, device)
-    vs_backend, vs_torch = _compare(logits, same_backend_fp32, targets), _compare(logits, torch_fp32, targets)
-    fp32_bpb = _compare(same_backend_fp32, torch_fp32, targets)["bits_per_byte"]
+    vs_backend = _compare(logits, same_backend_fp32, targets, nbytes_text)
+    vs_torch = _compare(logits, torch_fp32, targets, nbytes_text)
+    fp32_bpb = _compare(same_backend_fp32, torch_fp32, targets, nbytes_text)["bits_per_byte"]
+    torch_fp32_bpb = _compare(torch_fp32, torch_fp32, targets, nbytes_text)["bits_per_byte"]
     # the same first batch again (per-tensor dynamic scales depend on the whole batch, so not a smaller one)
     assert torch.equal(_logits(model, windows[:8], device), logits[:8]), "the quantized model is not deterministic"
     if case.scheme == "fp32" and case.backend != "onnxruntime":
@@ -243,13 +253,12 @@ def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path) -> None:
         generate(model, prompt, 8)  # warm
         benchmark.pedantic(synced(lambda lg: decode(model, tokens, 16, lg, steps, cache_obj), device), setup=setup,
                            rounds=sweep.rounds, warmup_rounds=0)
-    record("int8", sweep.reference, case.backend,
-           params={"scheme": case.scheme, "norms": case.norms, "windows": sweep.windows, "seq_len": sweep.seq_len,
-                   "decode_tokens": steps, "batch": 1},
+    record("int8", evals.name, case.backend,
+           params={"scheme": case.scheme, "norms": case.norms, "windows": int(windows.shape[0]),
+                   "seq_len": sweep.seq_len, "decode_tokens": steps, "batch": 1, "source": case.source},
            metrics={"bits_per_byte": vs_backend["bits_per_byte"],
                     "bpb_delta": vs_backend["bits_per_byte"] - fp32_bpb,
-                    "bpb_delta_vs_torch_fp32": vs_torch["bits_per_byte"] - _compare(torch_fp32, torch_fp32,
-                                                                                    targets)["bits_per_byte"],
+                    "bpb_delta_vs_torch_fp32": vs_torch["bits_per_byte"] - torch_fp32_bpb,
                     "kl_mean_nats": vs_backend["kl_mean_nats"], "top1_agreement": vs_backend["top1_agreement"],
                     "max_abs_logit_delta": vs_backend["max_abs_logit_delta"],
                     "kl_vs_torch_fp32_nats": vs_torch["kl_mean_nats"],
@@ -259,11 +268,11 @@ def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path) -> None:
                     "quantized_weights_fp32_bytes": int8_elements * 4})
 
 
-def test_int8_sensitivity(benchmark, record, int8_sensitivity_case) -> None:
-    """One layer (or one norm) quantized at a time: which parts hurt most."""
+def test_int8_sensitivity(benchmark, record, int8_sensitivity_case, pytestconfig: pytest.Config) -> None:
+    """One layer (or one norm) quantized at a time: which parts hurt most (the reference model)."""
     sweep, name = int8_sensitivity_case
-    base = _reference(sweep.reference)
-    windows = _windows(sweep.seq_len, sweep.sensitivity_windows)
+    evals = eval_set(pytestconfig, "reference", sweep.reference, sweep.seq_len, sweep.sensitivity_windows)
+    base, windows = evals.model, evals.windows
     ref = _logits(base, windows, torch.device("cpu"))
     is_norm = name in norm_names(base)
     norms = "quantize" if is_norm else "keep"
@@ -271,10 +280,11 @@ def test_int8_sensitivity(benchmark, record, int8_sensitivity_case) -> None:
     result: dict = {}
     benchmark.pedantic(lambda: result.update(logits=_logits(model, windows, torch.device("cpu"))), rounds=1,
                        warmup_rounds=0)
-    stats = _compare(result["logits"], ref, windows[:, 1:])
+    stats = _compare(result["logits"], ref, windows[:, 1:], evals.target_bytes)
     assert stats["kl_mean_nats"] > 0.0, f"quantizing {name} changed nothing"
-    record("int8", sweep.reference, "torch-cpu",
+    record("int8", evals.name, "torch-cpu",
            params={"phase": "sensitivity", "scheme": sweep.sensitivity_scheme, "module": name,
                    "kind": "norm" if is_norm else "linear", "windows": sweep.sensitivity_windows},
            metrics={"kl_mean_nats": stats["kl_mean_nats"], "top1_agreement": stats["top1_agreement"],
-                    "bpb_delta": stats["bits_per_byte"] - _compare(ref, ref, windows[:, 1:])["bits_per_byte"]})
+                    "bpb_delta": stats["bits_per_byte"]
+                    - _compare(ref, ref, windows[:, 1:], evals.target_bytes)["bits_per_byte"]})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import subprocess
 import sys
 from functools import cache
@@ -24,7 +25,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.conftest import backend_fixture, selected_backends, synced
+from bench.conftest import accuracy_sources, backend_fixture, eval_set, selected_backends, synced
 from bench.presets import KVAccuracySweep, KVMemorySweep
 from models import build, count_params, generate, kv_cache, variants
 from models.generate import decode
@@ -61,8 +62,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("kv_peak_case", cases,
                              ids=[f"{s.variant}-{b}-{k}-T{t}-B{s.probe_batch}" for s, b, k, t in cases])
     if "kv_accuracy_case" in metafunc.fixturenames:
-        cases = [(s, kind) for s in preset.kv_accuracy for kind in s.kinds]
-        metafunc.parametrize("kv_accuracy_case", cases, ids=[f"{s.reference}-{k}" for s, k in cases])
+        cases = [(s, source, kind) for s in preset.kv_accuracy for source in accuracy_sources(metafunc.config)
+                 for kind in s.kinds]
+        metafunc.parametrize("kv_accuracy_case", cases,
+                             ids=[f"{s.reference if src == 'reference' else src}-{k}" for s, src, k in cases])
     if "kv_capacity_variant" in metafunc.fixturenames:
         names = list(CAPACITY_VARIANTS) if preset.kv_memory else []
         metafunc.parametrize("kv_capacity_variant", names)
@@ -202,18 +205,15 @@ def test_kv_capacity(benchmark, record, kv_capacity_variant: str) -> None:
 
 @pytest.fixture(scope="module")
 def accuracy_setup(request: pytest.FixtureRequest):
-    """The trained reference model, validation windows and the raw-cache outputs they are compared to."""
-    from models import corpus
-    from models.reference import reference_model
-
+    """The model (trained reference, or the user's checkpoint), its validation windows and the raw-cache
+    outputs they are compared to."""
     made: dict = {}
 
-    def get(sweep: KVAccuracySweep):
-        if sweep not in made:
-            model = reference_model(sweep.reference, progress=False).model.eval()
-            windows = corpus.eval_windows(corpus.load().tokens("val"), sweep.seq_len, sweep.windows)
-            made[sweep] = (model, windows, _evaluate(model, windows, "raw-fp32"))
-        return made[sweep]
+    def get(sweep: KVAccuracySweep, source: str):
+        if (sweep, source) not in made:
+            evals = eval_set(request.config, source, sweep.reference, sweep.seq_len, sweep.windows)
+            made[sweep, source] = (evals, _evaluate(evals.model, evals.windows, "raw-fp32"))
+        return made[sweep, source]
 
     return get
 
@@ -238,8 +238,9 @@ def _evaluate(model, windows: torch.Tensor, kind: str, batch: int = 8) -> dict:
 
 
 def test_kv_accuracy(benchmark, record, accuracy_setup, kv_accuracy_case) -> None:
-    sweep, kind = kv_accuracy_case
-    model, windows, raw = accuracy_setup(sweep)
+    sweep, source, kind = kv_accuracy_case
+    evals, raw = accuracy_setup(sweep, source)
+    model, windows = evals.model, evals.windows
     result: dict = {}
     benchmark.pedantic(lambda: result.update(_evaluate(model, windows, kind)), rounds=1, warmup_rounds=0)
     targets = windows[:, 1:]
@@ -252,11 +253,13 @@ def test_kv_accuracy(benchmark, record, accuracy_setup, kv_accuracy_case) -> Non
     layer_error = [float((a - b).norm() / b.norm()) for a, b in zip(result["attn"], raw["attn"], strict=True)]
     if kind == "raw-fp32":
         assert kl < 1e-9 and top1 == 1.0  # the comparison itself is sound
-    bpb, raw_bpb = nats / 0.6931471805599453, raw_nats / 0.6931471805599453
-    record("kv_accuracy", sweep.reference, "torch-cpu",
-           params={"cache": kind, "bits": _bits(kind), "windows": int(windows.shape[0]), "seq_len": sweep.seq_len},
+    to_bpb = targets.numel() / evals.target_bytes / 0.6931471805599453  # nats per token -> bits per byte
+    bpb, raw_bpb = nats * to_bpb, raw_nats * to_bpb
+    record("kv_accuracy", evals.name, "torch-cpu",
+           params={"cache": kind, "bits": _bits(kind), "windows": int(windows.shape[0]), "seq_len": sweep.seq_len,
+                   "source": source},
            metrics={"bits_per_byte": bpb, "bpb_delta": bpb - raw_bpb,
-                    "ppl_delta_pct": (2 ** (bpb - raw_bpb) - 1) * 100,
+                    "ppl_delta_pct": (math.exp(nats - raw_nats) - 1) * 100,  # per token
                     "kl_mean_nats": kl, "top1_agreement": top1,
                     "max_abs_logit_delta": float((logits - ref).abs().max()),
                     "layer_rel_error": layer_error,

@@ -183,3 +183,35 @@ def _llama_state(cfg: ArchConfig, hf: dict[str, Tensor]) -> dict[str, Tensor]:
                 out[b + f"mlp.{ours}.{name}"] = _take(hf, h + f"mlp.{theirs}.{name}")
     out.update(_head(cfg, hf, "embed_tokens.weight"))
     return out
+
+
+def load_tokenizer(path: str | Path):
+    """The tokenizer saved with a local checkpoint (transformers' AutoTokenizer, no download)."""
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:  # missing files, an unknown tokenizer class, transformers absent
+        raise CheckpointError(f"{path}: no tokenizer could be loaded from the checkpoint directory "
+                              f"({type(exc).__name__}: {exc}); accuracy on real weights needs the checkpoint's "
+                              "tokenizer files (tokenizer.json, or vocab.json + merges.txt)") from None
+    tokenizer.model_max_length = 1 << 40  # whole texts are tokenized, then cut into windows here
+    return tokenizer
+
+
+def tokenized_windows(tokenizer, text: str, seq_len: int, count: int) -> tuple[Tensor, int]:
+    """Up to `count` evenly spaced windows of seq_len + 1 tokens of `text`, (n, seq_len + 1), and the
+    number of text bytes their targets (tokens 1..seq_len of each window) cover, for bits per byte."""
+    enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
+    ids = torch.tensor(enc["input_ids"], dtype=torch.long)  # (N,)
+    offsets = enc["offset_mapping"]
+    available = ids.numel() // (seq_len + 1)
+    if available == 0:
+        raise ValueError(f"the text holds {ids.numel()} tokens, fewer than one window of {seq_len + 1}")
+    n = min(count, available)
+    starts = torch.linspace(0, (available - 1) * (seq_len + 1), n).long()  # (n,)
+    starts = starts - starts % (seq_len + 1)
+    windows = ids[starts[:, None] + torch.arange(seq_len + 1)[None, :]]  # (n, seq_len + 1)
+    target_bytes = sum(len(text[offsets[s + 1][0]: offsets[s + seq_len][1]].encode("utf-8"))
+                       for s in starts.tolist())
+    return windows, target_bytes

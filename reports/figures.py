@@ -185,15 +185,17 @@ def kv_accuracy_vs_bytes(df: pd.DataFrame) -> str | None:
     if d.empty:
         return None
     d = d[~d["p_cache"].isin(["raw-fp32"])]
+    several = d["variant"].nunique() > 1  # the reference model and a checkpoint: one line style each
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
     for ax, metric, label in ((axes[0], "m_kl_mean_nats", "mean KL vs raw fp32 cache (nats/token)"),
                               (axes[1], "m_bpb_delta", "bits-per-byte change vs raw fp32 cache (bits/byte)")):
-        sns.lineplot(data=d, x="m_bytes_per_token", y=metric, hue="family", marker="o", ax=ax, sort=True)
+        sns.lineplot(data=d, x="m_bytes_per_token", y=metric, hue="family", style="variant" if several else None,
+                     marker="o", ax=ax, sort=True)
         for r in d.itertuples():
             ax.annotate(r.p_cache, (r.m_bytes_per_token, getattr(r, metric)), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
         ax.set(xscale="log", xlabel="KV cache per token (bytes, log scale)", ylabel=label)
-    fig.suptitle(f"Accuracy of quantized caches on the reference model ({d['variant'].iloc[0]})")
+    fig.suptitle(f"Accuracy of quantized caches ({', '.join(d['variant'].unique())})")
     fig.tight_layout()
     return to_png_base64(fig)
 
@@ -203,12 +205,14 @@ def kv_layer_error(df: pd.DataFrame) -> str | None:
     d = analysis.kv_accuracy(df)
     if d.empty:
         return None
-    rows = [{"kind": r.p_cache, "layer": i, "error": e} for r in d.itertuples() if not r.p_cache.startswith("raw-fp32")
-            for i, e in enumerate(r.m_layer_rel_error)]
+    rows = [{"kind": r.p_cache, "variant": r.variant, "layer": i, "error": e} for r in d.itertuples()
+            if not r.p_cache.startswith("raw-fp32") for i, e in enumerate(r.m_layer_rel_error)]
     if not rows:
         return None
+    rows = pd.DataFrame(rows)
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    sns.lineplot(data=pd.DataFrame(rows), x="layer", y="error", hue="kind", marker="o", ax=ax)
+    style = "variant" if rows["variant"].nunique() > 1 else None
+    sns.lineplot(data=rows, x="layer", y="error", hue="kind", style=style, marker="o", ax=ax)
     ax.set(xlabel="layer (index)", ylabel="relative error of attention output (|a - a_raw| / |a_raw|)",
            yscale="log", title="Per-layer attention error against the raw fp32 cache")
     ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))

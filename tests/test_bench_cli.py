@@ -112,3 +112,25 @@ def test_ctrl_c_mid_run_keeps_the_records_and_writes_the_report(tmp_path) -> Non
     results = load(out / "results.json")
     assert results.partial and len(results.benchmarks) >= 2
     assert (out / "index.html").stat().st_size > 0
+
+
+def test_accuracy_studies_run_on_a_checkpoint_given_with_weights(tmp_path) -> None:
+    """--weights: the KV-cache and INT8 accuracy studies measure the user's checkpoint too, through its
+    own tokenizer, and say so in their records."""
+    from .conftest import write_byte_level_checkpoint
+
+    ckpt = write_byte_level_checkpoint(tmp_path / "my-gpt2")
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "bench/test_kv_cache.py", "bench/test_int8.py", "-q",
+                           "-p", "no:cacheprovider", "--preset", "quick", "--backend", "torch-cpu",
+                           "--weights", str(ckpt), "-k", "checkpoint and (raw-fp32 or tq3 or w8a8 or fp32)",
+                           f"--benchmark-json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    df = to_frame([load(out)])
+    assert set(df["variant"]) == {"checkpoint:my-gpt2"}
+    kv = df[df["study"] == "kv_accuracy"].set_index("p_cache")
+    assert kv.loc["raw-fp32", "m_kl_mean_nats"] < 1e-9 and kv.loc["tq3", "m_kl_mean_nats"] > 0
+    int8 = df[df["study"] == "int8"].set_index(["p_scheme", "p_norms"])
+    assert int8.loc[("w8a8", "quantize"), "m_kl_mean_nats"] > int8.loc[("fp32", "keep"), "m_kl_mean_nats"]
+    # a random 257-token model: about log2(257) = 8 bits per token, one byte per token
+    assert 6.0 < kv.loc["raw-fp32", "m_bits_per_byte"] < 10.0

@@ -126,3 +126,19 @@ def test_bad_checkpoints(tmp_path) -> None:
     hf = _hf_gpt2(**GPT2_CONFIGS["odd-sizes"], activation_function="relu")
     with pytest.raises(CheckpointError, match="activation_function 'relu'"):
         load_hf(hf)
+
+
+def test_checkpoint_tokenizer_windows_count_the_bytes_they_cover(tmp_path) -> None:
+    from models.hf import CheckpointError, load_tokenizer, tokenized_windows
+
+    from .conftest import write_byte_level_checkpoint
+
+    path = write_byte_level_checkpoint(tmp_path / "ckpt")
+    tokenizer = load_tokenizer(path)
+    text = "def f(x):\n    return 'é' * x\n" * 40  # one 2-byte character per line
+    windows, target_bytes = tokenized_windows(tokenizer, text, seq_len=31, count=5)
+    assert windows.shape == (5, 32)
+    assert torch.equal(windows[0, :4], torch.tensor(list(b"def ")))  # token id = byte value
+    assert target_bytes == 5 * 31  # every byte-level token is one byte of text
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        load_tokenizer(tmp_path)  # a directory without tokenizer files
