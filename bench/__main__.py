@@ -17,7 +17,8 @@ from bench import backends, presets
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = {"decode": "bench/test_decode.py", "kv": "bench/test_kv_cache.py",  # study -> suite
-           "int8": "bench/test_int8.py"}
+           "int8": "bench/test_int8.py", "lora": "bench/test_lora.py", "positions": "bench/test_positions.py",
+           "norms": "bench/test_norms.py", "tying": "bench/test_tying.py"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     studies = args.only or STUDIES
     references = {s.reference for s in preset.kv_accuracy if "kv" in studies}
     references |= {s.reference for s in preset.int8 if "int8" in studies}
+    references |= {s.reference for s in preset.lora if "lora" in studies}
     for variant in sorted(references):
         # train (or load) the reference model here, where its progress bar is visible; pytest reuses the cache
         from models.reference import reference_model

@@ -77,6 +77,65 @@ class Int8Sweep:
 
 
 @dataclass(frozen=True)
+class LoraSweep:
+    """LoRA vs rsLoRA: the variance of the scaled update vs rank, fine-tuning vs rank, adapter overhead."""
+
+    variance_ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+    variance_dim: int = 256
+    ranks: tuple[int, ...] = (2, 16, 128)  # fine-tuning ranks
+    alpha: float = 16.0
+    lr: float = 1e-3
+    steps: int = 40
+    batch_size: int = 16
+    seq_len: int = 128
+    eval_windows: int = 32
+    reference: str = "gpt2-tiny"
+    overhead_variant: str = "gpt2-mini"
+    overhead_rank: int = 16
+
+
+@dataclass(frozen=True)
+class PositionSweep:
+    """learned / sinusoidal / rope: parameters, speed, and loss beyond the trained context."""
+
+    train_len: int = 64  # context trained at (the learned table holds exactly this many positions)
+    steps: int = 150
+    batch_size: int = 16
+    eval_factors: tuple[int, ...] = (1, 2, 4)  # evaluated at train_len x these
+    eval_windows: int = 32
+    base: str = "gpt2-tiny"  # shapes of the trained models; only `pos` differs
+    speed_variant: str = "gpt2-mini"
+    speed_prefill: int = 256
+    speed_decode: int = 64
+
+
+@dataclass(frozen=True)
+class NormSweep:
+    """post_ln / pre_ln / pre_rms: gradient norms at init, stability at a high learning rate, norm speed."""
+
+    depths: tuple[int, ...] = (6, 12, 24)
+    inits: tuple[str, ...] = ("xavier", "gpt2")
+    stability_lr: float = 1e-2  # Pre-LN still learns here without warm-up on the small model; see the report
+    stability_seeds: tuple[int, ...] = (0,)
+    stability_steps: int = 150
+    stability_depth: int = 6
+    widths: tuple[int, ...] = (256, 768, 2048, 4096)
+    rows: int = 2048  # tokens per norm call (batch x sequence)
+
+
+@dataclass(frozen=True)
+class TyingSweep:
+    """Tied vs untied: exact parameter counts, and quality at equal training budget."""
+
+    variants: tuple[str, ...] = ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-3.2-1b",
+                                 "llama-2-7b", "mistral-7b", "llama-3-8b", "llama-2-70b")
+    train_steps: int = 150
+    batch_size: int = 16
+    seq_len: int = 64
+    base: str = "gpt2-tiny"
+
+
+@dataclass(frozen=True)
 class Preset:
     """Everything one preset runs."""
 
@@ -87,6 +146,10 @@ class Preset:
     kv_memory: tuple[KVMemorySweep, ...] = ()
     kv_accuracy: tuple[KVAccuracySweep, ...] = ()
     int8: tuple[Int8Sweep, ...] = ()
+    lora: tuple[LoraSweep, ...] = ()
+    positions: tuple[PositionSweep, ...] = ()
+    norms: tuple[NormSweep, ...] = ()
+    tying: tuple[TyingSweep, ...] = ()
     trace_positions: int = 4  # positions at which per-token latency is recorded
     extra: dict = field(default_factory=dict)
 
@@ -114,6 +177,10 @@ PRESETS: dict[str, Preset] = {
                                  probe_lengths=(8192,), probe_kinds=("raw-fp16", "tq3")),),
         kv_accuracy=(KVAccuracySweep(windows=32),),
         int8=(Int8Sweep(),),
+        lora=(LoraSweep(),),
+        positions=(PositionSweep(),),
+        norms=(NormSweep(),),
+        tying=(TyingSweep(),),
     ),
     "standard": Preset(
         "standard", "tens of minutes on a CPU: tiny and mini models to 2048 tokens at batch 1 and 8",
@@ -125,6 +192,10 @@ PRESETS: dict[str, Preset] = {
         kv_memory=(KVMemorySweep("gpt2-small", (128, 512, 1000), batches=(1, 8), probe_lengths=(8192, 32768)),),
         kv_accuracy=(KVAccuracySweep(),),
         int8=(Int8Sweep(windows=96, decode_tokens=128, sensitivity_windows=32),),
+        lora=(LoraSweep(ranks=(2, 8, 32, 128, 512), steps=150, eval_windows=64),),
+        positions=(PositionSweep(steps=400, eval_windows=64),),
+        norms=(NormSweep(stability_steps=200, stability_seeds=(0, 1, 2, 3, 4)),),
+        tying=(TyingSweep(train_steps=400, batch_size=32, seq_len=128),),
     ),
     "full": Preset(
         "full", "for a GPU (about 6 minutes on an H200): GPT-2 124M to 774M, tiny models to 8192 tokens, "

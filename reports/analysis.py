@@ -354,3 +354,29 @@ def int8_norm_effect(df: pd.DataFrame) -> pd.DataFrame:
 def int8_sensitivity(df: pd.DataFrame) -> pd.DataFrame:
     """The per-layer sweep: one module quantized at a time, its KL against fp32."""
     return _study(df, "int8", "sensitivity")
+
+
+def arch_rows(df: pd.DataFrame, study: str, phase: str) -> pd.DataFrame:
+    """Rows of one phase of the architecture studies (lora, positions, norms, tying)."""
+    return _study(df, study, phase).reset_index(drop=True)
+
+
+def lora_variance(df: pd.DataFrame) -> pd.DataFrame:
+    """Long form of the variance study: one row per machine, scaling and rank."""
+    d = arch_rows(df, "lora", "variance")
+    rows = [{"machine": r.machine, "scaling": r.p_scaling, "rank": rank, "variance": v, "slope": r.m_loglog_slope}
+            for r in d.itertuples() for rank, v in zip(r.p_ranks, r.m_variance, strict=True)]
+    return pd.DataFrame(rows)
+
+
+def norm_stability(df: pd.DataFrame) -> pd.DataFrame:
+    """Per machine and placement: runs, runs that failed, and the final loss of the others."""
+    d = arch_rows(df, "norms", "stability")
+    if d.empty:
+        return d
+    d["final"] = pd.to_numeric(d["m_final_train_bpb"], errors="coerce")
+    return (d.groupby(["machine", "p_norm"], sort=False)
+            .agg(runs=("p_seed", "count"), failed=("m_failed", "sum"), lr=("p_lr", "first"),
+                 steps=("p_steps", "first"), final_bpb_mean=("final", "mean"), final_bpb_max=("final", "max"),
+                 unigram_bpb=("m_unigram_bpb", "first"))
+            .reset_index())

@@ -11,6 +11,7 @@ import jinja2
 import pandas as pd
 
 from . import analysis, figures
+from .analysis import TIME as TIME_COL
 from .load import Results, load, to_frame
 
 
@@ -280,7 +281,159 @@ def int8_section(df: pd.DataFrame) -> Section | None:
     return section
 
 
-SECTION_BUILDERS = [decode_section, kv_section, int8_section]  # later studies append theirs
+def lora_section(df: pd.DataFrame) -> Section | None:
+    """LoRA vs rsLoRA: the variance argument, fine-tuning vs rank, adapter overhead."""
+    var, fine = analysis.arch_rows(df, "lora", "variance"), analysis.arch_rows(df, "lora", "finetune")
+    over = analysis.arch_rows(df, "lora", "overhead")
+    if var.empty and fine.empty and over.empty:
+        return None
+    section = Section("lora", "LoRA vs rank-stabilised LoRA",
+                      "y = Wx + γ·BA·x with A kaiming-uniform and B zero at the start; γ = α/r (LoRA) or α/√r "
+                      "(rsLoRA). Our adapters equal PEFT's output for both scalings (tests/test_lora.py). The "
+                      "fine-tune trains only the adapters of the reference model on the email package, which the "
+                      "reference model never saw, with the same α, learning rate and steps at every rank.")
+    section.add_figures(df, (
+        ("The update's variance vs rank", figures.lora_variance,
+         "Expected: slope -1 for LoRA (γ² · r), 0 for rsLoRA."),
+        ("Fine-tuning vs rank", figures.lora_finetune,
+         "Adam normalises gradient size, so γ sets the size of each step's change to the output."),
+    ))
+    if not var.empty:
+        section.tables.append(Table("Fitted log-log slope of Var(γ·BA) vs rank",
+                                    ["machine", "scaling", "slope", "expected", "ranks"],
+                                    [[r.machine, r.p_scaling, f"{r.m_loglog_slope:.3f}", fmt(r.m_expected_slope),
+                                      f"{min(r.p_ranks)}..{max(r.p_ranks)}"] for r in var.itertuples()]))
+    if not fine.empty:
+        section.tables.append(Table(
+            "Fine-tuning on a held-out package",
+            ["machine", "scaling", "rank", "γ", "adapter params", "held-out before", "held-out after",
+             "final training loss", "mean gradient norm"],
+            [[r.machine, r.p_scaling, fmt(int(r.p_rank)), f"{r.m_scaling_factor:.4g}", fmt(int(r.m_adapter_params)),
+              f"{r.m_eval_bpb_before:.4f}", f"{r.m_eval_bpb_after:.4f}", f"{r.m_final_train_bpb:.4f}",
+              fmt(r.m_mean_grad_norm)] for r in fine.sort_values(["machine", "p_scaling", "p_rank"]).itertuples()]))
+        section.notes.append(_lora_reading(fine))
+    if not over.empty:
+        base = over[over["p_mode"] == "none"].set_index("machine")[TIME_COL]
+        section.tables.append(Table(
+            "Forward time with an adapter on every projection (batch 4 x 128 tokens)",
+            ["machine", "variant", "mode", "rank", "time", "vs no adapter"],
+            [[r.machine, r.variant, r.p_mode, fmt(int(r.p_rank)), f"{1e3 * getattr(r, TIME_COL):.2f} ms",
+              f"{getattr(r, TIME_COL) / base.get(r.machine, float('nan')):.2f}x"] for r in over.itertuples()]))
+    return section
+
+
+def _lora_reading(fine: pd.DataFrame) -> str:
+    """One honest sentence on what the fine-tune shows at the largest and smallest ranks."""
+    parts = []
+    for scaling, g in fine.groupby("p_scaling"):
+        g = g.sort_values("p_rank")
+        lo, hi = g.iloc[0], g.iloc[-1]
+        parts.append(f"{scaling}: held-out {lo.m_eval_bpb_after:.3f} bits/byte at r={int(lo.p_rank)} and "
+                     f"{hi.m_eval_bpb_after:.3f} at r={int(hi.p_rank)}, gradient norm x"
+                     f"{hi.m_mean_grad_norm / lo.m_mean_grad_norm:.3g} from the smallest to the largest rank")
+    return ("Measured here: " + "; ".join(parts) + ". The paper (Llama-2-7B) finds LoRA's curves coinciding "
+            "across ranks with its gradient norm collapsing, and rsLoRA improving with rank; a 1M-parameter byte "
+            "model fine-tuned for a few dozen steps is a much smaller test.")
+
+
+def positions_section(df: pd.DataFrame) -> Section | None:
+    """Positional embeddings: parameters, speed, extrapolation."""
+    params, extra = analysis.arch_rows(df, "positions", "params"), analysis.arch_rows(df, "positions", "extrapolation")
+    speed = pd.concat([analysis.arch_rows(df, "positions", p) for p in ("prefill", "decode")])
+    if params.empty and extra.empty and speed.empty:
+        return None
+    section = Section("positions", "Positional embeddings: learned, sinusoidal, RoPE",
+                      "One model per scheme, identical otherwise. Extrapolation: each scheme trained at the same "
+                      "context and budget, evaluated on held-out files at 1x, 2x and 4x that context.")
+    section.add_figures(df, (("Loss beyond the trained context", figures.position_extrapolation,
+                              "Solid: every position of the window; dashed: only positions past the trained "
+                              "context."),))
+    if not params.empty:
+        section.tables.append(Table("Parameters at GPT-2 small's shape", ["scheme", "position parameters", "total"],
+                                    [[r.p_pos, fmt(int(r.m_position_params)), fmt(int(r.m_params))]
+                                     for r in params.drop_duplicates("p_pos").itertuples()]))
+    if not speed.empty:
+        section.tables.append(Table(
+            "Speed per scheme", ["machine", "backend", "variant", "phase", "scheme", "tokens", "time", "tokens/s"],
+            [[r.machine, r.backend, r.variant, r.p_phase, r.p_pos, fmt(int(r.p_tokens)),
+              f"{1e3 * getattr(r, TIME_COL):.2f} ms", fmt(r.p_tokens / getattr(r, TIME_COL))]
+             for r in speed.sort_values(["machine", "backend", "p_phase", "p_pos"]).itertuples()]))
+    if not extra.empty:
+        lengths = sorted({int(k) for r in extra.itertuples() for k in r.m_by_length})
+        rows = []
+        for r in extra.itertuples():
+            cells = []
+            for length in lengths:
+                m = r.m_by_length.get(str(length), {})
+                if "error" in m:
+                    cells.append("not defined (no position past the table)")
+                else:
+                    beyond = m.get("bits_per_byte_beyond_train_len")
+                    cells.append(f"{m['bits_per_byte']:.3f}" + (f" (beyond: {beyond:.3f})" if beyond else ""))
+            rows.append([r.machine, r.p_pos, fmt(int(r.p_train_len)), *cells])
+        section.tables.append(Table("Held-out loss (bits/byte) by evaluated context",
+                                    ["machine", "scheme", "trained at", *[f"{n} tokens" for n in lengths]], rows))
+    return section
+
+
+def norms_section(df: pd.DataFrame) -> Section | None:
+    """Norm placement: gradients at init, stability, speed."""
+    grads, stab = analysis.arch_rows(df, "norms", "gradients"), analysis.norm_stability(df)
+    speed = analysis.arch_rows(df, "norms", "speed")
+    if grads.empty and stab.empty and speed.empty:
+        return None
+    section = Section("norms", "Norm placement: Post-LN, Pre-LN, Pre-RMSNorm",
+                      "Gradient norms of each layer's MLP weights on one batch at initialisation (Xiong et al. "
+                      "2020 use Xavier initialisation; GPT-2 uses N(0, 0.02)); training at a high learning rate "
+                      "with no warm-up or clipping over several seeds; and the norm layers' own speed.")
+    section.add_figures(df, (
+        ("Gradient norms at initialisation", figures.norm_gradients,
+         "Xiong et al.: Post-LN's gradients grow toward the output, Pre-LN's shrink with depth."),
+        ("Stability without warm-up", figures.norm_stability, "A run fails when its loss becomes NaN or its "
+         "held-out loss ends within 0.1 bits/byte of the byte-frequency (unigram) model."),
+        ("Norm speed", figures.norm_speed, "torch.nn.RMSNorm with eps=1e-5 (its default eps differs)."),
+    ))
+    if not grads.empty:
+        section.tables.append(Table(
+            "Last layer's gradient norm over the first layer's", ["machine", "init", "placement", "depth",
+                                                                  "last / first", "last layer"],
+            [[r.machine, r.p_init, r.p_norm, fmt(int(r.p_depth)), f"{r.m_last_over_first:.2f}",
+              fmt(r.m_mlp_grad_norm_by_layer[-1])] for r in grads.itertuples()]))
+    if not stab.empty:
+        section.tables.append(Table(
+            "Stability at a high learning rate", ["machine", "placement", "lr", "steps", "runs", "failed",
+                                                  "final loss (mean)", "final loss (worst)", "unigram"],
+            [[r.machine, r.p_norm, fmt(r.lr), fmt(int(r.steps)), fmt(int(r.runs)), fmt(int(r.failed)),
+              fmt(r.final_bpb_mean), fmt(r.final_bpb_max), fmt(r.unigram_bpb)] for r in stab.itertuples()]))
+    return section
+
+
+def tying_section(df: pd.DataFrame) -> Section | None:
+    """Weight tying: exact parameter table and quality at equal budget."""
+    params, quality = analysis.arch_rows(df, "tying", "params"), analysis.arch_rows(df, "tying", "quality")
+    if params.empty and quality.empty:
+        return None
+    section = Section("tying", "Weight tying", "Tied: the output head reuses the token embedding matrix "
+                      "(same storage). Counts are exact, from models built on the meta device.")
+    if not params.empty:
+        section.tables.append(Table(
+            "Parameters tied vs untied", ["variant", "natively", "tied", "untied", "saved", "share of the tied model",
+                                          "share of the untied model"],
+            [[r.variant, "tied" if r.p_native_tied else "untied", fmt(int(r.m_tied_params)),
+              fmt(int(r.m_untied_params)), fmt(int(r.m_saved_params)), f"{100 * r.m_saved_share_of_tied:.2f}%",
+              f"{100 * r.m_saved_share_of_untied:.2f}%"]
+             for r in params.drop_duplicates("variant").itertuples()]))
+    if not quality.empty:
+        section.tables.append(Table(
+            "Quality at equal budget", ["machine", "variant", "tied", "parameters", "steps", "held-out bits/byte",
+                                        "unigram"],
+            [[r.machine, r.variant, "tied" if r.p_tied else "untied", fmt(int(r.m_params)), fmt(int(r.p_steps)),
+              f"{r.m_val_bpb:.4f}", f"{r.m_unigram_bpb:.3f}"] for r in quality.itertuples()]))
+    return section
+
+
+SECTION_BUILDERS = [decode_section, kv_section, int8_section, lora_section, positions_section, norms_section,
+                    tying_section]
 
 
 def summary(df: pd.DataFrame) -> list[str]:

@@ -336,3 +336,120 @@ def int8_sensitivity(df: pd.DataFrame) -> str | None:
            title=f"Per-layer sensitivity ({d['p_scheme'].iloc[0]} linears; norms fake-quantized)")
     ax.tick_params(axis="x", labelrotation=90)
     return to_png_base64(fig)
+
+
+def lora_variance(df: pd.DataFrame) -> str | None:
+    """Variance of the scaled update gamma * B A against rank, LoRA vs rsLoRA, log-log."""
+    d = analysis.lora_variance(df)
+    if d.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for (machine, scaling), g in d.groupby(["machine", "scaling"]):
+        label = f"{scaling} (slope {g['slope'].iloc[0]:.2f})" + (f" · {machine}" if d["machine"].nunique() > 1 else "")
+        ax.plot(g["rank"], g["variance"], "o-", label=label)
+    ax.set(xscale="log", yscale="log", xlabel="rank r", ylabel="variance of γ·BA entries (log)",
+           title="The scaled update vs rank (A, B standard normal)")
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.legend(fontsize=8)
+    return to_png_base64(fig)
+
+
+def lora_finetune(df: pd.DataFrame) -> str | None:
+    """Fine-tuning vs rank: held-out loss after, final training loss, adapter gradient norm."""
+    d = analysis.arch_rows(df, "lora", "finetune")
+    if d.empty:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    for ax, metric, label in ((axes[0], "m_eval_bpb_after", "held-out loss after (bits/byte)"),
+                              (axes[1], "m_final_train_bpb", "final training loss (bits/byte)"),
+                              (axes[2], "m_mean_grad_norm", "mean adapter gradient norm (L2, log)")):
+        sns.lineplot(data=d, x="p_rank", y=metric, hue="p_scaling", style="machine" if d["machine"].nunique() > 1
+                     else None, marker="o", ax=ax)
+        ax.set(xscale="log", xlabel="rank r (log)", ylabel=label)
+        ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axes[2].set_yscale("log")
+    before = d["m_eval_bpb_before"].iloc[0]
+    axes[0].axhline(before, ls=":", color="grey", label="before fine-tuning")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Fine-tuning the reference model on a held-out package ({int(d['p_steps'].iloc[0])} steps, "
+                 f"alpha {d['p_alpha'].iloc[0]:g}, lr {d['p_lr'].iloc[0]:g})")
+    fig.tight_layout()
+    return to_png_base64(fig)
+
+
+def position_extrapolation(df: pd.DataFrame) -> str | None:
+    """Held-out loss at the trained context and beyond it, per positional scheme."""
+    d = analysis.arch_rows(df, "positions", "extrapolation")
+    if d.empty:
+        return None
+    rows = []
+    for r in d.itertuples():
+        for length, m in r.m_by_length.items():
+            if "error" in m:
+                continue
+            rows.append({"scheme": r.p_pos, "length": int(length), "all positions": m["bits_per_byte"],
+                         "positions beyond the trained context": m["bits_per_byte_beyond_train_len"]})
+    if not rows:
+        return None
+    long = pd.DataFrame(rows).melt(["scheme", "length"], var_name="measured over", value_name="bpb").dropna()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sns.lineplot(data=long, x="length", y="bpb", hue="scheme", style="measured over", marker="o", ax=ax)
+    _length_axis(ax, list(long["length"]))
+    ax.set(xscale="log", xlabel="evaluated context (tokens, log)", ylabel="held-out loss (bits/byte)",
+           title=f"Trained at {int(d['p_train_len'].iloc[0])} tokens (learned: no positions past its table)")
+    ax.set_xticks(sorted(long["length"].unique()))
+    return to_png_base64(fig)
+
+
+def norm_gradients(df: pd.DataFrame) -> str | None:
+    """Per-layer MLP gradient norms at initialisation: one panel per init and depth, one line per placement."""
+    d = analysis.arch_rows(df, "norms", "gradients")
+    if d.empty:
+        return None
+    d = d[d["machine"] == d["machine"].iloc[0]]
+    panels = sorted({(r.p_init, int(r.p_depth)) for r in d.itertuples()})
+    fig, axes = _facet_grid(len(panels), 3.6)
+    for ax, (init, depth) in zip(axes, panels, strict=True):
+        for r in d[(d["p_init"] == init) & (d["p_depth"] == depth)].itertuples():
+            ax.plot(range(1, depth + 1), r.m_mlp_grad_norm_by_layer, "o-", ms=3, label=r.p_norm)
+        ax.set(yscale="log", xlabel="layer (1 = nearest the input)", ylabel="MLP weight gradient norm (L2, log)",
+               title=f"{init} init · {depth} layers")
+        ax.legend(fontsize=7)
+    return to_png_base64(fig)
+
+
+def norm_stability(df: pd.DataFrame) -> str | None:
+    """Training curves at a high learning rate without warm-up, per placement and seed."""
+    d = analysis.arch_rows(df, "norms", "stability")
+    if d.empty:
+        return None
+    d = d[d["machine"] == d["machine"].iloc[0]]
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    colors = dict(zip(sorted(d["p_norm"].unique()), sns.color_palette(), strict=False))
+    for r in d.itertuples():
+        curve = [v if v is not None else float("nan") for v in r.m_train_bpb_curve]
+        ax.plot(range(1, len(curve) + 1), curve, color=colors[r.p_norm], alpha=0.7,
+                label=r.p_norm if r.p_seed == d[d["p_norm"] == r.p_norm]["p_seed"].min() else None)
+    ax.axhline(d["m_unigram_bpb"].iloc[0], ls=":", color="grey", label="unigram (byte frequencies)")
+    ax.set(xlabel="step", ylabel="training loss (bits/byte)",
+           title=f"lr {d['p_lr'].iloc[0]:g}, no warm-up, no clipping; one line per seed")
+    ax.legend(fontsize=8)
+    return to_png_base64(fig)
+
+
+def norm_speed(df: pd.DataFrame) -> str | None:
+    """Norm forward time against width, per implementation, one panel per backend."""
+    d = analysis.arch_rows(df, "norms", "speed")
+    if d.empty:
+        return None
+    d = d.copy()
+    d["panel"] = d["backend"] + " · " + d["machine"]
+    d["us"] = d[TIME] * 1e6
+    panels = sorted(d["panel"].unique())
+    fig, axes = _facet_grid(len(panels), 3.8)
+    for ax, panel in zip(axes, panels, strict=True):
+        sns.lineplot(data=d[d["panel"] == panel], x="p_width", y="us", hue="p_impl", marker="o", ax=ax)
+        ax.set(xscale="log", yscale="log", xlabel="width d (log)", ylabel="forward time (µs, log)",
+               title=f"{panel} ({int(d['p_rows'].iloc[0])} rows)")
+        _length_axis(ax, list(d["p_width"]))
+    return to_png_base64(fig)

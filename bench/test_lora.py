@@ -1,0 +1,120 @@
+"""LoRA vs rank-stabilised LoRA.
+
+- `test_lora_variance`: with A and B drawn standard normal, the variance of gamma * B A against rank:
+  ~1/r for LoRA (gamma = alpha / r), flat for rsLoRA (gamma = alpha / sqrt(r)).
+- `test_lora_finetune`: the trained reference model fine-tuned on a held-out package of the standard
+  library (the corpus' `adapt` split, never trained on) at ranks 2..512, same alpha, learning rate
+  and steps for both scalings: loss curve, held-out loss, adapter gradient norms.
+- `test_lora_overhead`: forward time of a model with no adapter, an unmerged one and a merged one.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.conftest import backend_fixture, synced
+from bench.presets import LoraSweep
+from models import build, corpus, variants
+from models.lora import apply_lora, finetune, lora_parameters, lora_scaling, merge_lora, update_variance
+
+SCALINGS = {"lora": False, "rslora": True}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    sweeps = metafunc.config.archbench_preset.lora
+    if "lora_variance_case" in metafunc.fixturenames:
+        cases = [(s, scaling) for s in sweeps for scaling in SCALINGS]
+        metafunc.parametrize("lora_variance_case", cases, ids=[c[1] for c in cases])
+    if "lora_finetune_case" in metafunc.fixturenames:
+        cases = [(s, scaling, r) for s in sweeps for scaling in SCALINGS for r in s.ranks]
+        metafunc.parametrize("lora_finetune_case", cases, ids=[f"{c[1]}-r{c[2]}" for c in cases])
+    if "lora_overhead_case" in metafunc.fixturenames:
+        cases = [(s, mode) for s in sweeps for mode in ("none", "unmerged", "merged")]
+        metafunc.parametrize("lora_overhead_case", cases, ids=[f"{c[0].overhead_variant}-{c[1]}" for c in cases])
+
+
+def test_lora_variance(benchmark, record, lora_variance_case) -> None:
+    sweep, scaling = lora_variance_case
+    sweep: LoraSweep
+    variances: list[float] = []
+
+    def run() -> None:
+        variances[:] = [update_variance(r, sweep.alpha, SCALINGS[scaling], sweep.variance_dim)
+                        for r in sweep.variance_ranks]
+
+    benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    logs = torch.log(torch.tensor(sweep.variance_ranks, dtype=torch.float64))
+    slope = float(torch.linalg.lstsq(torch.stack([logs, torch.ones_like(logs)], 1),
+                                     torch.log(torch.tensor(variances, dtype=torch.float64))[:, None]).solution[0, 0])
+    record("lora", "random-AB", "torch-cpu",
+           params={"phase": "variance", "scaling": scaling, "alpha": sweep.alpha, "dim": sweep.variance_dim,
+                   "ranks": list(sweep.variance_ranks)},
+           metrics={"variance": variances, "loglog_slope": slope, "expected_slope": 0.0 if SCALINGS[scaling] else -1.0})
+
+
+@cache
+def _adapt_split(seq_len: int, eval_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `adapt` package's bytes: the first 90% to fine-tune on, windows of the last 10% to evaluate."""
+    tokens = corpus.load().tokens("adapt")
+    cut = int(tokens.numel() * 0.9)
+    return tokens[:cut], corpus.eval_windows(tokens[cut:], seq_len, eval_windows)
+
+
+def _bits_per_byte(model, windows: torch.Tensor) -> float:
+    with torch.inference_mode():
+        logits = model(windows[:, :-1])
+        return F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten()).item() / 0.6931471805599453
+
+
+def test_lora_finetune(benchmark, record, lora_finetune_case) -> None:
+    from models.reference import reference_model
+
+    sweep, scaling, rank = lora_finetune_case
+    base = reference_model(sweep.reference, progress=False).model.eval()
+    train_tokens, eval_windows = _adapt_split(sweep.seq_len, sweep.eval_windows)
+    model = apply_lora(base, rank, sweep.alpha, rslora=SCALINGS[scaling], seed=0)
+    before = _bits_per_byte(model, eval_windows)
+    result: dict = {}
+
+    def run() -> None:
+        result["losses"], result["grad_norms"] = finetune(model, train_tokens, steps=sweep.steps, lr=sweep.lr,
+                                                          batch_size=sweep.batch_size, seq_len=sweep.seq_len)
+
+    benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    after = _bits_per_byte(model, eval_windows)
+    losses = [v / 0.6931471805599453 for v in result["losses"]]  # bits per byte
+    tail = max(1, len(losses) // 5)
+    assert all(v == v for v in losses), "the fine-tune diverged to NaN"
+    record("lora", sweep.reference, "torch-cpu",
+           params={"phase": "finetune", "scaling": scaling, "rank": rank, "alpha": sweep.alpha, "lr": sweep.lr,
+                   "steps": sweep.steps, "batch": sweep.batch_size, "seq_len": sweep.seq_len, "split": "adapt"},
+           metrics={"scaling_factor": lora_scaling(rank, sweep.alpha, SCALINGS[scaling]),
+                    "adapter_params": sum(p.numel() for p in lora_parameters(model)),
+                    "train_bpb_curve": losses, "final_train_bpb": sum(losses[-tail:]) / tail,
+                    "eval_bpb_before": before, "eval_bpb_after": after,
+                    "grad_norm_curve": result["grad_norms"],
+                    "mean_grad_norm": sum(result["grad_norms"]) / len(result["grad_norms"])})
+
+
+def test_lora_overhead(benchmark, record, lora_overhead_case) -> None:
+    """Forward of (4, 128) tokens: no adapter, an unmerged adapter on every projection, the same merged."""
+    sweep, mode = lora_overhead_case
+    backend = backend_fixture("torch-cpu")
+    model = build(variants.get(sweep.overhead_variant), seed=0).eval()
+    if mode != "none":
+        model = apply_lora(model, sweep.overhead_rank, sweep.alpha)
+        with torch.no_grad():
+            for p in lora_parameters(model):
+                p.normal_(0, 0.02)
+        if mode == "merged":
+            merge_lora(model)
+    idx = torch.randint(0, model.config.vocab_size, (4, 128), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        benchmark.pedantic(synced(lambda: model(idx), backend.device), rounds=5, warmup_rounds=1)
+    record("lora", sweep.overhead_variant, "torch-cpu",
+           params={"phase": "overhead", "mode": mode, "rank": sweep.overhead_rank, "batch": 4, "tokens": 128},
+           metrics={"adapter_params": sum(p.numel() for p in lora_parameters(model))})

@@ -1,0 +1,137 @@
+"""Norm placement: Post-LN, Pre-LN, Pre-RMSNorm.
+
+- `test_norm_gradients`: per-layer gradient norms of the MLP weights at initialisation, at depths 6,
+  12 and 24, under Xavier initialisation (Xiong et al. 2020's setting) and GPT-2's N(0, 0.02).
+- `test_norm_stability`: training at a high learning rate with no warm-up and no clipping, over
+  several seeds: the final loss, and whether the run failed: a NaN/inf loss, or a held-out loss
+  within 0.1 bits/byte of the byte-frequency (unigram) model, i.e. it learned next to nothing.
+- `test_norm_speed`: LayerNorm vs RMSNorm forward time at several widths: ours, torch.nn.RMSNorm and
+  F.layer_norm on the torch backends, and the exported graph on onnxruntime.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bench.conftest import backend_fixture, selected_backends, synced
+from models import build, corpus, variants
+from models.config import NORM_KINDS
+from models.corpus import random_windows
+from models.init import mlp_gradient_norms, xavier_init_
+from models.layers import LayerNorm, RMSNorm
+
+NORM_IMPLS = ("layernorm", "rmsnorm", "torch_rmsnorm")
+FAILED_WITHIN_BITS = 0.1  # a run whose held-out loss ends this close to the unigram model's learned nothing
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    sweeps = metafunc.config.archbench_preset.norms
+    if "norm_gradient_case" in metafunc.fixturenames:
+        cases = [(s, init, n, d) for s in sweeps for init in s.inits for n in NORM_KINDS for d in s.depths]
+        metafunc.parametrize("norm_gradient_case", cases, ids=[f"{i}-{n}-L{d}" for _, i, n, d in cases])
+    if "norm_stability_case" in metafunc.fixturenames:
+        cases = [(s, n, seed) for s in sweeps for n in NORM_KINDS for seed in s.stability_seeds]
+        metafunc.parametrize("norm_stability_case", cases, ids=[f"{n}-seed{seed}" for _, n, seed in cases])
+    if "norm_speed_case" in metafunc.fixturenames:
+        cases = [(s, b, impl, w) for s in sweeps for b in selected_backends(metafunc.config) for impl in NORM_IMPLS
+                 for w in s.widths]
+        metafunc.parametrize("norm_speed_case", cases, ids=[f"{b}-{i}-d{w}" for _, b, i, w in cases])
+
+
+def test_norm_gradients(benchmark, record, norm_gradient_case) -> None:
+    _, init, norm, depth = norm_gradient_case
+    cfg = variants.get("gpt2-tiny").replace(norm=norm, n_layer=depth, tie_weights=False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build(cfg, seed=0)
+        if init == "xavier":
+            xavier_init_(model)
+    x, y = random_windows(corpus.load().tokens("train"), 8, 128, torch.Generator().manual_seed(0))
+    grads: list[float] = []
+
+    def run() -> None:
+        grads[:] = mlp_gradient_norms(model, x, y)
+
+    benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    assert all(g > 0 and math.isfinite(g) for g in grads)
+    record("norms", "gpt2-tiny", "torch-cpu",
+           params={"phase": "gradients", "norm": norm, "depth": depth, "init": init},
+           metrics={"mlp_grad_norm_by_layer": grads, "last_over_first": grads[-1] / grads[0]})
+
+
+def test_norm_stability(benchmark, record, norm_stability_case) -> None:
+    from models.reference import TrainConfig, train
+
+    sweep, norm, seed = norm_stability_case
+    cfg = variants.get("gpt2-tiny").replace(norm=norm, n_layer=sweep.stability_depth, tie_weights=False)
+    tc = TrainConfig(steps=sweep.stability_steps, batch_size=16, seq_len=64, lr=sweep.stability_lr, warmup_steps=0,
+                     grad_clip=0.0, seed=seed, eval_windows=32)
+    result: dict = {}
+    benchmark.pedantic(lambda: result.update(run=train(cfg, tc, progress=False)), rounds=1, warmup_rounds=0)
+    run = result["run"]
+    bits = [v / math.log(2) for v in run.train_losses]
+    tail = bits[-max(1, len(bits) // 10):]
+    final = sum(tail) / len(tail)
+    failed = not all(math.isfinite(v) for v in bits) or not math.isfinite(run.val_bits_per_byte) \
+        or run.val_bits_per_byte > run.unigram_bits_per_byte - FAILED_WITHIN_BITS
+    record("norms", f"gpt2-tiny-L{sweep.stability_depth}", "torch-cpu",
+           params={"phase": "stability", "norm": norm, "seed": seed, "lr": sweep.stability_lr, "warmup": 0,
+                   "grad_clip": 0, "steps": sweep.stability_steps},
+           metrics={"train_bpb_curve": [v if math.isfinite(v) else None for v in bits],
+                    "final_train_bpb": final if math.isfinite(final) else None,
+                    "val_bpb": run.val_bits_per_byte if math.isfinite(run.val_bits_per_byte) else None,
+                    "unigram_bpb": run.unigram_bits_per_byte, "failed": failed})
+
+
+class _TorchRMSNorm(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(width, eps=1e-5)  # pass eps: torch's default is finfo.eps, not 1e-5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+
+def _norm(impl: str, width: int) -> nn.Module:
+    if impl == "layernorm":
+        return LayerNorm(width, eps=1e-5)
+    if impl == "rmsnorm":
+        return RMSNorm(width, eps=1e-5)
+    return _TorchRMSNorm(width)
+
+
+def test_norm_speed(benchmark, record, norm_speed_case, tmp_path) -> None:
+    sweep, backend_name, impl, width = norm_speed_case
+    backend = backend_fixture(backend_name)
+    module = _norm(impl, width).eval()
+    x = torch.randn(1, sweep.rows, width, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = module(x)
+    if backend_name == "onnxruntime":
+        import onnxruntime as ort
+
+        path = tmp_path / f"{impl}-{width}.onnx"
+        try:
+            torch.onnx.export(module, (x,), str(path), input_names=["x"], output_names=["y"], dynamo=True,
+                              verbose=False)
+        except Exception as exc:  # the exporter's own failure: a skip with its message
+            pytest.skip(f"torch.onnx could not export {impl}: {type(exc).__name__}: {exc}")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feed = {"x": x.numpy()}
+        torch.testing.assert_close(torch.from_numpy(session.run(None, feed)[0]), ref, atol=1e-4, rtol=1e-4)
+        benchmark.pedantic(lambda: session.run(None, feed), rounds=20, warmup_rounds=2)
+        ops = sorted({n.op_type for n in __import__("onnx").load(str(path)).graph.node})
+    else:
+        device = backend.device
+        module, xd = module.to(device), x.to(device)
+        with torch.inference_mode():
+            torch.testing.assert_close(module(xd).cpu(), ref, atol=1e-5, rtol=1e-5)
+            benchmark.pedantic(synced(lambda: module(xd), device), rounds=20, warmup_rounds=2)
+        ops = []
+    record("norms", f"width-{width}", backend_name,
+           params={"phase": "speed", "impl": impl, "width": width, "rows": sweep.rows},
+           metrics={"onnx_ops": ops})

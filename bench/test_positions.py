@@ -1,0 +1,128 @@
+"""Positional embeddings: learned (GPT-2), sinusoidal (2017), RoPE.
+
+- `test_position_params`: parameters each scheme adds, at GPT-2 small's shape (exact, meta device).
+- `test_position_speed`: prefill and cached decode time of one model per scheme (only `pos` differs).
+- `test_position_extrapolation`: one small model per scheme trained at context L on the same budget,
+  evaluated at L, 2L and 4L; learned positions have no embedding past their table, which the record
+  shows with the model's own error rather than a crash.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from bench.conftest import backend_fixture, selected_backends, synced
+from bench.presets import PositionSweep
+from models import PositionLimitError, build, corpus, count_params, variants
+from models.config import POS_KINDS
+from models.generate import decode
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    sweeps = metafunc.config.archbench_preset.positions
+    if "position_params_case" in metafunc.fixturenames:
+        metafunc.parametrize("position_params_case", [(s, p) for s in sweeps for p in POS_KINDS],
+                             ids=[p for _ in sweeps for p in POS_KINDS])
+    if "position_speed_case" in metafunc.fixturenames:
+        torch_backends = [b for b in selected_backends(metafunc.config) if b.startswith("torch")]
+        cases = [(s, b, p, phase) for s in sweeps for b in torch_backends for p in POS_KINDS
+                 for phase in ("prefill", "decode")]
+        metafunc.parametrize("position_speed_case", cases, ids=[f"{b}-{p}-{ph}" for _, b, p, ph in cases])
+    if "position_extrapolation_case" in metafunc.fixturenames:
+        metafunc.parametrize("position_extrapolation_case", [(s, p) for s in sweeps for p in POS_KINDS],
+                             ids=[p for _ in sweeps for p in POS_KINDS])
+
+
+def test_position_params(benchmark, record, position_params_case) -> None:
+    _, pos = position_params_case
+    counts: dict = {}
+
+    def run() -> None:
+        cfg = variants.get("gpt2-small").replace(pos=pos)
+        model = build(cfg, device="meta")
+        counts["total"] = count_params(model)
+        counts["position"] = sum(p.numel() for n, p in model.named_parameters() if n.startswith("pos_emb"))
+
+    benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    assert counts["position"] == (1024 * 768 if pos == "learned" else 0)  # REFERENCES.md: 786,432
+    record("positions", "gpt2-small", "analytic", params={"phase": "params", "pos": pos},
+           metrics={"params": counts["total"], "position_params": counts["position"]})
+
+
+def test_position_speed(benchmark, record, position_speed_case) -> None:
+    sweep, backend_name, pos, phase = position_speed_case
+    backend = backend_fixture(backend_name)
+    cfg = variants.get(sweep.speed_variant).replace(pos=pos)
+    model = backend.prepare(build(cfg, seed=0).eval())
+    device = backend.device
+    gen = torch.Generator().manual_seed(0)
+    with torch.inference_mode():
+        if phase == "prefill":
+            idx = torch.randint(0, cfg.vocab_size, (1, sweep.speed_prefill), generator=gen).to(device)
+            cache = model.make_cache(1, sweep.speed_prefill)
+
+            def setup():
+                cache.reset()
+                return (), {}
+
+            benchmark.pedantic(synced(lambda: model(idx, cache), device), setup=setup, rounds=5, warmup_rounds=1)
+            tokens = sweep.speed_prefill
+        else:
+            prompt = torch.randint(0, cfg.vocab_size, (1, 16), generator=gen).to(device)
+            total = 16 + sweep.speed_decode
+            seq = torch.zeros(1, total, dtype=torch.long, device=device)
+            seq[:, :16] = prompt
+            cache = model.make_cache(1, total)
+
+            def setup():
+                cache.reset()
+                return (synced(model, device)(prompt, cache)[:, -1],), {}
+
+            benchmark.pedantic(synced(lambda lg: decode(model, seq, 16, lg, sweep.speed_decode, cache), device),
+                               setup=setup, rounds=5, warmup_rounds=1)
+            tokens = sweep.speed_decode
+    record("positions", sweep.speed_variant, backend_name, params={"phase": phase, "pos": pos, "tokens": tokens},
+           metrics={})
+
+
+def _trained(sweep: PositionSweep, pos: str):
+    from models.reference import TrainConfig, reference_model
+
+    cfg = variants.get(sweep.base).replace(pos=pos, max_seq_len=sweep.train_len)
+    tc = TrainConfig(steps=sweep.steps, batch_size=sweep.batch_size, seq_len=sweep.train_len,
+                     warmup_steps=min(30, sweep.steps // 5), eval_windows=sweep.eval_windows)
+    return reference_model(cfg, tc, progress=False)
+
+
+def test_position_extrapolation(benchmark, record, position_extrapolation_case) -> None:
+    sweep, pos = position_extrapolation_case
+    result: dict = {}
+    benchmark.pedantic(lambda: result.update(trained=_trained(sweep, pos)), rounds=1, warmup_rounds=0)
+    model = result["trained"].model.eval()
+    val = corpus.load().tokens("val")
+    by_length: dict[str, dict] = {}
+    for factor in sweep.eval_factors:
+        length = sweep.train_len * factor
+        windows = corpus.eval_windows(val, length, sweep.eval_windows)  # (n, length + 1)
+        try:
+            with torch.inference_mode():
+                logits = model(windows[:, :-1])  # (n, length, vocab)
+        except PositionLimitError as exc:
+            assert pos == "learned" and factor > 1  # the only scheme with a limit, and only past its table
+            by_length[str(length)] = {"error": str(exc)}
+            continue
+        nats = F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten(), reduction="none").view(
+            windows.shape[0], length)  # (n, length)
+        beyond = nats[:, sweep.train_len:]
+        by_length[str(length)] = {
+            "bits_per_byte": nats.mean().item() / 0.6931471805599453,
+            "bits_per_byte_within_train_len": nats[:, : sweep.train_len].mean().item() / 0.6931471805599453,
+            "bits_per_byte_beyond_train_len": beyond.mean().item() / 0.6931471805599453 if beyond.numel() else None,
+        }
+    record("positions", f"{sweep.base}-L{sweep.train_len}", "torch-cpu",
+           params={"phase": "extrapolation", "pos": pos, "train_len": sweep.train_len, "steps": sweep.steps,
+                   "batch": sweep.batch_size, "factors": list(sweep.eval_factors)},
+           metrics={"by_length": by_length, "train_seconds": result["trained"].seconds,
+                    "val_bpb_at_train_len": result["trained"].val_bits_per_byte})
