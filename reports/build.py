@@ -10,7 +10,7 @@ from pathlib import Path
 import jinja2
 import pandas as pd
 
-from . import analysis, figures
+from . import analysis, claims, figures
 from .analysis import TIME as TIME_COL
 from .load import Results, load, to_frame
 
@@ -526,10 +526,13 @@ def render(results: list[Results]) -> str:
                              autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
                              undefined=jinja2.StrictUndefined)
     header, rows = environment_rows(results)
+    anchors = {s.anchor for s in sections}
+    board = [{**row, "link": row["section"] if row["section"] in anchors else None,
+              "css": row["status"].replace(" ", "-")} for row in claims.scoreboard(df)]
     return env.get_template("report.html.j2").render(
         title="archbench report", generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         sources=[str(r.path) for r in results], summary=summary(df), env_header=header, env_rows=rows,
-        sections=sections, n_benchmarks=len(df))
+        sections=sections, n_benchmarks=len(df), scoreboard=board, several_machines=len(results) > 1)
 
 
 def build_report(paths: list[str | Path], out: str | Path) -> Path:
