@@ -12,6 +12,19 @@ Gates (decode study), each on the statistic that is steadiest on a noisy machine
 - `time` (only when the machine info matches the baseline's): no benchmark of at least 10 ms has a
   fastest round slower than 3x the baseline's (shared machines do slow down by 2x for seconds).
 A group present in the baseline and missing from the run fails (`missing`).
+
+Gates of the other studies, all machine-independent (exact counts, seeded accuracy figures with a
+tolerance, and relations that held in the baseline):
+- KV caches: exact bytes per token of every kind equal the baseline's; tq3 >= 4.9x smaller than fp16;
+  the accuracy figures (KL vs the raw cache) at most 25% (+1e-4) above the baseline's.
+- INT8: KL vs fp32 at most 25% (+1e-4) above the baseline's per backend, scheme and policy; the
+  quantized layers >= 3.5x smaller than fp32; quantizing the norms no better than keeping them.
+- LoRA: the variance slopes within 0.1 of -1 (LoRA) and 0 (rsLoRA); at the top rank rsLoRA still
+  ends below LoRA if it did in the baseline.
+- Positions: parameter counts equal the baseline's; learned positions refuse past their table.
+- Norms: under Xavier init Post-LN's last/first gradient ratio > 1 and Pre-LN's < 1 where the baseline
+  had it so; Pre-LN fails no more often than Post-LN.
+- Tying: parameter counts equal the baseline's.
 Slopes and speed-ups use each round's time divided by a calibration workload timed just before it
 (`time_norm`, the median over rounds): a shared machine's slow phases scale both alike. Runs without
 calibrations fall back to pytest-benchmark's `min` (the fastest round), as the time gates always do.
@@ -135,6 +148,149 @@ def check(baseline: Results, current: Results) -> list[Gate]:
     else:
         gates.append(Gate("time", "absolute times", "skipped: machine info differs from the baseline's",
                           "same machine", True))
+    gates += study_gates(base_df, cur_df)
+    return gates
+
+
+KL_TOLERANCE, KL_FLOOR = 1.25, 1e-4
+TQ3_COMPRESSION_MIN = 4.9
+INT8_LAYER_SIZE_MIN = 3.5
+VARIANCE_SLOPE_TOLERANCE = 0.1
+
+
+def _kl_gate(name: str, subject: str, base: float, cur: float) -> Gate:
+    limit = KL_TOLERANCE * base + KL_FLOOR
+    return Gate(name, subject, f"{cur:.3g}", f"<= {limit:.3g} (baseline {base:.3g})", bool(cur <= limit))
+
+
+def _missing(study: str, base_df: pd.DataFrame, cur_df: pd.DataFrame) -> Gate | None:
+    has = lambda df: not df.empty and (df["study"] == study).any()  # noqa: E731
+    if has(base_df) and not has(cur_df):
+        return Gate("missing", f"{study} study", "not measured", "measured as in the baseline", False)
+    return None
+
+
+def study_gates(base_df: pd.DataFrame, cur_df: pd.DataFrame) -> list[Gate]:
+    """Gates of the KV-cache, INT8, LoRA, positions, norms and tying studies (see the module docstring)."""
+    gates: list[Gate] = []
+    for study in ("kv_memory", "kv_accuracy", "int8", "lora", "positions", "norms", "tying"):
+        gate = _missing(study, base_df, cur_df)
+        if gate:
+            gates.append(gate)
+    base_cap, cur_cap = analysis.kv_capacity(base_df), analysis.kv_capacity(cur_df)
+    if not base_cap.empty and not cur_cap.empty:
+        cur = cur_cap.drop_duplicates(["variant", "kind"]).set_index(["variant", "kind"])["bytes_per_token"]
+        for r in base_cap.drop_duplicates(["variant", "kind"]).itertuples():
+            value = cur.get((r.variant, r.kind))
+            gates.append(Gate("kv exact bytes", f"{r.variant} {r.kind}", fmt_int(value), f"== {int(r.bytes_per_token)}",
+                              value == r.bytes_per_token))
+        small = cur_cap[cur_cap["variant"] == cur_cap["variant"].iloc[0]].set_index("kind")["bytes_per_token"]
+        if {"tq3", "raw-fp16"} <= set(small.index):
+            ratio = small["raw-fp16"] / small["tq3"]
+            gates.append(Gate("kv compression", f"{cur_cap['variant'].iloc[0]} tq3 vs raw fp16", f"{ratio:.2f}x",
+                              f">= {TQ3_COMPRESSION_MIN}x", bool(ratio >= TQ3_COMPRESSION_MIN)))
+    base_acc, cur_acc = analysis.kv_accuracy(base_df), analysis.kv_accuracy(cur_df)
+    if not base_acc.empty and not cur_acc.empty:
+        cur = cur_acc.set_index(["variant", "p_cache"])["m_kl_mean_nats"]
+        for r in base_acc[base_acc["p_cache"] != "raw-fp32"].itertuples():
+            if (r.variant, r.p_cache) in cur.index:
+                gates.append(_kl_gate("kv accuracy", f"{r.variant} {r.p_cache} KL", r.m_kl_mean_nats,
+                                      cur[(r.variant, r.p_cache)]))
+    gates += _int8_gates(base_df, cur_df)
+    gates += _arch_gates(base_df, cur_df)
+    return gates
+
+
+def fmt_int(value: object) -> str:
+    return "not measured" if value is None or value != value else f"{int(value)}"
+
+
+def _int8_gates(base_df: pd.DataFrame, cur_df: pd.DataFrame) -> list[Gate]:
+    gates: list[Gate] = []
+    base, cur = analysis.int8(base_df), analysis.int8(cur_df)
+    if base.empty or cur.empty:
+        return gates
+    key = ["variant", "backend", "p_scheme", "p_norms"]
+    index = cur.set_index(key)
+    for r in base[base["p_scheme"] != "fp32"].itertuples():
+        k = (r.variant, r.backend, r.p_scheme, r.p_norms)
+        if k in index.index:
+            gates.append(_kl_gate("int8 accuracy", " ".join(map(str, k)) + " KL", r.m_kl_mean_nats,
+                                  float(index.loc[k, "m_kl_mean_nats"])))
+    sizes = cur[(cur["p_scheme"] != "fp32")]["layers_size_vs_fp32"].dropna()
+    if not sizes.empty:
+        gates.append(Gate("int8 layer size", "quantized layers vs fp32 (smallest ratio)", f"{sizes.min():.2f}x",
+                          f">= {INT8_LAYER_SIZE_MIN}x", bool(sizes.min() >= INT8_LAYER_SIZE_MIN)))
+    effect, base_effect = analysis.int8_norm_effect(cur_df), analysis.int8_norm_effect(base_df)
+    cols = {"m_kl_mean_nats_keep", "m_kl_mean_nats_quantize"}
+    if cols <= set(effect.columns) and cols <= set(base_effect.columns):
+        held = {(r.backend, r.p_scheme) for r in base_effect.itertuples()
+                if r.m_kl_mean_nats_quantize >= r.m_kl_mean_nats_keep}
+        for r in effect.dropna(subset=list(cols)).itertuples():
+            if (r.backend, r.p_scheme) in held:
+                gates.append(Gate("int8 norm policy", f"{r.backend} {r.p_scheme}: KL quantize >= keep",
+                                  f"{r.m_kl_mean_nats_quantize:.3g} vs {r.m_kl_mean_nats_keep:.3g}", "quantize >= keep",
+                                  bool(r.m_kl_mean_nats_quantize >= r.m_kl_mean_nats_keep)))
+    return gates
+
+
+def _arch_gates(base_df: pd.DataFrame, cur_df: pd.DataFrame) -> list[Gate]:
+    gates: list[Gate] = []
+    var = analysis.arch_rows(cur_df, "lora", "variance")
+    for r in var.itertuples():
+        expected = 0.0 if r.p_scaling == "rslora" else -1.0
+        gates.append(Gate("lora variance slope", r.p_scaling, f"{r.m_loglog_slope:.3f}",
+                          f"{expected:+.0f} ± {VARIANCE_SLOPE_TOLERANCE}",
+                          bool(abs(r.m_loglog_slope - expected) <= VARIANCE_SLOPE_TOLERANCE)))
+    for df, role in ((base_df, "base"), (cur_df, "cur")):
+        fine = analysis.arch_rows(df, "lora", "finetune")
+        if fine.empty:
+            break
+        top = fine[fine["p_rank"] == fine["p_rank"].max()].set_index("p_scaling")["m_final_train_bpb"]
+        if role == "base":
+            base_better = {"lora", "rslora"} <= set(top.index) and top["rslora"] < top["lora"]
+        elif base_better and {"lora", "rslora"} <= set(top.index):
+            gates.append(Gate("rslora at the top rank", "final training loss rsLoRA < LoRA",
+                              f"{top['rslora']:.3f} vs {top['lora']:.3f}", "rsLoRA lower (as in the baseline)",
+                              bool(top["rslora"] < top["lora"])))
+    for study, phase, value_col, group in (("positions", "params", "m_position_params", "p_pos"),
+                                           ("tying", "params", "m_tied_params", "variant"),
+                                           ("tying", "params", "m_untied_params", "variant")):
+        base, cur = analysis.arch_rows(base_df, study, phase), analysis.arch_rows(cur_df, study, phase)
+        if base.empty or cur.empty:
+            continue
+        index = cur.drop_duplicates(group).set_index(group)[value_col]
+        for r in base.drop_duplicates(group).itertuples():
+            value = index.get(getattr(r, group))
+            expected = getattr(r, value_col)
+            gates.append(Gate(f"{study} {value_col[2:]}", str(getattr(r, group)), fmt_int(value), f"== {int(expected)}",
+                              value == expected))
+    extra = analysis.arch_rows(cur_df, "positions", "extrapolation")
+    for r in extra[extra["p_pos"] == "learned"].itertuples() if not extra.empty else []:
+        past = [k for k in r.m_by_length if int(k) > r.p_train_len]
+        refused = all("error" in r.m_by_length[k] for k in past)
+        gates.append(Gate("learned positions refuse past the table", f"trained at {int(r.p_train_len)}",
+                          "refused" if refused else "evaluated", "refused", refused))
+    base_grads, grads = analysis.arch_rows(base_df, "norms", "gradients"), analysis.arch_rows(cur_df, "norms",
+                                                                                            "gradients")
+    if not base_grads.empty and not grads.empty:
+        index = grads.set_index(["p_init", "p_norm", "p_depth"])["m_last_over_first"]
+        for r in base_grads[base_grads["p_init"] == "xavier"].itertuples():
+            key = (r.p_init, r.p_norm, r.p_depth)
+            if key not in index.index or r.p_norm == "pre_rms":
+                continue
+            rising = r.m_last_over_first > 1
+            value = float(index[key])
+            gates.append(Gate("gradient trend at init", f"{r.p_norm} depth {int(r.p_depth)} (xavier)", f"{value:.2f}",
+                              "> 1 (as in the baseline)" if rising else "< 1 (as in the baseline)",
+                              bool(value > 1 if rising else value < 1)))
+    stab = analysis.norm_stability(cur_df)
+    if not stab.empty and {"post_ln", "pre_ln"} <= set(stab["p_norm"]):
+        by = stab.set_index("p_norm")
+        pre, post = by.loc["pre_ln", "failed"] / by.loc["pre_ln", "runs"], by.loc["post_ln", "failed"] / \
+            by.loc["post_ln", "runs"]
+        gates.append(Gate("stability", "Pre-LN failure rate <= Post-LN's", f"{pre:.2f} vs {post:.2f}",
+                          "Pre-LN <= Post-LN", bool(pre <= post)))
     return gates
 
 
