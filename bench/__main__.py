@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weights", default=None,
                         help="local transformers GPT-2 or Llama checkpoint directory with its tokenizer: the peer "
                         "comparison and the accuracy studies (KV cache, INT8) use it")
+    parser.add_argument("--shard", default=None, metavar="K/N",
+                        help="run shard K of N of the benchmarks (merge the shards' results.json with "
+                             "`python -m reports merge`)")
     parser.add_argument("--out", required=True, type=Path, help="output directory (results.json, index.html)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments, after --")
     args = parser.parse_args(argv)
@@ -91,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         cmd += ["--backend", name]
     if args.weights:
         cmd += ["--weights", args.weights]
+    if args.shard:
+        cmd += ["--shard", args.shard]
     cmd += args.pytest_args
     print(f"archbench: preset {args.preset!r}, studies {', '.join(args.only or STUDIES)} -> {out}", flush=True)
     preset = presets.get(args.preset)

@@ -8,8 +8,10 @@ the output directory and the report.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +33,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"run only these backends (repeatable): {', '.join(backends.BACKENDS)}")
     group.addoption("--records", default=None,
                     help="append every record to this JSON-lines file as it is measured (survives a crash)")
+    group.addoption("--shard", default=None, metavar="K/N",
+                    help="run only shard K of N (1-based) of the selected benchmarks; the lengths of one sweep "
+                         "stay in one shard (their slope is fitted together). Run N processes, e.g. one per GPU "
+                         "with CUDA_VISIBLE_DEVICES, or on N machines, then `python -m reports merge`.")
     group.addoption("--weights", default=None,
                     help="a local transformers GPT-2 or Llama checkpoint directory (with its tokenizer): the peer "
                          "comparison uses its weights, and the accuracy studies (KV cache, INT8) run on it too")
@@ -45,6 +51,35 @@ def pytest_configure(config: pytest.Config) -> None:
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
     config.archbench_ceilings = {}
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`K/N` -> (K, N), 1 <= K <= N; a bad value names the expected form."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"--shard {text!r}: expected K/N with whole numbers, e.g. 1/4") from None
+    if not 1 <= k <= n:
+        raise pytest.UsageError(f"--shard {text!r}: K must be between 1 and N")
+    return k, n
+
+
+def shard_group(nodeid: str) -> str:
+    """The unit sharding keeps together: a test id without its length (`-T512`), so a sweep stays whole."""
+    return re.sub(r"-T\d+", "", nodeid)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    text = config.getoption("--shard")
+    if not text:
+        return
+    k, n = parse_shard(text)
+    keep, drop = [], []
+    for item in items:
+        digest = int(hashlib.sha1(shard_group(item.nodeid).encode()).hexdigest(), 16)
+        (keep if digest % n == k - 1 else drop).append(item)
+    items[:] = keep
+    config.hook.pytest_deselected(items=drop)
 
 
 def selected_backends(config: pytest.Config) -> list[str]:

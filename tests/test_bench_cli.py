@@ -134,3 +134,21 @@ def test_accuracy_studies_run_on_a_checkpoint_given_with_weights(tmp_path) -> No
     assert int8.loc[("w8a8", "quantize"), "m_kl_mean_nats"] > int8.loc[("fp32", "keep"), "m_kl_mean_nats"]
     # a random 257-token model: about log2(257) = 8 bits per token, one byte per token
     assert 6.0 < kv.loc["raw-fp32", "m_bits_per_byte"] < 10.0
+
+
+def test_shards_partition_the_benchmarks_and_keep_sweeps_whole() -> None:
+    def collect(*extra: str) -> set[str]:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "bench", "--preset", "smoke", "--collect-only", "-q",
+                               "-p", "no:cacheprovider", *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout[-2000:]
+        return {line for line in proc.stdout.splitlines() if "::" in line}
+
+    everything = collect()
+    shards = [collect("--shard", f"{k}/3") for k in (1, 2, 3)]
+    assert set().union(*shards) == everything and sum(map(len, shards)) == len(everything)
+    for shard in shards:  # every length of a decode sweep lands in the same shard
+        for test in (t for t in shard if "test_decode[" in t and "-T8-" in t):
+            assert test.replace("-T8-", "-T32-") in shard
+    bad = subprocess.run([sys.executable, "-m", "pytest", "bench", "--shard", "0/2", "--collect-only", "-q"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "K must be between 1 and N" in bad.stderr
