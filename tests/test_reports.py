@@ -161,3 +161,60 @@ def test_merge_joins_runs_of_one_machine_and_refuses_two(tmp_path, capsys) -> No
     c = _write(tmp_path, "c.json", second)
     assert reports_main(["merge", str(a), str(c), "--out", str(tmp_path / "n.json")]) == 2
     assert "different machines" in capsys.readouterr().err
+
+
+STUDIES = Path(__file__).parent / "data" / "studies_results.json"
+
+
+def _doctor(data: dict, study: str, match: dict, metric: str, change) -> dict:
+    """A copy of `data` with `metric` of every record of `study` whose params include `match` changed."""
+    out = copy.deepcopy(data)
+    hits = 0
+    for bench in out["benchmarks"]:
+        info = bench["extra_info"]
+        if info["study"] == study and all(info["params"].get(k) == v for k, v in match.items()):
+            info["metrics"][metric] = change(info["metrics"][metric])
+            hits += 1
+    assert hits, f"no {study} record matched {match}"
+    return out
+
+
+@pytest.mark.parametrize(
+    ("gate", "study", "match", "metric", "change"),
+    [
+        ("kv exact bytes", "kv_memory", {"phase": "capacity"}, "bytes_per_token",
+         lambda m: {**m, "tq3": m["tq3"] + 2}),
+        ("kv accuracy", "kv_accuracy", {"cache": "tq3"}, "kl_mean_nats", lambda v: v * 2),
+        ("int8 accuracy", "int8", {"scheme": "w8a8", "norms": "keep"}, "kl_mean_nats", lambda v: v * 3),
+        ("int8 layer size", "int8", {"scheme": "weight_only"}, "quantized_weights_bytes", lambda v: v * 2),
+        ("int8 norm policy", "int8", {"scheme": "w8a8", "norms": "quantize"}, "kl_mean_nats", lambda v: v / 10),
+        ("lora variance slope", "lora", {"phase": "variance", "scaling": "rslora"}, "loglog_slope", lambda v: -0.5),
+        ("rslora at the top rank", "lora", {"phase": "finetune", "scaling": "rslora"}, "final_train_bpb",
+         lambda v: v + 1.0),
+        ("positions position_params", "positions", {"phase": "params", "pos": "rope"}, "position_params",
+         lambda v: 1024),
+        ("learned positions refuse past the table", "positions", {"phase": "extrapolation", "pos": "learned"},
+         "by_length", lambda m: {k: {"bits_per_byte": 3.0} for k in m}),
+        ("gradient trend at init", "norms", {"phase": "gradients", "init": "xavier", "norm": "post_ln"},
+         "last_over_first", lambda v: 0.5),
+        ("stability", "norms", {"phase": "stability"}, "failed", lambda v: not v),  # Pre-LN fails, Post-LN not
+        ("tying tied_params", "tying", {"phase": "params"}, "tied_params", lambda v: v + 1),
+    ],
+)
+def test_study_gates_fail_on_doctored_results(tmp_path, gate, study, match, metric, change) -> None:
+    data = json.loads(STUDIES.read_text())
+    base = load(_write(tmp_path, "base.json", data))
+    same = check(base, load(_write(tmp_path, "same.json", data)))
+    assert all(g.passed for g in same), [g for g in same if not g.passed]
+    assert any(g.gate == gate for g in same)
+    doctored = check(base, load(_write(tmp_path, "bad.json", _doctor(data, study, match, metric, change))))
+    failed = {g.gate for g in doctored if not g.passed}
+    assert gate in failed, failed
+
+
+def test_a_study_missing_from_the_run_fails(tmp_path) -> None:
+    data = json.loads(STUDIES.read_text())
+    without = copy.deepcopy(data)
+    without["benchmarks"] = [b for b in data["benchmarks"] if b["extra_info"]["study"] != "lora"]
+    gates = check(load(_write(tmp_path, "b.json", data)), load(_write(tmp_path, "c.json", without)))
+    assert any(g.gate == "missing" and g.subject == "lora study" and not g.passed for g in gates)
