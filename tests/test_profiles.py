@@ -102,9 +102,8 @@ def test_memory_probe_sees_a_cpu_allocation() -> None:
 def test_bandwidth_ceiling_is_positive_and_picks_a_layout() -> None:
     bw = measure_bandwidth("cpu", nbytes=16 << 20, repeats=2)
     assert bw.copy_Bps > 1e8 and bw.matvec_out_in_Bps > 1e8 and bw.matvec_in_out_Bps > 1e8
-    assert bw.best_layout in ("out_in", "in_out", "onednn") and bw.decode_Bps == max(bw.read_Bps, bw.matvec_Bps)
-    rates = {"out_in": bw.matvec_out_in_Bps, "in_out": bw.matvec_in_out_Bps, "onednn": bw.matvec_onednn_Bps}
-    assert rates[bw.best_layout] == max(rates.values()) or bw.best_layout == "out_in"
+    assert bw.best_layout in ("out_in", "in_out") and bw.decode_Bps == max(bw.read_Bps, bw.matvec_Bps)
+    assert bw.best_layout == ("in_out" if bw.matvec_in_out_Bps > 1.05 * bw.matvec_out_in_Bps else "out_in")
 
 
 @pytest.mark.parametrize("layout", ["in_out", "onednn"])
