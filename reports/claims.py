@@ -42,7 +42,9 @@ def kv_cache_linear(df: pd.DataFrame) -> Verdict:
     if fits.empty or not {"raw", "none"} <= set(fits["p_cache"]):
         return _unmeasured("decode sweeps with and without a cache")
     cached = float(fits[fits["p_cache"] == "raw"]["slope_all"].median())
-    uncached = float(fits[fits["p_cache"] == "none"]["model_end_slope"].median())
+    none = fits[fits["p_cache"] == "none"]
+    # the local slope at the longest length where 3+ lengths allow the a*T + b*T^2 fit, else the plain fit
+    uncached = float(none["model_end_slope"].fillna(none["slope_all"]).median())
     text = f"median log-log slope of decode time vs T: {cached:.2f} with the cache, {uncached:.2f} without"
     if cached <= 1.3 and uncached >= 1.6:
         return Verdict(HOLDS, text)
@@ -130,6 +132,9 @@ def int8_size_speed(df: pd.DataFrame) -> Verdict:
     parts = []
     if not size.empty:
         parts.append(f"quantized layers {size.median():.2f}x smaller than fp32 (median)")
+    elif d["size_vs_fp32"].notna().any():  # results written before the layers were counted apart
+        size = d["size_vs_fp32"].dropna()
+        parts.append(f"whole model {size.median():.2f}x smaller than fp32 (embeddings stay fp32)")
     if fastest is not None:
         parts.append(f"fastest int8: {fastest['speed_vs_fp32']:.2f}x fp32 tokens/s ({fastest['backend']} "
                      f"{fastest['p_scheme']}); slowest {d['speed_vs_fp32'].min():.2f}x")
