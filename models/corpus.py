@@ -104,14 +104,20 @@ def random_windows(tokens: Tensor, batch: int, seq_len: int, generator: torch.Ge
     return windows[:, :-1], windows[:, 1:]
 
 
-def eval_windows(tokens: Tensor, seq_len: int, max_windows: int) -> Tensor:
-    """Up to `max_windows` evenly spaced, non-overlapping windows of seq_len + 1 bytes, (n, seq_len + 1)."""
-    available = tokens.numel() // (seq_len + 1)
+def window_starts(length: int, seq_len: int, max_windows: int, what: str = "corpus split") -> Tensor:
+    """Starts of up to `max_windows` evenly spaced, non-overlapping windows of seq_len + 1 items in a
+    sequence of `length` items, (n,)."""
+    available = length // (seq_len + 1)
     if available == 0:
-        raise ValueError(f"corpus split of {tokens.numel()} bytes is shorter than a window of {seq_len + 1}")
+        raise ValueError(f"{what} of {length} items is shorter than a window of {seq_len + 1}")
     n = min(max_windows, available)
     starts = torch.linspace(0, (available - 1) * (seq_len + 1), n).long()  # (n,)
-    starts = starts - starts % (seq_len + 1)
+    return starts - starts % (seq_len + 1)
+
+
+def eval_windows(tokens: Tensor, seq_len: int, max_windows: int) -> Tensor:
+    """Up to `max_windows` evenly spaced, non-overlapping windows of seq_len + 1 bytes, (n, seq_len + 1)."""
+    starts = window_starts(tokens.numel(), seq_len, max_windows)  # (n,)
     return tokens[starts[:, None] + torch.arange(seq_len + 1)[None, :]].long()  # (n, seq_len + 1)
 
 

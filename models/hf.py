@@ -202,15 +202,12 @@ def load_tokenizer(path: str | Path):
 def tokenized_windows(tokenizer, text: str, seq_len: int, count: int) -> tuple[Tensor, int]:
     """Up to `count` evenly spaced windows of seq_len + 1 tokens of `text`, (n, seq_len + 1), and the
     number of text bytes their targets (tokens 1..seq_len of each window) cover, for bits per byte."""
+    from .corpus import window_starts
+
     enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=False)
     ids = torch.tensor(enc["input_ids"], dtype=torch.long)  # (N,)
     offsets = enc["offset_mapping"]
-    available = ids.numel() // (seq_len + 1)
-    if available == 0:
-        raise ValueError(f"the text holds {ids.numel()} tokens, fewer than one window of {seq_len + 1}")
-    n = min(count, available)
-    starts = torch.linspace(0, (available - 1) * (seq_len + 1), n).long()  # (n,)
-    starts = starts - starts % (seq_len + 1)
+    starts = window_starts(ids.numel(), seq_len, count, what="the tokenized text")  # (n,)
     windows = ids[starts[:, None] + torch.arange(seq_len + 1)[None, :]]  # (n, seq_len + 1)
     target_bytes = sum(len(text[offsets[s + 1][0]: offsets[s + seq_len][1]].encode("utf-8"))
                        for s in starts.tolist())

@@ -41,11 +41,16 @@ def to_input_major(model: nn.Module) -> nn.Module:
     A head tied to the embedding gets its own transposed copy (the embedding keeps its rows for
     lookups), so a tied model holds its embedding matrix twice after this transform.
     """
+    return _swap_linears(model, InputMajorLinear)
+
+
+def _swap_linears(model: nn.Module, make) -> nn.Module:
+    """Replace every plain nn.Linear below `model` (in place) by `make(linear)`; returns `model`."""
     for name, child in list(model.named_children()):
         if type(child) is nn.Linear:
-            setattr(model, name, InputMajorLinear(child))
+            setattr(model, name, make(child))
         else:
-            to_input_major(child)
+            _swap_linears(child, make)
     return model
 
 
@@ -88,9 +93,4 @@ def to_onednn(model: nn.Module) -> nn.Module:
     if not onednn_available():
         raise RuntimeError(f"torch {torch.__version__} cannot run oneDNN linear layers here; use layout out_in "
                            "or in_out")
-    for name, child in list(model.named_children()):
-        if type(child) is nn.Linear:
-            setattr(model, name, OneDnnLinear(child))
-        else:
-            to_onednn(child)
-    return model
+    return _swap_linears(model, OneDnnLinear)
