@@ -11,6 +11,8 @@ Gates (decode study), each on the statistic that is steadiest on a noisy machine
 - `identical tokens`: cached and uncached decode agree; ours and transformers agree.
 - `time` (only when the machine info matches the baseline's): no benchmark of at least 10 ms has a
   fastest round slower than 3x the baseline's (shared machines do slow down by 2x for seconds).
+  Benchmarks whose time is not the measurement (training that a disk cache may skip, accuracy
+  evaluations, counts, fresh-process memory probes) are left out (`UNTIMED`).
 A group present in the baseline and missing from the run fails (`missing`).
 
 Gates of the other studies, all machine-independent (exact counts, seeded accuracy figures with a
@@ -137,8 +139,8 @@ def check(baseline: Results, current: Results) -> list[Gate]:
                           "identical" if r["tokens_identical"] else "different", "identical",
                           bool(r["tokens_identical"])))
     if machines_match(baseline, current):
-        base_times = base_df.set_index("name")[TIME]
-        cur_times = cur_df.set_index("name")[TIME]
+        base_times = _timed(base_df).set_index("name")[TIME]
+        cur_times = _timed(cur_df).set_index("name")[TIME]
         for name in sorted(set(base_times.index) & set(cur_times.index)):
             if base_times[name] < TIME_MIN_SECONDS:
                 continue
@@ -292,6 +294,24 @@ def _arch_gates(base_df: pd.DataFrame, cur_df: pd.DataFrame) -> list[Gate]:
         gates.append(Gate("stability", "Pre-LN failure rate <= Post-LN's", f"{pre:.2f} vs {post:.2f}",
                           "Pre-LN <= Post-LN", bool(pre <= post)))
     return gates
+
+
+# Benchmarks whose time is not the measurement: training (cached on disk between runs), accuracy
+# evaluations, counts, and fresh-process memory probes. The time gate leaves them out.
+UNTIMED = {("positions", "extrapolation"), ("positions", "params"), ("tying", "quality"), ("tying", "params"),
+           ("lora", "finetune"), ("lora", "variance"), ("norms", "stability"), ("norms", "gradients"),
+           ("int8", "sensitivity"), ("kv_memory", "rss"), ("kv_memory", "vram"), ("kv_memory", "capacity")}
+UNTIMED_STUDIES = {"kv_accuracy"}
+
+
+def _timed(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows whose fastest round is a measurement worth gating (see UNTIMED)."""
+    if df.empty:
+        return df
+    phase = df["p_phase"] if "p_phase" in df else pd.Series([None] * len(df), index=df.index)
+    keep = [study not in UNTIMED_STUDIES and (study, ph) not in UNTIMED
+            for study, ph in zip(df["study"], phase, strict=True)]
+    return df[keep]
 
 
 def combine(runs: list[list[Gate]]) -> list[Gate]:
