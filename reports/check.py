@@ -323,7 +323,11 @@ def combine(runs: list[list[Gate]]) -> list[Gate]:
             key = (g.gate, g.subject)
             if key not in combined or (g.passed and not combined[key].passed):
                 combined[key] = g
-    return list(combined.values())
+    # a re-measurement of one study reports the others as missing: a subject is missing only when
+    # every run missed it
+    missing_everywhere = set.intersection(*[{g.subject for g in gates if g.gate == "missing"} for gates in runs]) \
+        if runs else set()
+    return [g for g in combined.values() if g.gate != "missing" or g.subject in missing_everywhere]
 
 
 def format_table(gates: list[Gate]) -> str:

@@ -234,3 +234,17 @@ def test_time_gate_leaves_out_training_and_accuracy_work(tmp_path) -> None:
     assert timed and all(g.passed for g in timed if "extrapolation" in g.subject or "quality" in g.subject)
     assert not any("test_position_extrapolation" in g.subject for g in timed)
     assert any(not g.passed for g in timed)  # the timed ones (norm and position speed) are still gated
+
+
+def test_combined_runs_count_a_study_as_missing_only_when_every_run_missed_it(tmp_path) -> None:
+    from reports.check import combine
+
+    data = json.loads(STUDIES.read_text())
+    decode_only = copy.deepcopy(data)
+    decode_only["benchmarks"] = [b for b in data["benchmarks"] if b["extra_info"]["study"] == "kv_memory"]
+    base = load(_write(tmp_path, "b.json", data))
+    full, partial = check(base, load(_write(tmp_path, "f.json", data))), check(base, load(_write(tmp_path, "p.json",
+                                                                                                   decode_only)))
+    assert any(g.gate == "missing" for g in partial)
+    assert all(g.passed for g in combine([full, partial]))  # the re-measurement of one study misses the others
+    assert any(g.gate == "missing" and not g.passed for g in combine([partial, partial]))
