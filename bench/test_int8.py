@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from bench.conftest import EvalSet, accuracy_sources, backend_fixture, eval_set, selected_backends, synced
 from bench.presets import Int8Sweep
 from models import build, generate, variants
+from models.corpus import NATS_TO_BITS
 from models.generate import decode
 from models.int8 import (
     model_bytes,
@@ -41,7 +43,6 @@ from models.int8 import (
 
 TORCH_SCHEMES = ("weight_only", "w8a8", "llm_int8", "torch_dynamic")
 ORT_SCHEMES = ("ort_dynamic", "ort_static")
-NATS_TO_BITS = 1.4426950408889634
 
 
 @dataclass(frozen=True)
@@ -93,14 +94,10 @@ def _logits(model, windows: torch.Tensor, device: torch.device, batch: int = 8) 
         return torch.cat([model(chunk[:, :-1].to(device)).float().cpu() for chunk in windows.split(batch)])
 
 
-_TORCH_FP32: dict[int, torch.Tensor] = {}
-
-
+@cache
 def _torch_fp32_logits(evals: EvalSet) -> torch.Tensor:
     """torch fp32 on the CPU: the one reference every backend and scheme is also compared with."""
-    if id(evals) not in _TORCH_FP32:
-        _TORCH_FP32[id(evals)] = _logits(evals.model, evals.windows, torch.device("cpu"))
-    return _TORCH_FP32[id(evals)]
+    return _logits(evals.model, evals.windows, torch.device("cpu"))
 
 
 def _compare(logits: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor, target_bytes: int) -> dict:
@@ -160,7 +157,7 @@ def _calibration_feeds(config: pytest.Config, case: Int8Case, count: int = 16) -
     if case.source == "checkpoint":
         from models.hf import load_tokenizer, tokenized_windows
 
-        text = corpus.text("train")[: 400 * seq_len * count]  # enough tokens for the windows
+        text = corpus.text("train", max_bytes=400 * seq_len * count)  # enough tokens for the windows
         windows, _ = tokenized_windows(load_tokenizer(config.getoption("--weights")), text, seq_len, count)
     else:
         windows = corpus.eval_windows(corpus.load().tokens("train"), seq_len, count)

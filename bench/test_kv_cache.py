@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from bench.conftest import accuracy_sources, backend_fixture, eval_set, selected_backends, synced
 from bench.presets import KVAccuracySweep, KVMemorySweep
 from models import build, count_params, generate, kv_cache, variants
+from models.corpus import NATS_TO_BITS
 from models.generate import decode
 from profiles.memory import MemoryProbe
 
@@ -253,7 +254,7 @@ def test_kv_accuracy(benchmark, record, accuracy_setup, kv_accuracy_case) -> Non
     layer_error = [float((a - b).norm() / b.norm()) for a, b in zip(result["attn"], raw["attn"], strict=True)]
     if kind == "raw-fp32":
         assert kl < 1e-9 and top1 == 1.0  # the comparison itself is sound
-    to_bpb = targets.numel() / evals.target_bytes / 0.6931471805599453  # nats per token -> bits per byte
+    to_bpb = targets.numel() / evals.target_bytes * NATS_TO_BITS  # nats per token -> bits per byte
     bpb, raw_bpb = nats * to_bpb, raw_nats * to_bpb
     record("kv_accuracy", evals.name, "torch-cpu",
            params={"cache": kind, "bits": _bits(kind), "windows": int(windows.shape[0]), "seq_len": sweep.seq_len,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from bench.conftest import backend_fixture, synced
 from bench.presets import LoraSweep
 from models import build, corpus, variants
+from models.corpus import NATS_TO_BITS
 from models.lora import apply_lora, finetune, lora_parameters, lora_scaling, merge_lora, update_variance
 
 SCALINGS = {"lora": False, "rslora": True}
@@ -67,7 +68,7 @@ def _adapt_split(seq_len: int, eval_windows: int) -> tuple[torch.Tensor, torch.T
 def _bits_per_byte(model, windows: torch.Tensor) -> float:
     with torch.inference_mode():
         logits = model(windows[:, :-1])
-        return F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten()).item() / 0.6931471805599453
+        return F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten()).item() * NATS_TO_BITS
 
 
 def test_lora_finetune(benchmark, record, lora_finetune_case) -> None:
@@ -86,7 +87,7 @@ def test_lora_finetune(benchmark, record, lora_finetune_case) -> None:
 
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
     after = _bits_per_byte(model, eval_windows)
-    losses = [v / 0.6931471805599453 for v in result["losses"]]  # bits per byte
+    losses = [v * NATS_TO_BITS for v in result["losses"]]  # bits per byte
     tail = max(1, len(losses) // 5)
     assert all(v == v for v in losses), "the fine-tune diverged to NaN"
     record("lora", sweep.reference, "torch-cpu",

@@ -17,6 +17,7 @@ from bench.conftest import backend_fixture, selected_backends, synced
 from bench.presets import PositionSweep
 from models import PositionLimitError, build, corpus, count_params, variants
 from models.config import POS_KINDS
+from models.corpus import NATS_TO_BITS
 from models.generate import decode
 
 
@@ -117,9 +118,9 @@ def test_position_extrapolation(benchmark, record, position_extrapolation_case) 
             windows.shape[0], length)  # (n, length)
         beyond = nats[:, sweep.train_len:]
         by_length[str(length)] = {
-            "bits_per_byte": nats.mean().item() / 0.6931471805599453,
-            "bits_per_byte_within_train_len": nats[:, : sweep.train_len].mean().item() / 0.6931471805599453,
-            "bits_per_byte_beyond_train_len": beyond.mean().item() / 0.6931471805599453 if beyond.numel() else None,
+            "bits_per_byte": nats.mean().item() * NATS_TO_BITS,
+            "bits_per_byte_within_train_len": nats[:, : sweep.train_len].mean().item() * NATS_TO_BITS,
+            "bits_per_byte_beyond_train_len": beyond.mean().item() * NATS_TO_BITS if beyond.numel() else None,
         }
     record("positions", f"{sweep.base}-L{sweep.train_len}", "torch-cpu",
            params={"phase": "extrapolation", "pos": pos, "train_len": sweep.train_len, "steps": sweep.steps,

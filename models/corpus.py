@@ -131,6 +131,8 @@ def unigram_bits_per_byte(train: Tensor, val: Tensor) -> float:
 NATS_TO_BITS = 1.0 / math.log(2.0)
 
 
-def text(split: str, root: str | None = None) -> str:
-    """One split as text (UTF-8, undecodable bytes replaced), for tokenizers of real checkpoints."""
-    return bytes(load(root).tokens(split).numpy()).decode("utf-8", errors="replace")
+def text(split: str, root: str | None = None, max_bytes: int | None = None) -> str:
+    """One split (or its first `max_bytes`) as text (UTF-8, undecodable bytes replaced), for tokenizers
+    of real checkpoints."""
+    data = load(root).tokens(split)[:max_bytes]
+    return bytes(data.numpy()).decode("utf-8", errors="replace")

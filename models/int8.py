@@ -95,6 +95,12 @@ class _Int8Linear(nn.Module):
         """The weight as this layer represents it: int8 x scale, (out, in)."""
         return self.weight_int8.to(dtype) * self.weight_scale.to(dtype)[:, None]
 
+    def _w8a8(self, rows: Tensor) -> Tensor:
+        """float (M, in) -> float (M, out): per-token int8 activations x int8 weights, int32 accumulation,
+        rescaled; no bias."""
+        xq, x_scale = quantize_per_token(rows)  # (M, in) int8, (M, 1)
+        return int8_matmul(xq, self.weight_int8.t()).float() * x_scale * self.weight_scale  # (M, out)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
@@ -111,10 +117,7 @@ class Int8DynamicLinear(_Int8Linear):
     """W8A8: per-token int8 activations x per-channel int8 weights, int32 accumulation."""
 
     def forward(self, x: Tensor) -> Tensor:
-        flat = x.reshape(-1, self.in_features)  # (M, in)
-        xq, x_scale = quantize_per_token(flat.float())  # (M, in) int8, (M, 1)
-        acc = int8_matmul(xq, self.weight_int8.t())  # (M, out) int32
-        y = acc.float() * x_scale * self.weight_scale  # (M, out)
+        y = self._w8a8(x.reshape(-1, self.in_features).float())  # (M, out)
         if self.bias is not None:
             y = y + self.bias.float()
         return y.to(x.dtype).reshape(*x.shape[:-1], self.out_features)
@@ -132,9 +135,7 @@ class Int8OutlierLinear(_Int8Linear):
         flat = x.reshape(-1, self.in_features).float()  # (M, in)
         outliers = (flat.abs() >= self.threshold).any(dim=0)  # (in,)
         self.outlier_columns_seen = int(outliers.sum())
-        regular = flat.masked_fill(outliers, 0.0)  # (M, in): outlier columns zeroed
-        xq, x_scale = quantize_per_token(regular)
-        y = int8_matmul(xq, self.weight_int8.t()).float() * x_scale * self.weight_scale  # (M, out)
+        y = self._w8a8(flat.masked_fill(outliers, 0.0))  # (M, out): outlier columns zeroed, the rest int8
         if self.outlier_columns_seen:
             cols = outliers.nonzero().squeeze(1)  # (n_outliers,)
             w_cols = self.weight_int8[:, cols].float() * self.weight_scale[:, None]  # (out, n_outliers)
