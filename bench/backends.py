@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from models import GPT
-from models.layout import to_input_major, to_onednn
+from models.generate import decode
+from models.layout import onednn_available, to_input_major, to_onednn
+from profiles.timers import DeviceTimer
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,48 @@ class TorchBackend:
         elif layout == "onednn":
             to_onednn(prepared)
         return prepared
+
+    def layouts(self, dtype: torch.dtype = torch.float32) -> tuple[str, ...]:
+        """The weight layouts this backend can run `dtype` in (oneDNN: fp32 on a CPU build with oneDNN)."""
+        usable = ("out_in", "in_out")
+        if self.device_type == "cpu" and dtype == torch.float32 and onednn_available():
+            usable += ("onednn",)
+        return usable
+
+    def fastest_layout(self, model: GPT, *, dtype: torch.dtype = torch.float32, batch: int = 1,
+                       steps: int = 4, repeats: int = 5) -> LayoutChoice:
+        """Time `steps` cached single-token decode steps of `model` in every usable layout (best of
+        `repeats`, after one warm-up; the prompt's prefill is not timed) and pick the fastest.
+
+        Which layout streams a model's weights fastest depends on the model as much as the machine:
+        oneDNN's prepacked matrix-vector product wins once the weights are far beyond the caches
+        (GPT-2 124M on an x86 CPU), while its per-call overhead loses on models that fit in them.
+        """
+        prompt_len = 4
+        step_s = {}
+        for layout in self.layouts(dtype):
+            prepared = self.prepare(model, dtype=dtype, layout=layout)
+            tokens = torch.zeros(batch, prompt_len + steps, dtype=torch.long, device=self.device)  # (B, P + n)
+            cache = prepared.make_cache(batch, prompt_len + steps)
+            times = []
+            with torch.inference_mode():
+                for _ in range(repeats + 1):  # the first is the warm-up
+                    cache.reset()
+                    logits = prepared(tokens[:, :prompt_len], cache)[:, -1]  # (B, vocab)
+                    with DeviceTimer(self.device) as timer:
+                        decode(prepared, tokens, prompt_len, logits, steps, cache)
+                    times.append(timer.seconds / steps)
+            step_s[layout] = min(times[1:])
+            del prepared, cache
+        return LayoutChoice(min(step_s, key=step_s.get), step_s)
+
+
+@dataclass(frozen=True)
+class LayoutChoice:
+    """The weight layout chosen for one model on one backend, and what each candidate measured."""
+
+    layout: str
+    step_s: dict[str, float] = field(default_factory=dict)  # layout -> seconds per cached decode step
 
 
 LAYOUTS = ("out_in", "in_out", "onednn")

@@ -4,9 +4,9 @@
 # then one report from all. Usage: bench/gpu-sample.sh OUT_DIR [DECODE_S] [KV_S] [INT8_S]
 set -u
 out=${1:?usage: bench/gpu-sample.sh OUT_DIR [DECODE_S] [KV_S] [INT8_S]}
-decode_s=${2:-150}
-kv_s=${3:-110}
-int8_s=${4:-90}
+decode_s=${2:-220}
+kv_s=${3:-150}
+int8_s=${4:-80}
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 mkdir -p "$out"

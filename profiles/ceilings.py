@@ -32,10 +32,10 @@ class BandwidthCeiling:
 
     @property
     def best_layout(self) -> str:
-        """The layout the benchmarks use: `in_out` where it streams at least 5% faster than nn.Linear's
-        `out_in`, else `out_in`. The oneDNN layout is measured and reported but not chosen: its matvec
-        is the fastest on many CPUs, yet oneDNN builds a new primitive for every new number of rows,
-        which doubles uncached (growing-prefix) decode time on small models."""
+        """The faster plain layout for a large matrix-vector read: `in_out` where it streams at least 5%
+        faster than nn.Linear's `out_in`, else `out_in`. Informational: the benchmarks tune the layout
+        per model (`bench.backends.TorchBackend.fastest_layout`), because oneDNN's prepacked weights,
+        the fastest here for weights far beyond the caches, lose to per-call overhead on small models."""
         return "in_out" if self.matvec_in_out_Bps > 1.05 * self.matvec_out_in_Bps else "out_in"
 
     @property

@@ -233,6 +233,22 @@ def latency_rows(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def layout_choices(df: pd.DataFrame) -> pd.DataFrame:
+    """The weight layout tuned for each model (machine, variant, backend, batch): the one chosen and the
+    seconds per cached decode step each candidate measured (older results without timings: empty)."""
+    d = decode_rows(df)
+    if d.empty or "m_layout_step_s" not in d:
+        return pd.DataFrame()
+    rows = {}
+    for _, r in d.iterrows():
+        timings = r["m_layout_step_s"]
+        if isinstance(timings, dict) and timings:
+            key = (r["machine"], r["variant"], r["backend"], int(r["p_batch"]))
+            rows[key] = {"machine": key[0], "variant": key[1], "backend": key[2], "batch": key[3],
+                         "chosen": r["p_weight_layout"], **{f"{k} s/step": float(v) for k, v in timings.items()}}
+    return pd.DataFrame(list(rows.values()))
+
+
 def _study(df: pd.DataFrame, study: str, phase: str | None = None) -> pd.DataFrame:
     if df.empty or "study" not in df:
         return pd.DataFrame()

@@ -124,6 +124,15 @@ def decode_section(df: pd.DataFrame) -> Section | None:
             [[r.machine, r.variant, r.backend, fmt(r.p_batch), fmt(r.p_decode_tokens), fmt(r.tokens_per_s),
               fmt(r.bound_tokens_per_s), f"{r.achieved_Bps / 1e9:.1f} GB/s", f"{100 * r.bandwidth_fraction:.0f}%",
               _bytes(r.m_kv_bytes), r.p_weight_layout] for r in cached.itertuples()]))
+    layouts = analysis.layout_choices(df)
+    if not layouts.empty:
+        candidates = [c for c in layouts.columns if c.endswith(" s/step")]
+        headers = [c.replace(" s/step", " ms/step") for c in candidates]
+        section.tables.append(Table(
+            "Weight layout per model (tuned: cached decode steps timed in each layout, the fastest used)",
+            ["machine", "variant", "backend", "batch", "chosen", *headers],
+            [[r["machine"], r["variant"], r["backend"], fmt(r["batch"]), r["chosen"],
+              *[f"{1e3 * r[c]:.2f}" if pd.notna(r[c]) else "" for c in candidates]] for _, r in layouts.iterrows()]))
     if not p.empty:
         section.tables.append(Table(
             "archbench vs transformers (same weights, greedy)",

@@ -125,6 +125,22 @@ def test_weight_layouts_give_the_same_logits_and_tokens(layout: str) -> None:
         get("torch-cpu").prepare(model, layout="blocked")
 
 
+def test_fastest_layout_times_every_usable_layout_and_picks_the_quickest() -> None:
+    from bench.backends import get
+    from models.layout import onednn_available
+
+    backend = get("torch-cpu")
+    model = build(variants.get("gpt2-tiny"), seed=0).eval()
+    usable = backend.layouts(torch.float32)
+    assert usable[:2] == ("out_in", "in_out") and ("onednn" in usable) == onednn_available()
+    assert backend.layouts(torch.bfloat16) == ("out_in", "in_out")  # oneDNN's layout is fp32 only
+    choice = backend.fastest_layout(model, batch=2, steps=2, repeats=2)
+    assert set(choice.step_s) == set(usable) and all(s > 0 for s in choice.step_s.values())
+    assert choice.step_s[choice.layout] == min(choice.step_s.values())
+    # the tuning works on copies: the model keeps its own nn.Linear layers
+    assert sum(type(m) is torch.nn.Linear for m in model.modules()) == 4 * model.config.n_layer + 1
+
+
 def test_roofline_gpt2_small_by_hand() -> None:
     cfg = variants.get("gpt2-small")
     # per layer: qkv 768*2304 + out 768*768 + MLP 2*768*3072 = 7,077,888; 12 layers + head 768*50257

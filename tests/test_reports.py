@@ -248,3 +248,21 @@ def test_combined_runs_count_a_study_as_missing_only_when_every_run_missed_it(tm
     assert any(g.gate == "missing" for g in partial)
     assert all(g.passed for g in combine([full, partial]))  # the re-measurement of one study misses the others
     assert any(g.gate == "missing" and not g.passed for g in combine([partial, partial]))
+
+
+def test_report_shows_the_tuned_weight_layout_per_model(tmp_path) -> None:
+    data = json.loads(SMOKE.read_text())
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        if info["study"] == "decode" and info["params"].get("phase") == "decode":
+            info["params"]["weight_layout"] = "onednn"
+            info["metrics"]["layout_step_s"] = {"out_in": 0.004, "in_out": 0.003, "onednn": 0.002}
+    df = to_frame([load(_write(tmp_path, "tuned.json", data))])
+    from reports import analysis
+
+    choices = analysis.layout_choices(df)
+    assert set(choices["variant"]) == {"gpt2-tiny", "llama-tiny"} and set(choices["chosen"]) == {"onednn"}
+    assert list(choices.filter(like="s/step").iloc[0]) == [0.004, 0.003, 0.002]
+    html = build_report([tmp_path / "tuned.json"], tmp_path / "index.html").read_text()
+    assert "Weight layout per model" in html and "onednn ms/step" in html and "2.00" in html
+    assert "Weight layout per model" not in build_report([SMOKE], tmp_path / "old.html").read_text()  # older files
