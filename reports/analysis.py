@@ -200,6 +200,38 @@ def peers(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+TARGET_VARIANT = "gpt2-small"  # the decode targets are stated for GPT-2 124M, fp32, batch 1, on a CPU
+TARGET_PEER_RATIO = 1.2  # cached tokens/s against transformers' generate on the same weights
+TARGET_CEILING_FRACTION = 0.70  # cached decode's achieved read bandwidth over the measured ceiling
+
+
+def decode_targets(df: pd.DataFrame) -> pd.DataFrame:
+    """The decode study's targets per machine and CPU backend (torch-cuda excluded): the peer ratio at
+    each length, and the median fraction of the bandwidth ceiling over the cached lengths."""
+    rows = []
+    peer = peers(df)
+    if not peer.empty:
+        peer = peer[(peer["variant"] == TARGET_VARIANT) & (peer["p_cache"] == "raw")
+                    & (peer["backend"] != "torch-cuda")]
+        for r in peer.itertuples():
+            rows.append({"machine": r.machine, "backend": r.backend,
+                         "target": f"cached tokens/s >= {TARGET_PEER_RATIO}x transformers' (T={r.p_decode_tokens})",
+                         "measured": f"{r.ratio:.2f}x", "met": bool(r.ratio >= TARGET_PEER_RATIO)})
+    d = decode_rows(df)
+    if not d.empty:
+        d = d[(d["variant"] == TARGET_VARIANT) & (d["p_cache"] == "raw") & (d["p_batch"] == 1)
+              & (d["p_dtype"] == "fp32") & (d["backend"] != "torch-cuda")]
+        for (machine, backend), g in d.groupby(["machine", "backend"]):
+            fraction = float(g["bandwidth_fraction"].median())
+            lengths = ", ".join(str(t) for t in sorted(g["p_decode_tokens"]))
+            rows.append({"machine": machine, "backend": backend,
+                         "target": f">= {TARGET_CEILING_FRACTION:.0%} of the measured read ceiling (median over "
+                                   f"T = {lengths})",
+                         "measured": f"{fraction:.0%} of {float(g['m_ceiling_Bps'].iloc[0]) / 1e9:.1f} GB/s",
+                         "met": fraction >= TARGET_CEILING_FRACTION})
+    return pd.DataFrame(rows)
+
+
 def backends_side_by_side(df: pd.DataFrame, reference: str = "torch-cpu") -> pd.DataFrame:
     """Tokens/s of every backend for the same (machine, variant, cache, T, batch), and each one's ratio
     to `reference` (torch eager on the CPU, by default)."""

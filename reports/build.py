@@ -124,6 +124,12 @@ def decode_section(df: pd.DataFrame) -> Section | None:
             [[r.machine, r.variant, r.backend, fmt(r.p_batch), fmt(r.p_decode_tokens), fmt(r.tokens_per_s),
               fmt(r.bound_tokens_per_s), f"{r.achieved_Bps / 1e9:.1f} GB/s", f"{100 * r.bandwidth_fraction:.0f}%",
               _bytes(r.m_kv_bytes), r.p_weight_layout] for r in cached.itertuples()]))
+    targets = analysis.decode_targets(df)
+    if not targets.empty:
+        section.tables.append(Table(
+            f"Targets: {analysis.TARGET_VARIANT}, fp32, batch 1, on the CPU",
+            ["machine", "backend", "target", "measured", "met"],
+            [[r.machine, r.backend, r.target, r.measured, "yes" if r.met else "no"] for r in targets.itertuples()]))
     layouts = analysis.layout_choices(df)
     if not layouts.empty:
         candidates = [c for c in layouts.columns if c.endswith(" s/step")]

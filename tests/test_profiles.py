@@ -136,7 +136,9 @@ def test_fastest_layout_times_every_usable_layout_and_picks_the_quickest() -> No
     assert backend.layouts(torch.bfloat16) == ("out_in", "in_out")  # oneDNN's layout is fp32 only
     choice = backend.fastest_layout(model, batch=2, steps=2, repeats=2)
     assert set(choice.step_s) == set(usable) and all(s > 0 for s in choice.step_s.values())
-    assert choice.step_s[choice.layout] == min(choice.step_s.values())
+    fastest = min(choice.step_s.values())
+    assert choice.step_s[choice.layout] <= 1.03 * fastest  # the fastest, or an earlier layout within 3% of it
+    assert all(choice.step_s[earlier] > 1.03 * fastest for earlier in usable[: usable.index(choice.layout)])
     # the tuning works on copies: the model keeps its own nn.Linear layers
     assert sum(type(m) is torch.nn.Linear for m in model.modules()) == 4 * model.config.n_layer + 1
 
