@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -55,36 +56,47 @@ class TorchBackend:
         return usable
 
     def fastest_layout(self, model: GPT, *, dtype: torch.dtype = torch.float32, batch: int = 1,
-                       steps: int = 8, repeats: int = 5, tie: float = 0.03) -> LayoutChoice:
-        """Time `steps` cached single-token decode steps of `model` in every usable layout and pick the
-        fastest; a layout within `tie` (3%) of the fastest that comes earlier in `layouts()` (fewer
-        transforms) wins the tie, so near-equal layouts do not flip from run to run.
+                       prefer: str | None = None, window_s: float = 0.05, repeats: int = 5,
+                       tie: float = 0.03) -> LayoutChoice:
+        """Time cached single-token decode steps of `model` in every usable layout and pick the fastest;
+        `prefer` (default: the first of `layouts()`, no transform) wins when it is within `tie` (3%) of
+        the fastest, so near-equal layouts do not flip from run to run.
 
-        Rounds go round-robin over the layouts (a slow phase of a shared machine hits them alike), and
-        each layout keeps its best of `repeats`, after one warm-up; the prompt's prefill is not timed.
+        Each timed window holds enough steps to last about `window_s` (at least 4, at most 64); rounds
+        go round-robin over the layouts (a slow phase of a shared machine hits them alike) and each
+        layout keeps its best of `repeats`, after one warm-up; the prompt's prefill is not timed.
         Which layout streams a model's weights fastest depends on the model as much as the machine:
         oneDNN's prepacked matrix-vector product wins once the weights are far beyond the caches
         (GPT-2 124M on an x86 CPU), while its per-call overhead loses on models that fit in them.
         """
-        prompt_len = 4
+        usable = self.layouts(dtype)
+        prefer = prefer if prefer in usable else usable[0]
+        prompt_len, max_steps = 4, 64
         runs = {}
-        for layout in self.layouts(dtype):
+        for layout in usable:
             prepared = self.prepare(model, dtype=dtype, layout=layout)
-            tokens = torch.zeros(batch, prompt_len + steps, dtype=torch.long, device=self.device)  # (B, P + n)
-            runs[layout] = (prepared, tokens, prepared.make_cache(batch, prompt_len + steps))
-        times: dict[str, list[float]] = {layout: [] for layout in runs}
+            tokens = torch.zeros(batch, prompt_len + max_steps, dtype=torch.long, device=self.device)  # (B, P + n)
+            runs[layout] = (prepared, tokens, prepared.make_cache(batch, prompt_len + max_steps))
+
+        def timed_step(layout: str, steps: int) -> float:
+            prepared, tokens, cache = runs[layout]
+            cache.reset()
+            logits = prepared(tokens[:, :prompt_len], cache)[:, -1]  # (B, vocab)
+            with DeviceTimer(self.device) as timer:
+                decode(prepared, tokens, prompt_len, logits, steps, cache)
+            return timer.seconds / steps
+
         with torch.inference_mode():
-            for _ in range(repeats + 1):  # the first round is the warm-up
-                for layout, (prepared, tokens, cache) in runs.items():
-                    cache.reset()
-                    logits = prepared(tokens[:, :prompt_len], cache)[:, -1]  # (B, vocab)
-                    with DeviceTimer(self.device) as timer:
-                        decode(prepared, tokens, prompt_len, logits, steps, cache)
-                    times[layout].append(timer.seconds / steps)
-        del runs
-        step_s = {layout: min(t[1:]) for layout, t in times.items()}
+            warm = min(timed_step(layout, 4) for layout in usable)  # also the warm-up
+            steps = max(4, min(max_steps, math.ceil(window_s / max(warm, 1e-9))))
+            times: dict[str, list[float]] = {layout: [] for layout in usable}
+            for _ in range(repeats):
+                for layout in usable:
+                    times[layout].append(timed_step(layout, steps))
+        runs.clear()  # the candidate copies go before the chosen one is prepared
+        step_s = {layout: min(t) for layout, t in times.items()}
         best = min(step_s.values())
-        chosen = next(layout for layout, s in step_s.items() if s <= (1 + tie) * best)
+        chosen = prefer if step_s[prefer] <= (1 + tie) * best else min(step_s, key=step_s.get)
         return LayoutChoice(chosen, step_s)
 
 
