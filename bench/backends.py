@@ -12,7 +12,14 @@ import torch
 from models import GPT
 from models.generate import decode
 from models.layout import onednn_available, to_input_major, to_onednn
+from profiles.roofline import streamed_params
 from profiles.timers import DeviceTimer
+
+# A model whose weights stream less than this per token keeps the preferred layout untuned: its decode
+# is bound by per-op overhead, and on a shared machine its layouts' step times trade places from one
+# tuning to the next (measured: the tiny models flip by 10-30%), which would make the uncached-slope
+# and cache-speed-up gates depend on a coin toss.
+TUNE_MIN_WEIGHT_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -57,10 +64,13 @@ class TorchBackend:
 
     def fastest_layout(self, model: GPT, *, dtype: torch.dtype = torch.float32, batch: int = 1,
                        prefer: str | None = None, window_s: float = 0.05, repeats: int = 5,
-                       tie: float = 0.03) -> LayoutChoice:
+                       tie: float = 0.03, min_weight_bytes: int = TUNE_MIN_WEIGHT_BYTES
+                       ) -> tuple[LayoutChoice, GPT]:
         """Time cached single-token decode steps of `model` in every usable layout and pick the fastest;
-        `prefer` (default: the first of `layouts()`, no transform) wins when it is within `tie` (3%) of
-        the fastest, so near-equal layouts do not flip from run to run.
+        returns the choice and the model prepared in that layout. `prefer` (default: the first of
+        `layouts()`, no transform) wins when it is within `tie` (3%) of the fastest, so near-equal
+        layouts do not flip from run to run, and is taken untimed for a model whose weights stream less
+        than `min_weight_bytes` per token (see TUNE_MIN_WEIGHT_BYTES).
 
         Each timed window holds enough steps to last about `window_s` (at least 4, at most 64); rounds
         go round-robin over the layouts (a slow phase of a shared machine hits them alike) and each
@@ -71,6 +81,8 @@ class TorchBackend:
         """
         usable = self.layouts(dtype)
         prefer = prefer if prefer in usable else usable[0]
+        if streamed_params(model.config) * torch.finfo(dtype).bits // 8 < min_weight_bytes:
+            return LayoutChoice(prefer), self.prepare(model, dtype=dtype, layout=prefer)
         prompt_len, max_steps = 4, 64
         runs = {}
         for layout in usable:
@@ -93,11 +105,12 @@ class TorchBackend:
             for _ in range(repeats):
                 for layout in usable:
                     times[layout].append(timed_step(layout, steps))
-        runs.clear()  # the candidate copies go before the chosen one is prepared
         step_s = {layout: min(t) for layout, t in times.items()}
         best = min(step_s.values())
         chosen = prefer if step_s[prefer] <= (1 + tie) * best else min(step_s, key=step_s.get)
-        return LayoutChoice(chosen, step_s)
+        winner = runs[chosen][0]
+        runs.clear()  # the other candidates' copies go now
+        return LayoutChoice(chosen, step_s), winner
 
 
 @dataclass(frozen=True)

@@ -116,11 +116,6 @@ def _positions_to_trace(prompt_len: int, n_steps: int, count: int) -> list[int]:
     return sorted({round(i * (n_steps - 1) / (count - 1)) for i in range(count)})
 
 
-# Models whose weights stream less than this per token are tuned no further than the bandwidth probe's
-# preferred layout: their decode is bound by per-op overhead, and on a shared machine their layouts'
-# step times trade places from one tuning to the next (measured: the tiny models flip by 10-30%), which
-# would make the uncached slope and cache speed-up gates depend on a coin toss.
-TUNE_MIN_WEIGHT_BYTES = 64 << 20
 _LAYOUT_CHOICES: dict[tuple, LayoutChoice] = {}  # (model id, config, backend, dtype, batch) -> the tuned layout
 _LAST_PREPARED: dict = {}  # the model last prepared (inference only: cases may share it) and its key
 
@@ -128,9 +123,9 @@ _LAST_PREPARED: dict = {}  # the model last prepared (inference only: cases may 
 def prepare_or_skip(backend, cpu_model: GPT, dtype: torch.dtype, batch: int = 1,
                     prefer: str | None = None) -> tuple[object, LayoutChoice]:
     """The model on `backend` in the weight layout that decodes it fastest there (tuned once per model,
-    backend, dtype and batch; `prefer` wins near-ties and is used untuned for small models, see
-    TUNE_MIN_WEIGHT_BYTES), and that choice. A model the backend cannot take is a skip carrying the
-    backend's (exporter's, runtime's) message, and the run goes on."""
+    backend, dtype and batch by `TorchBackend.fastest_layout`; `prefer` wins near-ties), and that
+    choice. A model the backend cannot take is a skip carrying the backend's (exporter's, runtime's)
+    message, and the run goes on."""
     if backend.name == "onnxruntime":
         from models.onnx_export import ExportError
 
@@ -141,17 +136,17 @@ def prepare_or_skip(backend, cpu_model: GPT, dtype: torch.dtype, batch: int = 1,
         except Exception as exc:  # onnxruntime failing to load the graph
             pytest.skip(f"onnxruntime could not load the exported model: {type(exc).__name__}: {exc}")
     key = (id(cpu_model), cpu_model.config, backend.name, dtype, batch)
+    prepared = None
     if key not in _LAYOUT_CHOICES:
-        weight_bytes = roofline.streamed_params(cpu_model.config) * torch.finfo(dtype).bits // 8
-        if weight_bytes < TUNE_MIN_WEIGHT_BYTES:
-            _LAYOUT_CHOICES[key] = LayoutChoice(prefer or backend.layouts(dtype)[0])
-        else:
-            _LAYOUT_CHOICES[key] = backend.fastest_layout(cpu_model, dtype=dtype, batch=batch, prefer=prefer)
+        _LAST_PREPARED.clear()  # one prepared model at a time (GPT-2 774M is 3 GB in fp32)
+        _LAYOUT_CHOICES[key], prepared = backend.fastest_layout(cpu_model, dtype=dtype, batch=batch, prefer=prefer)
     choice = _LAYOUT_CHOICES[key]
     prepared_key = (id(cpu_model), cpu_model.config, backend.name, dtype, choice.layout)
     if _LAST_PREPARED.get("key") != prepared_key:  # consecutive cases share a model: prepare it once
-        _LAST_PREPARED.clear()  # one prepared model at a time (GPT-2 774M is 3 GB in fp32)
-        _LAST_PREPARED.update(key=prepared_key, model=backend.prepare(cpu_model, dtype=dtype, layout=choice.layout))
+        _LAST_PREPARED.clear()
+        if prepared is None:
+            prepared = backend.prepare(cpu_model, dtype=dtype, layout=choice.layout)
+        _LAST_PREPARED.update(key=prepared_key, model=prepared)
     return _LAST_PREPARED["model"], choice
 
 

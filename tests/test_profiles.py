@@ -134,15 +134,20 @@ def test_fastest_layout_times_every_usable_layout_and_picks_the_quickest() -> No
     usable = backend.layouts(torch.float32)
     assert usable[:2] == ("out_in", "in_out") and ("onednn" in usable) == onednn_available()
     assert backend.layouts(torch.bfloat16) == ("out_in", "in_out")  # oneDNN's layout is fp32 only
-    choice = backend.fastest_layout(model, batch=2, window_s=0.005, repeats=2)
+    small, untuned = backend.fastest_layout(model, prefer="in_out")  # 1M parameters: below the tuning size
+    assert small.layout == "in_out" and small.step_s == {}
+    assert any(type(m).__name__ == "InputMajorLinear" for m in untuned.modules())
+    choice, prepared = backend.fastest_layout(model, batch=2, window_s=0.005, repeats=2, min_weight_bytes=0)
     assert set(choice.step_s) == set(usable) and all(s > 0 for s in choice.step_s.values())
+    kinds = {"out_in": "Linear", "in_out": "InputMajorLinear", "onednn": "OneDnnLinear"}
+    assert type(prepared.blocks[0].attn.qkv).__name__ == kinds[choice.layout]  # the winner, prepared
 
     def expected(step_s: dict[str, float], prefer: str) -> str:  # the preferred within 3%, else the fastest
         fastest = min(step_s, key=step_s.get)
         return prefer if step_s[prefer] <= 1.03 * step_s[fastest] else fastest
 
     assert choice.layout == expected(choice.step_s, "out_in")  # default preference: the untransformed layout
-    preferred = backend.fastest_layout(model, prefer="in_out", window_s=0.005, repeats=2)
+    preferred, _ = backend.fastest_layout(model, prefer="in_out", window_s=0.005, repeats=2, min_weight_bytes=0)
     assert preferred.layout == expected(preferred.step_s, "in_out")
     # the tuning works on copies: the model keeps its own nn.Linear layers
     assert sum(type(m) is torch.nn.Linear for m in model.modules()) == 4 * model.config.n_layer + 1
