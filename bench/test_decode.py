@@ -38,6 +38,7 @@ class DecodeCase:
     dtype: str
     prompt_len: int
     rounds: int
+    paired: bool = False  # uncached at the sweep's longest uncached length: a cached run is timed beside each round
 
     @property
     def id(self) -> str:
@@ -66,14 +67,16 @@ def _decode_cases(config: pytest.Config) -> list[DecodeCase]:
             for backend in selected_backends(config):
                 if sweep.backends is not None and backend not in sweep.backends:
                     continue
+                uncached = [t for t in sweep.lengths if not sweep.uncached_max_len or t <= sweep.uncached_max_len]
                 for batch in sweep.batches:
                     for cache_kind in sweep.caches:
                         for length in sweep.lengths:
-                            if cache_kind == "none" and sweep.uncached_max_len and length > sweep.uncached_max_len:
+                            if cache_kind == "none" and length not in uncached:
                                 continue
                             rounds = sweep.rounds if cache_kind == "raw" else sweep.uncached_rounds
+                            paired = cache_kind == "none" and "raw" in sweep.caches and length == max(uncached)
                             out.append(DecodeCase(variant, backend, cache_kind, length, batch, sweep.dtype,
-                                                  sweep.prompt_len, rounds))
+                                                  sweep.prompt_len, rounds, paired))
     return out
 
 
@@ -174,6 +177,13 @@ def test_decode(benchmark, record, ceiling, preset, decode_case: DecodeCase) -> 
     cal_cache = model.make_cache(case.batch, CAL_PROMPT + CAL_STEPS)
     cal_tokens = torch.zeros(case.batch, CAL_PROMPT + CAL_STEPS, dtype=torch.long, device=device)
     calibration: list[float] = []
+    # The cache's speed-up is the gated figure most exposed to a shared machine's phases when its two
+    # sides are timed minutes apart (the tiny models' speed-up at T=512 moved between 4x and 7.5x from
+    # run to run). At the longest uncached length, each uncached round is paired with a cached run of the
+    # same length timed just before it; the median of the per-round ratios is the speed-up.
+    pair_cache = model.make_cache(case.batch, total) if case.paired else None
+    pair_tokens = tokens.clone()  # (B, P + T)
+    paired_cached: list[float] = []
 
     def calibrate() -> None:
         cal_cache.reset()
@@ -182,9 +192,18 @@ def test_decode(benchmark, record, ceiling, preset, decode_case: DecodeCase) -> 
             decode(model, cal_tokens, CAL_PROMPT, logits, CAL_STEPS, cal_cache)
         calibration.append(timer.seconds)
 
+    def time_paired_cached() -> None:
+        pair_cache.reset()
+        logits = model(prompt, pair_cache)[:, -1]  # (B, vocab)
+        with DeviceTimer(device) as timer:
+            decode(model, pair_tokens, case.prompt_len, logits, case.decode_tokens, pair_cache)
+        paired_cached.append(timer.seconds)
+
     def prefill(timed_round: bool = True) -> tuple[tuple, dict]:
         if timed_round:
             calibrate()
+            if pair_cache is not None:
+                time_paired_cached()
         if cache is not None:
             cache.reset()
         logits = model(prompt, cache)[:, -1]
@@ -239,6 +258,7 @@ def test_decode(benchmark, record, ceiling, preset, decode_case: DecodeCase) -> 
                     "weight_bytes": roofline.streamed_params(cfg) * param_bytes,
                     "bytes_read": bytes_read, "ceiling_Bps": bandwidth.decode_Bps,
                     "step_latency_s": step_latency, "tokens_sha1": _sha1(tokens), "calibration_s": calibration,
+                    "paired_cached_s": paired_cached,
                     **probe.reading.as_metrics()})
 
 

@@ -1,5 +1,5 @@
 """`python -m reports build RESULTS.json... --out FILE`; `python -m reports check --baseline BASE.json RESULTS.json`;
-`python -m reports baseline RESULTS.json --to BASE.json`; `python -m reports merge RESULTS.json... --out FILE`."""
+`python -m reports baseline RESULTS.json... --to BASE`; `python -m reports merge RESULTS.json... --out FILE`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .load import ResultsFileError, load, merge
+from .load import ResultsFileError, load, load_baseline, merge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,9 +26,11 @@ def main(argv: list[str] | None = None) -> int:
                             "apart) into one")
     merged.add_argument("results", nargs="+", type=Path)
     merged.add_argument("--out", required=True, type=Path)
-    base = sub.add_parser("baseline", help="make a run the new baseline, showing the gates it is accepted with")
-    base.add_argument("results", type=Path)
-    base.add_argument("--to", required=True, type=Path, help="baseline file to write")
+    base = sub.add_parser("baseline", help="make one run, or several runs of the same code, the new baseline, "
+                          "showing the gates it is accepted with and the spread of its reference figures")
+    base.add_argument("results", type=Path, nargs="+")
+    base.add_argument("--to", required=True, type=Path,
+                      help="the baseline to write: a .json file (one run) or a directory (its runs, run-N.json)")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
@@ -47,23 +49,64 @@ def main(argv: list[str] | None = None) -> int:
         from .check import combine, format_table
 
         if args.command == "check":
-            baseline = load(args.baseline)
+            baseline = load_baseline(args.baseline)
             gates = combine([run_check(baseline, load(path)) for path in args.results])
             print(format_table(gates))
             failed = [g for g in gates if not g.passed]
             print(f"\n{len(gates) - len(failed)} gates passed, {len(failed)} failed")
             return 1 if failed else 0
-        current = load(args.results)
-        if args.to.exists():
-            gates = run_check(load(args.to), current)
-            print("The new baseline against the old one (differences it accepts):")
-            print(format_table(gates))
-        shutil.copyfile(args.results, args.to)
-        print(f"wrote baseline {args.to}")
-        return 0
+        return _write_baseline(args.results, args.to)
     except ResultsFileError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+
+
+def _write_baseline(paths: list[Path], to: Path) -> int:
+    """Replace the baseline at `to` by the runs at `paths`, after showing how each run fares against the
+    old baseline and how far the new baseline's runs spread."""
+    from .check import check as run_check
+    from .check import format_table, gate_time, reference_figures
+    from .load import to_frame
+
+    runs = [load(p) for p in paths]
+    as_directory = len(runs) > 1 or to.is_dir() or to.suffix != ".json"
+    if as_directory and (to.is_file() or to.suffix == ".json"):
+        raise ResultsFileError(f"{to}: a baseline of several runs is a directory, not a .json file; give a "
+                               "path without .json")
+    if to.exists():
+        old = load_baseline(to)
+        for path, run in zip(paths, runs, strict=True):
+            gates = run_check(old, run)
+            failed = [g for g in gates if not g.passed]
+            print(f"{path} against the old baseline: {len(gates) - len(failed)} gates pass, {len(failed)} fail"
+                  + (" (differences the new baseline accepts):" if failed else ""))
+            if failed:
+                print(format_table(failed))
+    frames = [to_frame([r]) for r in runs]
+    fits, pays = reference_figures(frames, gate_time(*frames))
+    rows = [f"{r.variant} {r.backend} batch={r.p_batch} {r.p_dtype}: cached slope {r.slope_all:.3f} "
+            f"({r.slope_all_min:.3f}-{r.slope_all_max:.3f})" for r in fits.itertuples() if r.p_cache == "raw"] \
+        if not fits.empty else []
+    for r in pays.itertuples() if not pays.empty else []:
+        for column, how in (("speedup_paired", "paired rounds"), ("speedup_fit", "fitted curves")):
+            if getattr(r, f"{column}_runs"):
+                rows.append(f"{r.variant} {r.backend} batch={r.p_batch} {r.p_dtype}: cache speed-up ({how}) "
+                            f"{getattr(r, column):.2f}x ({getattr(r, column + '_min'):.2f}-"
+                            f"{getattr(r, column + '_max'):.2f}x)")
+    if rows:
+        print(f"reference figures of the new baseline (median and range over {len(runs)} run(s)):")
+        print("\n".join(f"  {row}" for row in rows))
+    if as_directory:
+        to.mkdir(parents=True, exist_ok=True)
+        for stale in to.glob("*.json"):
+            stale.unlink()
+        for i, path in enumerate(paths, 1):
+            shutil.copyfile(path, to / f"run-{i}.json")
+    else:
+        to.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(paths[0], to)
+    print(f"wrote baseline {to} ({len(runs)} run(s))")
+    return 0
 
 
 if __name__ == "__main__":

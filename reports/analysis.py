@@ -138,14 +138,17 @@ def slopes(df: pd.DataFrame, time_col: str = TIME) -> pd.DataFrame:
 
 def cache_payoff(df: pd.DataFrame, time_col: str = TIME) -> pd.DataFrame:
     """Per group: the cache's speed-up (uncached time / cached time) at each common length, the speed-up
-    at the longest one, and the first length at which the cache is faster."""
+    at the longest one (`speedup_longest` measured, `speedup_model` from a*T + b*T^2 fitted to both
+    curves, `speedup_paired` from rounds paired with a cached run, see `paired_speedup`), and the first
+    length at which the cache is faster."""
     d = _timed_decode_rows(df, time_col)
     rows = []
     if d.empty:
         return d
     for key, g in d.groupby(GROUP):
         raw = g[g["p_cache"] == "raw"].set_index("p_decode_tokens")[TIME]
-        none = g[g["p_cache"] == "none"].set_index("p_decode_tokens")[TIME]
+        none_rows = g[g["p_cache"] == "none"].set_index("p_decode_tokens")
+        none = none_rows[TIME]
         common = sorted(set(raw.index) & set(none.index))
         if not common:
             continue
@@ -157,11 +160,22 @@ def cache_payoff(df: pd.DataFrame, time_col: str = TIME) -> pd.DataFrame:
             a_n, b_n = fit_linear_quadratic(list(none.index), list(none.values))
             t = common[-1]
             modeled = (a_n * t + b_n * t * t) / (a_r * t + b_r * t * t)
+        longest = none_rows.loc[common[-1]]
         rows.append(dict(zip(GROUP, key, strict=True), lengths=tuple(common), speedups=speedups,
                          longest=int(common[-1]), speedup_longest=speedups[common[-1]], speedup_model=modeled,
+                         speedup_paired=paired_speedup(longest.get("time_data"), longest.get("m_paired_cached_s")),
                          break_even=int(pays[0]) if pays else None,
                          pays_from_first=bool(pays and pays[0] == common[0])))
     return pd.DataFrame(rows)
+
+
+def paired_speedup(uncached_rounds: object, cached_rounds: object) -> float:
+    """Median over rounds of (uncached round / the cached run of the same length timed just before it);
+    NaN where the rounds were not paired. Both sides of each ratio meet the machine in the same state."""
+    if not isinstance(uncached_rounds, list) or not isinstance(cached_rounds, list) or not cached_rounds \
+            or len(uncached_rounds) != len(cached_rounds):
+        return math.nan
+    return float(np.median([u / c for u, c in zip(uncached_rounds, cached_rounds, strict=True) if c > 0]))
 
 
 def token_agreement(df: pd.DataFrame) -> pd.DataFrame:

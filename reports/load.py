@@ -76,6 +76,18 @@ def load(path: str | Path) -> Results:
     return Results(path, data["machine_info"], ours, bool(data.get("archbench_partial")))
 
 
+def load_baseline(path: str | Path) -> list[Results]:
+    """A baseline: one results file, or a directory of results files (several runs of the same code,
+    `*.json`, in name order)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.json"))
+        if not files:
+            raise ResultsFileError(f"{path}: a baseline directory with no results files (*.json) in it")
+        return [load(f) for f in files]
+    return [load(path)]
+
+
 def merge(paths: list[str | Path]) -> dict:
     """One results document from several runs of the same machine (studies run apart, shards of one
     matrix): every benchmark of every file, the first file's machine info with every file's measured
@@ -91,7 +103,13 @@ def merge(paths: list[str | Path]) -> dict:
     for doc in raw:
         ceilings.update(doc["machine_info"].get("archbench", {}).get("ceilings") or {})
     return {**raw[0], "machine_info": machine_info, "benchmarks": [b for doc in raw for b in doc["benchmarks"]],
-            "archbench_partial": any(r.partial for r in loaded), "archbench_merged_from": [str(p) for p in paths]}
+            "archbench_partial": any(r.partial for r in loaded), "archbench_merged_from": [_short(p) for p in paths]}
+
+
+def _short(path: str | Path) -> str:
+    """A merged file's name with its folder (`decode/results.json`): enough to tell the parts apart,
+    without the merging machine's directory layout."""
+    return "/".join(Path(path).parts[-2:])
 
 
 def to_frame(results: list[Results]) -> pd.DataFrame:

@@ -32,6 +32,12 @@ def test_smoke_preset_writes_results_and_report(tmp_path) -> None:
 
     rows = analysis.decode_rows(df)
     assert rows["time_norm"].notna().all()  # every decode round has its calibration
+    # the uncached rounds at the longest length (32) are paired with a cached run of that length
+    uncached = rows[rows["p_cache"] == "none"]
+    paired = uncached[uncached["m_paired_cached_s"].map(len) > 0]
+    assert set(paired["p_decode_tokens"]) == {32} and len(paired) == 2
+    assert all(len(r.m_paired_cached_s) == len(r.time_data) for r in paired.itertuples())
+    assert (analysis.cache_payoff(df)["speedup_paired"] > 0).all()
     assert results.archbench_info["ceilings"]["cpu"]["decode_Bps"] > 0
     assert (tmp_path / "index.html").read_text().count("data:image/png;base64,") >= 2
     check = subprocess.run([sys.executable, "-m", "reports", "check", "--baseline", str(tmp_path / "results.json"),

@@ -16,6 +16,7 @@ from reports.check import check
 from reports.load import ResultsFileError, load, to_frame
 
 SMOKE = Path(__file__).parent / "data" / "smoke_results.json"
+STUDIES = Path(__file__).parent / "data" / "studies_results.json"
 
 
 def _write(tmp_path: Path, name: str, payload: object) -> Path:
@@ -128,6 +129,89 @@ def test_check_passes_on_identical_and_fails_on_doctored(tmp_path, capsys) -> No
     assert reports_main(["check", "--baseline", str(SMOKE), str(doctored), str(SMOKE)]) == 0
 
 
+def _scale_uncached(data: dict, factor: float) -> dict:
+    """A copy of `data` with every uncached decode round `factor` times as long (the speed-up x factor)."""
+    out = copy.deepcopy(data)
+    for bench in out["benchmarks"]:
+        params = bench["extra_info"]["params"]
+        if params.get("phase") == "decode" and params.get("cache") == "none":
+            for stat in ("min", "max", "mean", "median"):
+                bench["stats"][stat] *= factor
+            bench["stats"]["data"] = [t * factor for t in bench["stats"]["data"]]
+    return out
+
+
+def test_a_baseline_of_several_runs_gates_on_their_median(tmp_path, capsys) -> None:
+    data = json.loads(SMOKE.read_text())
+    runs = [_write(tmp_path, f"r{f}.json", _scale_uncached(data, f)) for f in (0.5, 1.0, 2.0)]
+    # the median run is the smoke run itself: every gate passes, and the limits say how many runs
+    gates = check([load(r) for r in runs], load(SMOKE))
+    speedups = [g for g in gates if g.gate == "cache speed-up"]
+    assert speedups and all(g.passed and "median of 3 runs" in g.limit for g in speedups)
+    assert all(g.passed for g in gates)
+    # one fast outlier among the runs does not raise the reference; a median twice as fast does
+    high = [_write(tmp_path, f"h{i}.json", _scale_uncached(data, f)) for i, f in enumerate((2.0, 2.0, 1.0))]
+    assert not any(g.passed for g in check([load(r) for r in high], load(SMOKE)) if g.gate == "cache speed-up")
+    # `reports baseline` writes the runs into a directory that `check --baseline` reads
+    to = tmp_path / "base"
+    assert reports_main(["baseline", *map(str, runs), "--to", str(to)]) == 0
+    assert sorted(p.name for p in to.iterdir()) == ["run-1.json", "run-2.json", "run-3.json"]
+    assert "median and range over 3 run(s)" in capsys.readouterr().out
+    assert reports_main(["check", "--baseline", str(to), str(SMOKE)]) == 0
+    # replacing it shows each new run against the old baseline, and leaves no stale run behind
+    assert reports_main(["baseline", str(high[0]), str(high[1]), "--to", str(to)]) == 0
+    assert "against the old baseline" in capsys.readouterr().out
+    assert sorted(p.name for p in to.iterdir()) == ["run-1.json", "run-2.json"]
+    assert reports_main(["check", "--baseline", str(to), str(SMOKE)]) == 1
+    # several runs cannot go to a .json file; an empty directory is no baseline
+    assert reports_main(["baseline", *map(str, runs), "--to", str(tmp_path / "b.json")]) == 2
+    assert "a baseline of several runs is a directory" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert reports_main(["check", "--baseline", str(tmp_path / "empty"), str(SMOKE)]) == 2
+    assert "no results files" in capsys.readouterr().err
+    # the other studies' gates come from the run that measured most of each, wherever it sits
+    decode_only = copy.deepcopy(data)
+    decode_only["benchmarks"] = [b for b in data["benchmarks"] if b["extra_info"]["study"] == "decode"]
+    decode_run = load(_write(tmp_path, "decode.json", decode_only))
+    studies = [g for g in check([decode_run, load(STUDIES)], load(STUDIES)) if g.gate != "missing"]
+    assert {"kv exact bytes", "int8 accuracy", "positions position_params"} <= {g.gate for g in studies}
+    assert all(g.passed for g in studies)
+
+
+def _with_pairs(data: dict, speedup: float) -> dict:
+    """A copy of `data` whose uncached rounds at each group's longest length are paired with cached runs
+    `speedup` times shorter."""
+    out = copy.deepcopy(data)
+    uncached = [b for b in out["benchmarks"] if b["extra_info"]["params"].get("phase") == "decode"
+                and b["extra_info"]["params"].get("cache") == "none"]
+    longest: dict[tuple, int] = {}
+    for b in uncached:
+        key = (b["extra_info"]["variant"], b["extra_info"]["backend"])
+        longest[key] = max(longest.get(key, 0), b["extra_info"]["params"]["decode_tokens"])
+    for b in uncached:
+        info = b["extra_info"]
+        if info["params"]["decode_tokens"] == longest[(info["variant"], info["backend"])]:
+            info["metrics"]["paired_cached_s"] = [t / speedup for t in b["stats"]["data"]]
+    return out
+
+
+def test_the_speed_up_gate_uses_paired_rounds_where_both_runs_have_them(tmp_path) -> None:
+    data = json.loads(SMOKE.read_text())
+    base = load(_write(tmp_path, "base.json", _with_pairs(data, 5.0)))
+    pay = analysis.cache_payoff(to_frame([base]))
+    assert pay["speedup_paired"].to_numpy() == pytest.approx(5.0)
+    assert analysis.paired_speedup([1.0, 2.0, 9.0], [0.5, 1.0, 1.0]) == pytest.approx(2.0)  # the median ratio
+    assert np.isnan(analysis.paired_speedup([1.0], []))
+    slower = check(base, load(_write(tmp_path, "slow.json", _with_pairs(data, 3.0))))
+    gates = [g for g in slower if g.gate == "cache speed-up"]
+    assert gates and all(not g.passed and g.value.endswith("(paired)") for g in gates)
+    assert all(g.passed for g in check(base, load(_write(tmp_path, "same.json", _with_pairs(data, 4.5))))
+               if g.gate == "cache speed-up")
+    # a run without pairs is compared on the fitted curves, like the baseline's own
+    unpaired = [g for g in check(base, load(SMOKE)) if g.gate == "cache speed-up"]
+    assert unpaired and all(g.passed and g.value.endswith("(fitted)") for g in unpaired)
+
+
 def test_check_fails_on_different_tokens_and_missing_groups(tmp_path) -> None:
     data = json.loads(SMOKE.read_text())
     for bench in data["benchmarks"]:
@@ -162,8 +246,6 @@ def test_merge_joins_runs_of_one_machine_and_refuses_two(tmp_path, capsys) -> No
     assert reports_main(["merge", str(a), str(c), "--out", str(tmp_path / "n.json")]) == 2
     assert "different machines" in capsys.readouterr().err
 
-
-STUDIES = Path(__file__).parent / "data" / "studies_results.json"
 
 
 def _doctor(data: dict, study: str, match: dict, metric: str, change) -> dict:
