@@ -165,7 +165,7 @@ PRESETS: dict[str, Preset] = {
                                  prompt_len=4),),
     ),
     "quick": Preset(
-        "quick", "about 7 minutes on 2 CPU cores (9 the first time): tiny models to 512 tokens, GPT-2 124M at "
+        "quick", "10-12 minutes on 2 CPU cores (13 the first time): tiny models to 512 tokens, GPT-2 124M at "
         "short lengths, onnxruntime beside torch, the KV-cache studies",
         decode=(
             DecodeSweep(_TINY, (32, 64, 128, 256, 512), backends=("torch-cpu", "torch-cuda")),

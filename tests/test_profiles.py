@@ -153,6 +153,33 @@ def test_fastest_layout_times_every_usable_layout_and_picks_the_quickest() -> No
     assert sum(type(m) is torch.nn.Linear for m in model.modules()) == 4 * model.config.n_layer + 1
 
 
+def test_layout_is_tuned_once_per_architecture_and_each_model_keeps_its_weights(monkeypatch) -> None:
+    from bench import test_decode
+    from bench.backends import LayoutChoice, TorchBackend, get
+
+    monkeypatch.setattr(test_decode, "_LAYOUT_CHOICES", {})
+    monkeypatch.setattr(test_decode, "_LAST_PREPARED", {})
+    tunings = []
+
+    def counted(self, model, **kwargs):  # a tuning that always picks (in, out), counted
+        tunings.append(model)
+        return LayoutChoice("in_out", {"in_out": 1.0}), self.prepare(model, layout="in_out")
+
+    monkeypatch.setattr(TorchBackend, "fastest_layout", counted)
+    backend = get("torch-cpu")
+    first, second = (build(variants.get("gpt2-tiny"), seed=s).eval() for s in (0, 1))  # same shapes, other weights
+    a, choice_a = test_decode.prepare_or_skip(backend, first, torch.float32)
+    again, _ = test_decode.prepare_or_skip(backend, first, torch.float32)
+    b, choice_b = test_decode.prepare_or_skip(backend, second, torch.float32)
+    assert len(tunings) == 1 and choice_a == choice_b and choice_b.layout == "in_out"  # tuned once, reused
+    assert again is a  # consecutive cases share the prepared model
+    assert b is not a and type(b.blocks[0].attn.qkv).__name__ == "InputMajorLinear"
+    idx = torch.arange(8)[None]  # (1, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(b(idx), second(idx), atol=1e-5, rtol=1e-5)  # the second model's weights
+        assert not torch.allclose(b(idx), first(idx))
+
+
 def test_roofline_gpt2_small_by_hand() -> None:
     cfg = variants.get("gpt2-small")
     # per layer: qkv 768*2304 + out 768*768 + MLP 2*768*3072 = 7,077,888; 12 layers + head 768*50257
