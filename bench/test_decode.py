@@ -185,7 +185,7 @@ def test_decode(benchmark, record, ceiling, preset, decode_case: DecodeCase) -> 
     # run to run). At the longest uncached length, each uncached round is paired with a cached run of the
     # same length timed just before it; the median of the per-round ratios is the speed-up.
     pair_cache = model.make_cache(case.batch, total) if case.paired else None
-    pair_tokens = tokens.clone()  # (B, P + T)
+    pair_tokens = tokens.clone() if case.paired else None  # (B, P + T)
     paired_cached: list[float] = []
 
     def calibrate() -> None:

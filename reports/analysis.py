@@ -68,15 +68,17 @@ def upper_half(lengths: list[int]) -> list[int]:
     return ordered if len(ordered) <= 2 else ordered[(len(ordered) - 1) // 2 :]
 
 
-def _normalised(rounds: object, calibration: object) -> float:
-    """Median over rounds of (round time / the calibration time measured just before it); NaN if absent.
+def median_ratio(numerators: object, denominators: object) -> float:
+    """Median over rounds of (numerator / its denominator); NaN where the lists are absent, empty or of
+    different lengths. Used for each round over the calibration timed just before it (`time_norm`) and
+    for each uncached round over the cached run paired with it (`speedup_paired`).
 
-    The median, not the minimum: a calibration caught by a momentary stall would make one ratio tiny.
+    The median, not the minimum: a denominator caught by a momentary stall would make one ratio tiny.
     """
-    if not isinstance(rounds, list) or not isinstance(calibration, list) or len(rounds) != len(calibration) \
-            or not rounds:
+    if not isinstance(numerators, list) or not isinstance(denominators, list) or not numerators \
+            or len(numerators) != len(denominators):
         return math.nan
-    return float(np.median([r / c for r, c in zip(rounds, calibration, strict=True) if c > 0]))
+    return float(np.median([n / d for n, d in zip(numerators, denominators, strict=True) if d > 0]))
 
 
 def decode_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -88,7 +90,7 @@ def decode_rows(df: pd.DataFrame) -> pd.DataFrame:
         return d
     for col in ("p_decode_tokens", "p_batch"):
         d[col] = d[col].astype(int)
-    d["time_norm"] = [_normalised(r.time_data, getattr(r, "m_calibration_s", None)) for r in d.itertuples()]
+    d["time_norm"] = [median_ratio(r.time_data, getattr(r, "m_calibration_s", None)) for r in d.itertuples()]
     d["tokens_per_s"] = d["p_decode_tokens"] * d["p_batch"] / d[TIME]
     d["achieved_Bps"] = d["m_bytes_read"] / d[TIME]
     d["bandwidth_fraction"] = d["achieved_Bps"] / d["m_ceiling_Bps"]
@@ -139,8 +141,9 @@ def slopes(df: pd.DataFrame, time_col: str = TIME) -> pd.DataFrame:
 def cache_payoff(df: pd.DataFrame, time_col: str = TIME) -> pd.DataFrame:
     """Per group: the cache's speed-up (uncached time / cached time) at each common length, the speed-up
     at the longest one (`speedup_longest` measured, `speedup_model` from a*T + b*T^2 fitted to both
-    curves, `speedup_paired` from rounds paired with a cached run, see `paired_speedup`), and the first
-    length at which the cache is faster."""
+    curves, `speedup_fit` the fitted one where there are 3 lengths or more, else the measured one, and
+    `speedup_paired` the median ratio of uncached rounds to the cached runs paired with them, NaN where
+    not paired), and the first length at which the cache is faster."""
     d = _timed_decode_rows(df, time_col)
     rows = []
     if d.empty:
@@ -163,19 +166,11 @@ def cache_payoff(df: pd.DataFrame, time_col: str = TIME) -> pd.DataFrame:
         longest = none_rows.loc[common[-1]]
         rows.append(dict(zip(GROUP, key, strict=True), lengths=tuple(common), speedups=speedups,
                          longest=int(common[-1]), speedup_longest=speedups[common[-1]], speedup_model=modeled,
-                         speedup_paired=paired_speedup(longest.get("time_data"), longest.get("m_paired_cached_s")),
+                         speedup_fit=modeled if modeled == modeled else speedups[common[-1]],
+                         speedup_paired=median_ratio(longest.get("time_data"), longest.get("m_paired_cached_s")),
                          break_even=int(pays[0]) if pays else None,
                          pays_from_first=bool(pays and pays[0] == common[0])))
     return pd.DataFrame(rows)
-
-
-def paired_speedup(uncached_rounds: object, cached_rounds: object) -> float:
-    """Median over rounds of (uncached round / the cached run of the same length timed just before it);
-    NaN where the rounds were not paired. Both sides of each ratio meet the machine in the same state."""
-    if not isinstance(uncached_rounds, list) or not isinstance(cached_rounds, list) or not cached_rounds \
-            or len(uncached_rounds) != len(cached_rounds):
-        return math.nan
-    return float(np.median([u / c for u, c in zip(uncached_rounds, cached_rounds, strict=True) if c > 0]))
 
 
 def token_agreement(df: pd.DataFrame) -> pd.DataFrame:

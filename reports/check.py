@@ -123,7 +123,7 @@ def check(baseline: Results | Sequence[Results], current: Results) -> list[Gate]
             elif c["longest"] >= UNCACHED_MIN_LENGTH and c["points"] >= 3:
                 gates.append(Gate("uncached slope", f"{subject} (at T={c['longest']})", f"{c['model_end_slope']:.3f}",
                                   f">= {UNCACHED_SLOPE_MIN}", bool(c["model_end_slope"] >= UNCACHED_SLOPE_MIN)))
-    cur_pay = _with_speedup(analysis.cache_payoff(cur_df, time_col))
+    cur_pay = analysis.cache_payoff(cur_df, time_col)
     if not base_pay.empty:
         cur_index = {tuple(r[c] for c in KEY): r for _, r in cur_pay.iterrows()} if not cur_pay.empty else {}
         for _, b in base_pay.iterrows():
@@ -169,13 +169,6 @@ def check(baseline: Results | Sequence[Results], current: Results) -> list[Gate]
     return gates
 
 
-def _with_speedup(pay: pd.DataFrame) -> pd.DataFrame:
-    """`cache_payoff` rows with `speedup_fit`: from the fitted curves where there are, else the measured one."""
-    if pay.empty:
-        return pay
-    return pay.assign(speedup_fit=pay["speedup_model"].where(pay["speedup_model"].notna(), pay["speedup_longest"]))
-
-
 def _median_over_runs(tables: list[pd.DataFrame], key: list[str], columns: list[str]) -> pd.DataFrame:
     """Per `key`: the median of each of `columns` over the runs' tables (NaN left out), with its min, max
     and number of runs (`<column>_min`, `_max`, `_runs`)."""
@@ -202,7 +195,7 @@ def reference_figures(base_frames: list[pd.DataFrame], time_col: str = TIME) -> 
     is the figure a regression has to move.
     """
     fits = _median_over_runs([analysis.slopes(df, time_col) for df in base_frames], [*KEY, "p_cache"], ["slope_all"])
-    pays = _median_over_runs([_with_speedup(analysis.cache_payoff(df, time_col)) for df in base_frames], KEY,
+    pays = _median_over_runs([analysis.cache_payoff(df, time_col) for df in base_frames], KEY,
                              ["speedup_paired", "speedup_fit"])
     return fits, pays
 

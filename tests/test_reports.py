@@ -200,8 +200,8 @@ def test_the_speed_up_gate_uses_paired_rounds_where_both_runs_have_them(tmp_path
     base = load(_write(tmp_path, "base.json", _with_pairs(data, 5.0)))
     pay = analysis.cache_payoff(to_frame([base]))
     assert pay["speedup_paired"].to_numpy() == pytest.approx(5.0)
-    assert analysis.paired_speedup([1.0, 2.0, 9.0], [0.5, 1.0, 1.0]) == pytest.approx(2.0)  # the median ratio
-    assert np.isnan(analysis.paired_speedup([1.0], []))
+    assert analysis.median_ratio([1.0, 2.0, 9.0], [0.5, 1.0, 1.0]) == pytest.approx(2.0)  # the median ratio
+    assert np.isnan(analysis.median_ratio([1.0], []))
     slower = check(base, load(_write(tmp_path, "slow.json", _with_pairs(data, 3.0))))
     gates = [g for g in slower if g.gate == "cache speed-up"]
     assert gates and all(not g.passed and g.value.endswith("(paired)") for g in gates)
