@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models import GPT
+from models import GPT, gemv
 from models.generate import decode
-from models.layout import onednn_available, to_input_major, to_onednn
+from models.layout import onednn_available, to_input_major, to_onednn, to_row_gemv
 from profiles.roofline import streamed_params
 from profiles.timers import DeviceTimer
 
@@ -46,20 +46,24 @@ class TorchBackend:
         """A copy of `model` on this backend's device in `dtype`, with Linear weights in `layout`."""
         if layout not in LAYOUTS:
             raise ValueError(f"weight layout {layout!r} is not valid; allowed values: {', '.join(LAYOUTS)}")
-        if layout == "onednn" and (self.device_type != "cpu" or dtype != torch.float32):
-            raise ValueError(f"the onednn layout is for fp32 on the CPU, not {dtype} on {self.device_type}")
+        if layout in CPU_FP32_LAYOUTS and (self.device_type != "cpu" or dtype != torch.float32):
+            raise ValueError(f"the {layout} layout is for fp32 on the CPU, not {dtype} on {self.device_type}")
         prepared = copy.deepcopy(model).to(device=self.device, dtype=dtype).eval()
         if layout == "in_out":
             to_input_major(prepared)
         elif layout == "onednn":
             to_onednn(prepared)
+        elif layout == "gemv":
+            to_row_gemv(prepared)
         return prepared
 
     def layouts(self, dtype: torch.dtype = torch.float32) -> tuple[str, ...]:
-        """The weight layouts this backend can run `dtype` in (oneDNN: fp32 on a CPU build with oneDNN)."""
+        """The weight layouts this backend can run `dtype` in (oneDNN: fp32 on a CPU build with oneDNN;
+        gemv: fp32 on a CPU where archbench's kernel builds, see `models.gemv`)."""
         usable = ("out_in", "in_out")
-        if self.device_type == "cpu" and dtype == torch.float32 and onednn_available():
-            usable += ("onednn",)
+        if self.device_type == "cpu" and dtype == torch.float32:
+            usable += ("onednn",) if onednn_available() else ()
+            usable += ("gemv",) if gemv.unavailable_reason() is None else ()
         return usable
 
     def fastest_layout(self, model: GPT, *, dtype: torch.dtype = torch.float32, batch: int = 1,
@@ -121,7 +125,8 @@ class LayoutChoice:
     step_s: dict[str, float] = field(default_factory=dict)  # layout -> seconds per cached decode step
 
 
-LAYOUTS = ("out_in", "in_out", "onednn")
+LAYOUTS = ("out_in", "in_out", "onednn", "gemv")
+CPU_FP32_LAYOUTS = ("onednn", "gemv")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Weight-layout transforms for decoding: Linear weights stored (in, out), or prepacked for oneDNN.
+"""Weight-layout transforms for decoding: Linear weights stored (in, out), prepacked for oneDNN, or
+left as they are with single rows through archbench's own kernel (`models.gemv`).
 
 A batch-1 decode step is a chain of matrix-vector products whose speed is the speed of streaming
 the weights. Which layout streams fastest is a property of the machine and its libraries: on x86
@@ -11,7 +12,10 @@ itself never changes: these are module swaps outside it.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from . import gemv
 
 
 class InputMajorLinear(nn.Module):
@@ -94,3 +98,39 @@ def to_onednn(model: nn.Module) -> nn.Module:
         raise RuntimeError(f"torch {torch.__version__} cannot run oneDNN linear layers here; use layout out_in "
                            "or in_out")
     return _swap_linears(model, OneDnnLinear)
+
+
+class RowGemvLinear(nn.Module):
+    """y = x @ W^T + b with nn.Linear's (out, in) weight, shared, not copied: a single input row (batch-1
+    decode) goes through archbench's own kernel (`models.gemv`), anything else through F.linear.
+    CPU, fp32, inference only."""
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight = nn.Parameter(linear.weight.detach().float().contiguous(), requires_grad=False)  # (out, in)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().contiguous(),
+                                                                  requires_grad=False)
+        self._kernel = gemv.kernel()
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.numel() != self.in_features or x.dtype != torch.float32 or x.device.type != "cpu" or x.requires_grad:
+            return F.linear(x, self.weight, self.bias)  # (..., out): several rows, or not the kernel's case
+        x = x.contiguous()  # (..., in), one row
+        y = torch.empty(*x.shape[:-1], self.out_features)  # (..., out)
+        bias = None if self.bias is None else self.bias.data_ptr()
+        self._kernel(self.weight.data_ptr(), x.data_ptr(), bias, y.data_ptr(), self.out_features,
+                     self.in_features, torch.get_num_threads())
+        return y
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def to_row_gemv(model: nn.Module) -> nn.Module:
+    """Swap every plain nn.Linear of `model` (in place) for a `RowGemvLinear` (CPU, fp32, inference only);
+    returns `model`. The weights are shared with the Linears they replace (no copy)."""
+    reason = gemv.unavailable_reason()
+    if reason:
+        raise RuntimeError(f"the gemv layout is unavailable here: {reason}; use layout out_in, in_out or onednn")
+    return _swap_linears(model, RowGemvLinear)

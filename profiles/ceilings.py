@@ -24,11 +24,12 @@ class BandwidthCeiling:
     matvec_in_out_Bps: float  # x @ W with W stored (in, out), GPT-2 Conv1D's layout
     buffer_bytes: int
     matvec_onednn_Bps: float = 0.0  # oneDNN's prepacked Linear (CPU builds with mkldnn; 0 where not measured)
+    matvec_gemv_Bps: float = 0.0  # archbench's own kernel, models.gemv (CPU with a C compiler; 0 where not measured)
 
     @property
     def matvec_Bps(self) -> float:
         """The fastest matrix-vector read: the read pattern of batch-1 decode."""
-        return max(self.matvec_out_in_Bps, self.matvec_in_out_Bps, self.matvec_onednn_Bps)
+        return max(self.matvec_out_in_Bps, self.matvec_in_out_Bps, self.matvec_onednn_Bps, self.matvec_gemv_Bps)
 
     @property
     def best_layout(self) -> str:
@@ -48,6 +49,7 @@ class BandwidthCeiling:
     def to_dict(self) -> dict:
         return {"copy_Bps": self.copy_Bps, "read_Bps": self.read_Bps, "matvec_out_in_Bps": self.matvec_out_in_Bps,
                 "matvec_in_out_Bps": self.matvec_in_out_Bps, "matvec_onednn_Bps": self.matvec_onednn_Bps,
+                "matvec_gemv_Bps": self.matvec_gemv_Bps,
                 "buffer_bytes": self.buffer_bytes,
                 "decode_Bps": self.decode_Bps, "best_layout": self.best_layout}
 
@@ -77,7 +79,7 @@ def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int | None = N
     in_out = src[: rows * width].view(width, rows)  # (in, out): the transposed layout
     in_out_s = min(time_fn(lambda: x_in @ in_out, device, warmup=1, repeats=repeats))
     matrix_bytes = rows * width * 4
-    onednn_Bps = 0.0
+    onednn_Bps = gemv_Bps = 0.0
     if device.type == "cpu":
         from models.layout import OneDnnLinear, onednn_available
 
@@ -88,9 +90,16 @@ def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int | None = N
             with torch.inference_mode():
                 onednn_Bps = matrix_bytes / min(time_fn(lambda: packed(x_in), device, warmup=1, repeats=repeats))
             del packed, linear
+        from models import gemv
+
+        if gemv.unavailable_reason() is None:
+            x_row = x_in[0]  # (in,)
+            gemv_Bps = matrix_bytes / min(time_fn(lambda: gemv.gemv(out_in, x_row), device, warmup=1,
+                                                  repeats=repeats))
     return BandwidthCeiling(copy_Bps=2 * n * 4 / copy_s, read_Bps=n * 4 / read_s,
                             matvec_out_in_Bps=matrix_bytes / out_in_s, matvec_in_out_Bps=matrix_bytes / in_out_s,
-                            buffer_bytes=n * 4, matvec_onednn_Bps=onednn_Bps)
+                            buffer_bytes=n * 4, matvec_onednn_Bps=onednn_Bps,
+                            matvec_gemv_Bps=gemv_Bps)
 
 
 def measure_matmul(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None,

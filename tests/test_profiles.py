@@ -106,14 +106,16 @@ def test_bandwidth_ceiling_is_positive_and_picks_a_layout() -> None:
     assert bw.best_layout == ("in_out" if bw.matvec_in_out_Bps > 1.05 * bw.matvec_out_in_Bps else "out_in")
 
 
-@pytest.mark.parametrize("layout", ["in_out", "onednn"])
+@pytest.mark.parametrize("layout", ["in_out", "onednn", "gemv"])
 def test_weight_layouts_give_the_same_logits_and_tokens(layout: str) -> None:
     from bench.backends import get
-    from models import generate
+    from models import gemv, generate
     from models.layout import onednn_available
 
     if layout == "onednn" and not onednn_available():
         pytest.skip(f"torch {torch.__version__} has no usable oneDNN linear here")
+    if layout == "gemv" and gemv.unavailable_reason():
+        pytest.skip(gemv.unavailable_reason())
     model = build(variants.get("gpt2-tiny"), seed=0).eval()
     prepared = get("torch-cpu").prepare(model, layout=layout)
     idx = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -121,25 +123,27 @@ def test_weight_layouts_give_the_same_logits_and_tokens(layout: str) -> None:
         torch.testing.assert_close(prepared(idx), model(idx), atol=1e-4, rtol=1e-4)
         prompt = idx[:1, :8]
         assert torch.equal(generate(prepared, prompt, 24), generate(prepared, prompt, 24, use_cache=False))
-    with pytest.raises(ValueError, match="allowed values: out_in, in_out, onednn"):
+    with pytest.raises(ValueError, match="allowed values: out_in, in_out, onednn, gemv"):
         get("torch-cpu").prepare(model, layout="blocked")
 
 
 def test_fastest_layout_times_every_usable_layout_and_picks_the_quickest() -> None:
     from bench.backends import get
+    from models import gemv
     from models.layout import onednn_available
 
     backend = get("torch-cpu")
     model = build(variants.get("gpt2-tiny"), seed=0).eval()
     usable = backend.layouts(torch.float32)
     assert usable[:2] == ("out_in", "in_out") and ("onednn" in usable) == onednn_available()
-    assert backend.layouts(torch.bfloat16) == ("out_in", "in_out")  # oneDNN's layout is fp32 only
+    assert ("gemv" in usable) == (gemv.unavailable_reason() is None)
+    assert backend.layouts(torch.bfloat16) == ("out_in", "in_out")  # oneDNN's and our kernel's layouts: fp32 only
     small, untuned = backend.fastest_layout(model, prefer="in_out")  # 1M parameters: below the tuning size
     assert small.layout == "in_out" and small.step_s == {}
     assert any(type(m).__name__ == "InputMajorLinear" for m in untuned.modules())
     choice, prepared = backend.fastest_layout(model, batch=2, window_s=0.005, repeats=2, min_weight_bytes=0)
     assert set(choice.step_s) == set(usable) and all(s > 0 for s in choice.step_s.values())
-    kinds = {"out_in": "Linear", "in_out": "InputMajorLinear", "onednn": "OneDnnLinear"}
+    kinds = {"out_in": "Linear", "in_out": "InputMajorLinear", "onednn": "OneDnnLinear", "gemv": "RowGemvLinear"}
     assert type(prepared.blocks[0].attn.qkv).__name__ == kinds[choice.layout]  # the winner, prepared
 
     def expected(step_s: dict[str, float], prefer: str) -> str:  # the preferred within 3%, else the fastest
