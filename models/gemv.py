@@ -74,7 +74,10 @@ def _load() -> tuple[ctypes._CFuncPtr | None, str | None]:
 
     library = cache_dir() / "kernels" / f"gemv-{key}.so"
     if not library.exists():
-        reason = _build(cc, library)
+        try:
+            reason = _build(cc, library)
+        except OSError as exc:  # an unwritable cache directory, a compiler that cannot be run
+            reason = f"{SOURCE.name} could not be built into {library.parent}: {exc}"
         if reason:
             return None, reason
     try:

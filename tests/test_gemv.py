@@ -98,3 +98,18 @@ def test_gemv_reports_a_compiler_that_cannot_build_it(monkeypatch, tmp_path) -> 
     finally:
         monkeypatch.undo()
         gemv._load.cache_clear()
+
+
+def test_gemv_reports_a_cache_directory_it_cannot_write(monkeypatch, tmp_path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")  # the cache directory's parent is a file: nothing can be created below it
+    monkeypatch.setenv("ARCHBENCH_CACHE_DIR", str(blocker / "cache"))
+    gemv._load.cache_clear()
+    try:
+        reason = gemv.unavailable_reason()
+        if reason and "not on PATH" in reason:
+            pytest.skip(reason)
+        assert reason is not None and "could not be built into" in reason
+    finally:
+        monkeypatch.undo()
+        gemv._load.cache_clear()
