@@ -60,9 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         from .ceilings import measure_bandwidth, measure_matmul
 
         bw = measure_bandwidth(args.device)
-        print(f"read {bw.read_Bps / 1e9:.1f} GB/s; copy {bw.copy_Bps / 1e9:.1f} GB/s; "
-              f"matvec {bw.matvec_out_in_Bps / 1e9:.1f} GB/s (out,in) {bw.matvec_in_out_Bps / 1e9:.1f} GB/s (in,out); "
-              f"best layout {bw.best_layout}")
+        matvec = {"out,in": bw.matvec_out_in_Bps, "in,out": bw.matvec_in_out_Bps, "onednn": bw.matvec_onednn_Bps,
+                  "gemv": bw.matvec_gemv_Bps}  # 0: not measured here (no oneDNN, no C compiler)
+        print(f"read {bw.read_Bps / 1e9:.1f} GB/s; copy {bw.copy_Bps / 1e9:.1f} GB/s; matvec "
+              + " ".join(f"{v / 1e9:.1f} GB/s ({k})" for k, v in matvec.items() if v > 0)
+              + f"; faster plain layout {bw.best_layout}; decode ceiling {bw.decode_Bps / 1e9:.1f} GB/s")
         for dtype in (torch.float32, torch.bfloat16):
             print(f"matmul {dtype}: {measure_matmul(args.device, dtype) / 1e12:.3f} TFLOP/s")
         return 0

@@ -203,3 +203,17 @@ def test_roofline_gpt2_small_by_hand() -> None:
 def test_roofline_counts_grouped_kv_heads() -> None:
     cfg = variants.get("llama-2-7b")
     assert roofline.decode_step(cfg, 0, param_bytes=2, kv_element_bytes=2).kv_bytes == 524_288  # REFERENCES.md
+
+
+def test_ceilings_command_prints_each_measured_layout_and_the_decode_ceiling(monkeypatch, capsys) -> None:
+    import profiles.__main__ as cli
+    from profiles import ceilings
+
+    measured = ceilings.BandwidthCeiling(copy_Bps=20e9, read_Bps=30e9, matvec_out_in_Bps=15e9,
+                                         matvec_in_out_Bps=20e9, buffer_bytes=1 << 28, matvec_onednn_Bps=25e9)
+    monkeypatch.setattr(ceilings, "measure_bandwidth", lambda device: measured)
+    monkeypatch.setattr(ceilings, "measure_matmul", lambda device, dtype: 1e11)
+    assert cli.main(["ceilings"]) == 0
+    out = capsys.readouterr().out
+    assert "25.0 GB/s (onednn)" in out and "(gemv)" not in out  # not measured: left out, not shown as 0
+    assert "faster plain layout in_out; decode ceiling 30.0 GB/s" in out
