@@ -188,7 +188,8 @@ def token_agreement(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def peers(df: pd.DataFrame) -> pd.DataFrame:
-    """Ours vs transformers per (machine, variant, backend, cache, length): tokens/s each and the ratio."""
+    """Ours vs transformers per (machine, variant, backend, cache, length): tokens/s each, the ratio, and
+    the weight layout ours ran in."""
     if df.empty or "p_phase" not in df:
         return pd.DataFrame()
     d = df[(df["study"] == "decode") & (df["p_phase"] == "peer")].copy()
@@ -203,8 +204,10 @@ def peers(df: pd.DataFrame) -> pd.DataFrame:
         tokens = key[-1]
         ours = tokens / float(by_impl.loc["archbench", TIME])
         theirs = tokens / float(by_impl.loc["transformers", TIME])
+        layout = by_impl.loc["archbench"].get("p_weight_layout", "")
         rows.append(dict(zip(["machine", "variant", "backend", "p_cache", "p_decode_tokens"], key, strict=True),
                          ours_tokens_per_s=ours, transformers_tokens_per_s=theirs, ratio=ours / theirs,
+                         ours_layout=layout if isinstance(layout, str) else "",
                          tokens_identical=bool(g["m_tokens_identical"].all())))
     return pd.DataFrame(rows)
 

@@ -147,10 +147,11 @@ def decode_section(df: pd.DataFrame) -> Section | None:
     if not p.empty:
         section.tables.append(Table(
             "archbench vs transformers (same weights, greedy)",
-            ["machine", "variant", "backend", "cache", "T", "archbench tokens/s", "transformers tokens/s", "ratio",
-             "identical tokens"],
+            ["machine", "variant", "backend", "cache", "T", "archbench tokens/s", "archbench weight layout",
+             "transformers tokens/s", "ratio", "identical tokens"],
             [[r.machine, r.variant, r.backend, r.p_cache, fmt(r.p_decode_tokens), fmt(r.ours_tokens_per_s),
-              fmt(r.transformers_tokens_per_s), f"{r.ratio:.2f}x", fmt(r.tokens_identical)] for r in p.itertuples()]))
+              r.ours_layout, fmt(r.transformers_tokens_per_s), f"{r.ratio:.2f}x", fmt(r.tokens_identical)]
+             for r in p.itertuples()]))
     side = analysis.backends_side_by_side(df)
     if not side.empty:
         keys = ["machine", "variant", "p_cache", "p_decode_tokens", "p_batch"]

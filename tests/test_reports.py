@@ -374,3 +374,24 @@ def test_decode_targets_are_judged_from_the_measured_figures(tmp_path) -> None:
     assert faster[(faster["backend"] == "torch-cpu") & faster["target"].str.contains("ceiling")]["met"].all()
     html = build_report([tmp_path / "studies.json"], tmp_path / "index.html").read_text()
     assert "Targets: gpt2-small, fp32, batch 1, on the CPU" in html
+
+
+def test_peer_table_gives_the_ratio_and_the_layout_ours_ran_in(tmp_path) -> None:
+    data = json.loads(SMOKE.read_text())
+    decode = next(b for b in data["benchmarks"] if b["extra_info"]["study"] == "decode"
+                  and b["extra_info"]["params"].get("phase") == "decode")
+    peers = []
+    for impl, seconds, layout in (("archbench", 0.5, "gemv"), ("transformers", 0.8, "transformers")):
+        bench = copy.deepcopy(decode)
+        bench["name"] = bench["fullname"] = f"test_peer[{impl}]"
+        bench["stats"].update(min=seconds, max=seconds, mean=seconds, median=seconds, data=[seconds])
+        bench["extra_info"]["params"] = {"phase": "peer", "impl": impl, "cache": "raw", "decode_tokens": 32,
+                                         "prompt_tokens": 16, "batch": 1, "dtype": "fp32", "weight_layout": layout}
+        bench["extra_info"]["metrics"] = {"tokens_identical": True, "tokens_sha1": "x"}
+        peers.append(bench)
+    data["benchmarks"] += peers
+    path = _write(tmp_path, "peers.json", data)
+    p = analysis.peers(to_frame([load(path)]))
+    assert len(p) == 1 and p["ratio"].iloc[0] == pytest.approx(0.8 / 0.5) and p["ours_layout"].iloc[0] == "gemv"
+    html = build_report([path], tmp_path / "index.html").read_text()
+    assert "archbench weight layout" in html and "<td>gemv</td>" in html
