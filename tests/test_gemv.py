@@ -65,51 +65,45 @@ def test_row_gemv_linear_shares_the_weight_and_falls_back_for_several_rows() -> 
     assert [type(m).__name__ for m in model.modules()].count("RowGemvLinear") == 2
 
 
-def test_gemv_without_a_compiler_is_unavailable_with_the_reason(monkeypatch, tmp_path) -> None:
+@pytest.fixture
+def fresh_gemv(monkeypatch: pytest.MonkeyPatch):
+    """The kernel looked up anew under the test's environment, and again after it is restored."""
+    gemv._load.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    gemv._load.cache_clear()
+
+
+def test_gemv_without_a_compiler_is_unavailable_with_the_reason(fresh_gemv, tmp_path) -> None:
     from bench.backends import get
 
-    monkeypatch.setenv("CC", "no-such-cc")
-    monkeypatch.setenv("ARCHBENCH_CACHE_DIR", str(tmp_path))
-    gemv._load.cache_clear()
-    try:
-        reason = gemv.unavailable_reason()
-        assert reason is not None and "'no-such-cc' is not on PATH" in reason
-        assert "gemv" not in get("torch-cpu").layouts(torch.float32)
-        with pytest.raises(RuntimeError, match="gemv kernel is unavailable: no C compiler"):
-            gemv.gemv(torch.ones(2, 2), torch.ones(2))
-        with pytest.raises(RuntimeError, match="the gemv layout is unavailable here: no C compiler"):
-            to_row_gemv(torch.nn.Linear(2, 2))
-    finally:
-        monkeypatch.undo()
-        gemv._load.cache_clear()
+    fresh_gemv.setenv("CC", "no-such-cc")
+    fresh_gemv.setenv("ARCHBENCH_CACHE_DIR", str(tmp_path))
+    reason = gemv.unavailable_reason()
+    assert reason is not None and "'no-such-cc' is not on PATH" in reason
+    assert "gemv" not in get("torch-cpu").layouts(torch.float32)
+    with pytest.raises(RuntimeError, match="gemv kernel is unavailable: no C compiler"):
+        gemv.gemv(torch.ones(2, 2), torch.ones(2))
+    with pytest.raises(RuntimeError, match="the gemv layout is unavailable here: no C compiler"):
+        to_row_gemv(torch.nn.Linear(2, 2))
 
 
-def test_gemv_reports_a_compiler_that_cannot_build_it(monkeypatch, tmp_path) -> None:
+def test_gemv_reports_a_compiler_that_cannot_build_it(fresh_gemv, tmp_path) -> None:
     fake = tmp_path / "fakecc"
     fake.write_text("#!/bin/sh\necho 'fakecc: error: unsupported option -fopenmp' >&2\nexit 1\n")
     fake.chmod(0o755)
-    monkeypatch.setenv("CC", str(fake))
-    monkeypatch.setenv("ARCHBENCH_CACHE_DIR", str(tmp_path / "cache"))
-    gemv._load.cache_clear()
-    try:
-        reason = gemv.unavailable_reason()
-        assert reason is not None and "could not build gemv.c" in reason and "unsupported option -fopenmp" in reason
-        assert not list((tmp_path / "cache" / "kernels").glob("*.so"))  # nothing half-built left behind
-    finally:
-        monkeypatch.undo()
-        gemv._load.cache_clear()
+    fresh_gemv.setenv("CC", str(fake))
+    fresh_gemv.setenv("ARCHBENCH_CACHE_DIR", str(tmp_path / "cache"))
+    reason = gemv.unavailable_reason()
+    assert reason is not None and "could not build gemv.c" in reason and "unsupported option -fopenmp" in reason
+    assert not list((tmp_path / "cache" / "kernels").glob("*.so"))  # nothing half-built left behind
 
 
-def test_gemv_reports_a_cache_directory_it_cannot_write(monkeypatch, tmp_path) -> None:
+def test_gemv_reports_a_cache_directory_it_cannot_write(fresh_gemv, tmp_path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")  # the cache directory's parent is a file: nothing can be created below it
-    monkeypatch.setenv("ARCHBENCH_CACHE_DIR", str(blocker / "cache"))
-    gemv._load.cache_clear()
-    try:
-        reason = gemv.unavailable_reason()
-        if reason and "not on PATH" in reason:
-            pytest.skip(reason)
-        assert reason is not None and "could not be built into" in reason
-    finally:
-        monkeypatch.undo()
-        gemv._load.cache_clear()
+    fresh_gemv.setenv("ARCHBENCH_CACHE_DIR", str(blocker / "cache"))
+    reason = gemv.unavailable_reason()
+    if reason and "not on PATH" in reason:
+        pytest.skip(reason)
+    assert reason is not None and "could not be built into" in reason
