@@ -2,9 +2,10 @@
 
 At batch 1 a decode step streams every weight once through matrix-vector products. On small CPUs the
 BLAS libraries torch calls (MKL, oneDNN) stream the per-layer matrices of GPT-2 124M well below the
-machine's read bandwidth; a plain OpenMP loop over four rows at a time, vectorised by the compiler
-for this CPU, comes much closer. It is one of the weight layouts the backend tunes
-(`bench.backends.TorchBackend.fastest_layout`): used only where it measures fastest.
+machine's read bandwidth; a plain OpenMP loop over four rows at a time, in the compiler's generic
+vectors for this CPU with a light software prefetch of the next rows, comes much closer. It is one of
+the weight layouts the backend tunes (`bench.backends.TorchBackend.fastest_layout`): used only where
+it measures fastest.
 
 The shared library lands in archbench's cache directory, keyed on the source, the flags, the compiler
 and the CPU (`-march=native` code must not run on another CPU). No compiler, or one without OpenMP,

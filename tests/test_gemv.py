@@ -51,8 +51,9 @@ def test_gemv_rejects_what_it_cannot_read() -> None:
 
 
 @needs_kernel
-def test_row_gemv_linear_shares_the_weight_and_falls_back_for_several_rows() -> None:
-    linear = torch.nn.Linear(48, 20)
+@pytest.mark.parametrize("bias", [True, False])
+def test_row_gemv_linear_shares_the_weight_and_falls_back_for_several_rows(bias: bool) -> None:
+    linear = torch.nn.Linear(48, 20, bias=bias)
     row = RowGemvLinear(linear)
     assert row.weight.data_ptr() == linear.weight.data_ptr()  # the weight is shared, not copied
     with torch.inference_mode():
