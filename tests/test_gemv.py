@@ -14,7 +14,8 @@ needs_kernel = pytest.mark.skipif(gemv.unavailable_reason() is not None,
 
 
 @needs_kernel
-@pytest.mark.parametrize(("out_features", "in_features"), [(2304, 768), (7, 13), (1, 3), (50257, 64), (5, 3072)])
+@pytest.mark.parametrize(("out_features", "in_features"),  # (10, 100): vector body + scalar tail, 2 last rows
+                         [(2304, 768), (7, 13), (1, 3), (50257, 64), (5, 3072), (10, 100)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_gemv_matches_torch_on_awkward_shapes(out_features: int, in_features: int, bias: bool) -> None:
     g = torch.Generator().manual_seed(out_features + in_features)
