@@ -127,6 +127,21 @@ def ceiling(pytestconfig: pytest.Config):
     return get
 
 
+@pytest.fixture(scope="session")
+def read_probe():
+    """A `profiles.ceilings.ReadProbe` per device type, made on first use and kept for the session (its
+    buffer, 256 MiB on the CPU, is allocated once)."""
+    probes: dict[str, ceilings.ReadProbe] = {}
+
+    def get(device: torch.device) -> ceilings.ReadProbe:
+        if device.type not in probes:
+            probes[device.type] = ceilings.ReadProbe(device)
+        return probes[device.type]
+
+    yield get
+    probes.clear()
+
+
 @pytest.fixture
 def record(benchmark, request: pytest.FixtureRequest):
     """Put one archbench record into `benchmark.extra_info`; appended to --records when the test ends."""

@@ -156,7 +156,7 @@ def prepare_or_skip(backend, cpu_model: GPT, dtype: torch.dtype, batch: int = 1,
     return _LAST_PREPARED["model"], choice
 
 
-def test_decode(benchmark, record, ceiling, preset, decode_case: DecodeCase) -> None:
+def test_decode(benchmark, record, ceiling, read_probe, preset, decode_case: DecodeCase) -> None:
     case = decode_case
     backend = backend_fixture(case.backend)
     cfg = variants.get(case.variant)
@@ -187,6 +187,16 @@ def test_decode(benchmark, record, ceiling, preset, decode_case: DecodeCase) -> 
     pair_cache = model.make_cache(case.batch, total) if case.paired else None
     pair_tokens = tokens.clone() if case.paired else None  # (B, P + T)
     paired_cached: list[float] = []
+    # The ceiling of each cached round's moment: the machine's read bandwidth probed right before the
+    # round and right after it (`ReadProbe`); `reports.analysis` sets each round's bandwidth against the
+    # mean of the two, beside the session's ceiling measured once at its start.
+    probe = read_probe(device) if cache is not None else None
+    ceiling_before: list[float] = []
+    ceiling_after: list[float] = []
+
+    def probe_after_round() -> None:
+        if probe is not None and len(ceiling_after) < len(ceiling_before):
+            ceiling_after.append(probe())
 
     def calibrate() -> None:
         cal_cache.reset()
@@ -204,9 +214,12 @@ def test_decode(benchmark, record, ceiling, preset, decode_case: DecodeCase) -> 
 
     def prefill(timed_round: bool = True) -> tuple[tuple, dict]:
         if timed_round:
+            probe_after_round()  # the previous round has just ended
             calibrate()
             if pair_cache is not None:
                 time_paired_cached()
+            if probe is not None:
+                ceiling_before.append(probe())
         if cache is not None:
             cache.reset()
         logits = model(prompt, cache)[:, -1]
@@ -227,6 +240,7 @@ def test_decode(benchmark, record, ceiling, preset, decode_case: DecodeCase) -> 
         if dtype == torch.float32:
             assert torch.equal(tokens[:, : case.prompt_len + check], expected), "cache modes disagree"
         benchmark.pedantic(run, setup=prefill, rounds=case.rounds, warmup_rounds=0)
+        probe_after_round()
         # One more run, instrumented: per-step latency at a few positions, and memory. Without a cache
         # a step at position p is one forward over p + 1 tokens, so it is timed on its own.
         trace = set(_positions_to_trace(case.prompt_len, case.decode_tokens, preset.trace_positions))
@@ -261,7 +275,8 @@ def test_decode(benchmark, record, ceiling, preset, decode_case: DecodeCase) -> 
                     "weight_bytes": roofline.streamed_params(cfg) * param_bytes,
                     "bytes_read": bytes_read, "ceiling_Bps": bandwidth.decode_Bps,
                     "step_latency_s": step_latency, "tokens_sha1": _sha1(tokens), "calibration_s": calibration,
-                    "paired_cached_s": paired_cached,
+                    "paired_cached_s": paired_cached, "ceiling_before_Bps": ceiling_before,
+                    "ceiling_after_Bps": ceiling_after,
                     **probe.reading.as_metrics()})
 
 

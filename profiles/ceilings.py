@@ -6,6 +6,7 @@ speed should be compared with.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,23 @@ def _default_bytes(device: torch.device) -> int:
     return (1 << 30) if device.type == "cuda" else (256 << 20)  # well beyond last-level caches
 
 
+def wait_until_idle(window_s: float = 0.01, busy: float = 0.1, timeout_s: float = 0.5) -> float:
+    """Sleep until this process used less than `busy` of one core over a `window_s` sleep, or `timeout_s`
+    passed; returns the seconds waited.
+
+    Thread pools keep their workers spinning for a while after their last task: onnxruntime's for 20-100
+    ms after each run, on a 2-core VM enough to halve the bandwidth a measurement started at once would
+    see. The process's CPU time (every thread's) shows when they have stopped.
+    """
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout_s:
+        cpu = time.process_time()
+        time.sleep(window_s)
+        if time.process_time() - cpu < busy * window_s:
+            break
+    return time.perf_counter() - start
+
+
 def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int | None = None,
                       repeats: int = 5) -> BandwidthCeiling:
     """Best-of-`repeats` copy and matrix-vector bandwidths on `device` over buffers of `nbytes`.
@@ -69,6 +87,8 @@ def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int | None = N
     n = nbytes // 4
     src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
+    if device.type == "cpu":
+        wait_until_idle()  # no other thread pool still spinning from earlier work
     copy_s = min(time_fn(lambda: dst.copy_(src), device, warmup=1, repeats=repeats))
     read_s = min(time_fn(lambda: src.sum(), device, warmup=1, repeats=2 * repeats))
     width = 1024
@@ -100,6 +120,46 @@ def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int | None = N
                             matvec_out_in_Bps=matrix_bytes / out_in_s, matvec_in_out_Bps=matrix_bytes / in_out_s,
                             buffer_bytes=n * 4, matvec_onednn_Bps=onednn_Bps,
                             matvec_gemv_Bps=gemv_Bps)
+
+
+class ReadProbe:
+    """The read bandwidth of `device` now, to set beside a measurement taken at the same time.
+
+    A shared machine's memory bandwidth moves by tens of percent over seconds (on a 2-core VM, 27 to 50
+    GB/s within one minute), so a decode round minutes after the session's ceiling was measured may meet
+    another machine than the ceiling did. Called right before and right after each timed round, the probe
+    gives the ceiling of that round's moment. Each call is the best of `repeats` reads of a buffer beyond
+    the last-level caches, by a plain sum and by a matrix-vector product (archbench's gemv on the CPU where
+    it is built, else F.linear): the same reads `measure_bandwidth` takes its decode ceiling from.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", nbytes: int | None = None, repeats: int = 2) -> None:
+        self.device = torch.device(device)
+        self.repeats = repeats
+        n = (nbytes or _default_bytes(self.device)) // 4
+        width = 1024
+        rows = n // width
+        self.buffer = torch.empty(rows * width, dtype=torch.float32, device=self.device).uniform_()  # (rows * width,)
+        self.matrix = self.buffer.view(rows, width)  # (out, in)
+        self.x = torch.ones(1, width, dtype=torch.float32, device=self.device)  # (1, in)
+        self.nbytes = self.buffer.numel() * 4
+        self._matvec = lambda: F.linear(self.x, self.matrix)  # (1, out)
+        if self.device.type == "cpu":
+            from models import gemv
+
+            if gemv.unavailable_reason() is None:
+                x_row = self.x[0]  # (in,)
+                self._matvec = lambda: gemv.gemv(self.matrix, x_row)  # (out,)
+
+    def __call__(self) -> float:
+        """Bytes/s of the fastest of `repeats` sums and `repeats` matrix-vector reads, measured now (on the
+        CPU once this process's other threads have gone idle, see `wait_until_idle`)."""
+        if self.device.type == "cpu":
+            wait_until_idle()
+        with torch.inference_mode():
+            sums = time_fn(lambda: self.buffer.sum(), self.device, warmup=0, repeats=self.repeats)
+            products = time_fn(self._matvec, self.device, warmup=0, repeats=self.repeats)
+        return self.nbytes / min(*sums, *products)
 
 
 def measure_matmul(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, size: int | None = None,

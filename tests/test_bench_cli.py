@@ -38,6 +38,12 @@ def test_smoke_preset_writes_results_and_report(tmp_path) -> None:
     assert set(paired["p_decode_tokens"]) == {32} and len(paired) == 2
     assert all(len(r.m_paired_cached_s) == len(r.time_data) for r in paired.itertuples())
     assert (analysis.cache_payoff(df)["speedup_paired"] > 0).all()
+    # every cached round has the read bandwidth probed right before and right after it
+    cached = rows[rows["p_cache"] == "raw"]
+    assert all(len(r.m_ceiling_before_Bps) == len(r.m_ceiling_after_Bps) == len(r.time_data)
+               for r in cached.itertuples())
+    assert (cached["probed_ceiling_Bps"] > 1e8).all() and (cached["probed_fraction"] > 0).all()
+    assert not uncached["m_ceiling_before_Bps"].map(len).any()  # uncached rounds are not probed
     assert results.archbench_info["ceilings"]["cpu"]["decode_Bps"] > 0
     assert (tmp_path / "index.html").read_text().count("data:image/png;base64,") >= 2
     check = subprocess.run([sys.executable, "-m", "reports", "check", "--baseline", str(tmp_path / "results.json"),

@@ -106,6 +106,38 @@ def test_bandwidth_ceiling_is_positive_and_picks_a_layout() -> None:
     assert bw.best_layout == ("in_out" if bw.matvec_in_out_Bps > 1.05 * bw.matvec_out_in_Bps else "out_in")
 
 
+def test_read_probe_measures_the_read_bandwidth_now() -> None:
+    from profiles.ceilings import ReadProbe
+
+    probe = ReadProbe("cpu", nbytes=16 << 20, repeats=2)
+    assert probe.nbytes == 16 << 20 and probe.matrix.shape == (4096, 1024)
+    readings = [probe() for _ in range(3)]
+    assert all(1e8 < r < 1e13 for r in readings)  # bytes/s: more than 0.1 GB/s, less than 10 TB/s
+
+
+def test_probe_waits_for_a_spinning_thread_to_stop() -> None:
+    import threading
+    import time
+
+    from profiles.ceilings import wait_until_idle
+
+    assert wait_until_idle(timeout_s=2.0) < 0.25  # nothing else running: back after a window or two
+    started = threading.Event()
+
+    def spin(seconds: float) -> None:  # a thread pool's worker waiting for work, busy
+        end = time.perf_counter() + seconds
+        started.set()
+        while time.perf_counter() < end:
+            pass
+
+    worker = threading.Thread(target=spin, args=(0.3,))
+    worker.start()
+    started.wait()
+    waited = wait_until_idle(timeout_s=2.0)
+    worker.join()
+    assert 0.2 < waited < 1.0
+
+
 @pytest.mark.parametrize("layout", ["in_out", "onednn", "gemv"])
 def test_weight_layouts_give_the_same_logits_and_tokens(layout: str) -> None:
     from bench.backends import get

@@ -355,6 +355,9 @@ def test_decode_targets_are_judged_from_the_measured_figures(tmp_path) -> None:
 
     sample = Path(__file__).parent.parent / "reports" / "samples" / "cpu-amd-epyc-2core-quick" / "results.json"
     data = json.loads(sample.read_text())  # a real quick run: GPT-2 124M on torch-cpu and onnxruntime
+    for bench in data["benchmarks"]:  # this test judges against the session's ceiling: no probes
+        for key in ("ceiling_before_Bps", "ceiling_after_Bps"):
+            bench["extra_info"].get("metrics", {}).pop(key, None)
     df = to_frame([load(_write(tmp_path, "studies.json", data))])
     targets = analysis.decode_targets(df)
     rows = analysis.decode_rows(df)
@@ -374,6 +377,55 @@ def test_decode_targets_are_judged_from_the_measured_figures(tmp_path) -> None:
     assert faster[(faster["backend"] == "torch-cpu") & faster["target"].str.contains("ceiling")]["met"].all()
     html = build_report([tmp_path / "studies.json"], tmp_path / "index.html").read_text()
     assert "Targets: gpt2-small, fp32, batch 1, on the CPU" in html
+
+
+def _gpt2_small_cached(data: dict):
+    for bench in data["benchmarks"]:
+        info = bench["extra_info"]
+        if info["variant"] == "gpt2-small" and info["params"].get("cache") == "raw" \
+                and info["params"].get("phase") == "decode":
+            yield bench
+
+
+def test_targets_use_the_ceiling_probed_beside_each_round(tmp_path) -> None:
+    from reports import analysis
+
+    sample = Path(__file__).parent.parent / "reports" / "samples" / "cpu-amd-epyc-2core-quick" / "results.json"
+    data = json.loads(sample.read_text())
+    expected = {}
+    for bench in _gpt2_small_cached(data):
+        rounds = bench["stats"]["data"]
+        metrics = bench["extra_info"]["metrics"]
+        ceiling = metrics["ceiling_Bps"]
+        # the machine was slower around each round than when the session's ceiling was measured: half as
+        # fast before the round, three quarters as fast after it, so the probed ceiling is 5/8 of it
+        metrics["ceiling_before_Bps"] = [ceiling / 2] * len(rounds)
+        metrics["ceiling_after_Bps"] = [ceiling * 3 / 4] * len(rounds)
+        per_round = sorted(metrics["bytes_read"] / t / (ceiling * 5 / 8) for t in rounds)
+        key = (bench["extra_info"]["backend"], bench["extra_info"]["params"]["decode_tokens"])
+        expected[key] = per_round[len(per_round) // 2] if len(per_round) % 2 else \
+            (per_round[len(per_round) // 2 - 1] + per_round[len(per_round) // 2]) / 2
+    assert expected
+    rows = analysis.decode_rows(to_frame([load(_write(tmp_path, "probed.json", data))]))
+    cached = rows[(rows["variant"] == "gpt2-small") & (rows["p_cache"] == "raw")]
+    for r in cached.itertuples():
+        assert r.probed_fraction == pytest.approx(expected[(r.backend, r.p_decode_tokens)])
+        assert r.probed_ceiling_Bps == pytest.approx(r.m_ceiling_Bps * 5 / 8)
+        assert r.probed_fraction > r.bandwidth_fraction  # a slower moment: a lower ceiling to compare with
+    targets = analysis.decode_targets(to_frame([load(tmp_path / "probed.json")]))
+    row = targets[(targets["backend"] == "torch-cpu") & targets["target"].str.contains("ceiling")].iloc[0]
+    torch_fraction = float(cached[cached["backend"] == "torch-cpu"]["probed_fraction"].median())
+    assert "probed beside each round" in row["target"] and row["measured"].startswith(f"{torch_fraction:.0%}")
+    assert row["met"] == (torch_fraction >= 0.70) and "of the session's ceiling" in row["measured"]
+    html = build_report([tmp_path / "probed.json"], tmp_path / "index.html").read_text()
+    assert "ceiling probed beside rounds" in html and "of the ceiling probed beside its rounds" in html
+    # a probe list that does not match the rounds is not used: the session's ceiling judges instead
+    for bench in _gpt2_small_cached(data):
+        bench["extra_info"]["metrics"]["ceiling_after_Bps"].pop()
+    rows = analysis.decode_rows(to_frame([load(_write(tmp_path, "short.json", data))]))
+    assert rows[(rows["variant"] == "gpt2-small") & (rows["p_cache"] == "raw")]["probed_fraction"].isna().all()
+    targets = analysis.decode_targets(to_frame([load(tmp_path / "short.json")]))
+    assert not targets["target"].str.contains("probed").any()
 
 
 def test_peer_table_gives_the_ratio_and_the_layout_ours_ran_in(tmp_path) -> None:
