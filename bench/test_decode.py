@@ -190,13 +190,13 @@ def test_decode(benchmark, record, ceiling, read_probe, preset, decode_case: Dec
     # The ceiling of each cached round's moment: the machine's read bandwidth probed right before the
     # round and right after it (`ReadProbe`); `reports.analysis` sets each round's bandwidth against the
     # mean of the two, beside the session's ceiling measured once at its start.
-    probe = read_probe(device) if cache is not None else None
+    bandwidth_probe = read_probe(device) if cache is not None else None
     ceiling_before: list[float] = []
     ceiling_after: list[float] = []
 
     def probe_after_round() -> None:
-        if probe is not None and len(ceiling_after) < len(ceiling_before):
-            ceiling_after.append(probe())
+        if bandwidth_probe is not None and len(ceiling_after) < len(ceiling_before):
+            ceiling_after.append(bandwidth_probe())
 
     def calibrate() -> None:
         cal_cache.reset()
@@ -218,8 +218,8 @@ def test_decode(benchmark, record, ceiling, read_probe, preset, decode_case: Dec
             calibrate()
             if pair_cache is not None:
                 time_paired_cached()
-            if probe is not None:
-                ceiling_before.append(probe())
+            if bandwidth_probe is not None:
+                ceiling_before.append(bandwidth_probe())
         if cache is not None:
             cache.reset()
         logits = model(prompt, cache)[:, -1]
