@@ -55,6 +55,9 @@ class BandwidthCeiling:
                 "decode_Bps": self.decode_Bps, "best_layout": self.best_layout}
 
 
+MATVEC_WIDTH = 1024  # columns of the matrix the matrix-vector reads stream: a transformer projection's width
+
+
 def _default_bytes(device: torch.device) -> int:
     return (1 << 30) if device.type == "cuda" else (256 << 20)  # well beyond last-level caches
 
@@ -80,7 +83,8 @@ def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int | None = N
                       repeats: int = 5) -> BandwidthCeiling:
     """Best-of-`repeats` copy and matrix-vector bandwidths on `device` over buffers of `nbytes`.
 
-    The matrix is tall and narrow (width 1024, like a transformer's projections), read once per call.
+    The matrix is tall and narrow (`MATVEC_WIDTH` columns, like a transformer's projections), read once
+    per call.
     """
     device = torch.device(device)
     nbytes = nbytes or _default_bytes(device)
@@ -91,7 +95,7 @@ def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int | None = N
         wait_until_idle()  # no other thread pool still spinning from earlier work
     copy_s = min(time_fn(lambda: dst.copy_(src), device, warmup=1, repeats=repeats))
     read_s = min(time_fn(lambda: src.sum(), device, warmup=1, repeats=2 * repeats))
-    width = 1024
+    width = MATVEC_WIDTH
     rows = n // width
     out_in = src[: rows * width].view(rows, width)  # (out, in): nn.Linear's layout
     x_in = torch.ones(1, width, dtype=torch.float32, device=device)  # (1, in)
@@ -137,7 +141,7 @@ class ReadProbe:
         self.device = torch.device(device)
         self.repeats = repeats
         n = (nbytes or _default_bytes(self.device)) // 4
-        width = 1024
+        width = MATVEC_WIDTH
         rows = n // width
         self.buffer = torch.empty(rows * width, dtype=torch.float32, device=self.device).uniform_()  # (rows * width,)
         self.matrix = self.buffer.view(rows, width)  # (out, in)
