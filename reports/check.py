@@ -17,6 +17,12 @@ Gates (decode study), each on the statistic that is steadiest on a noisy machine
 - `identical tokens`: cached and uncached decode agree; ours and transformers agree.
 - `time` (only when the machine info matches the baseline's): no benchmark of at least 10 ms has a
   fastest round slower than 3x the baseline's (shared machines do slow down by 2x for seconds).
+- `decode layouts` / `decode layout` (only when the machine info matches; which weight layout streams
+  fastest is a property of the machine): every layout the baseline tuned a model among is still a
+  candidate (one that drops out is support that broke, e.g. archbench's gemv kernel no longer builds),
+  and where one layout won by at least 10% in every baseline run, the run chose it too. This is the
+  gate for a fall-back to a slower layout: the cache speed-up moves by 20% from one hour to the next
+  on a shared machine, the tuner's margins (20-28% for GPT-2 124M here) do not.
   Benchmarks whose time is not the measurement (training that a disk cache may skip, accuracy
   evaluations, counts, fresh-process memory probes) are left out (`UNTIMED`).
 A group present in the baseline and missing from the run fails (`missing`).
@@ -165,7 +171,70 @@ def check(baseline: Results | Sequence[Results], current: Results) -> list[Gate]
     else:
         gates.append(Gate("time", "absolute times", "skipped: machine info differs from the baseline's",
                           "same machine", True))
+    gates += layout_gates(base_frames, same_machine, cur_df)
     gates += study_gates(fullest_run_per_study(base_frames), cur_df)
+    return gates
+
+
+LAYOUT_MARGIN = 0.10
+LAYOUT_KEY = ["variant", "backend", "batch"]
+
+
+def _layouts_by_model(df: pd.DataFrame) -> dict[tuple, tuple[str, dict[str, float]]]:
+    """(variant, backend, batch) -> the chosen layout and each candidate's seconds per step."""
+    table = analysis.layout_choices(df)
+    out = {}
+    for _, r in table.iterrows() if not table.empty else []:
+        timings = {c.removesuffix(" s/step"): float(r[c]) for c in table.columns
+                   if c.endswith(" s/step") and r[c] == r[c]}
+        out[tuple(r[c] for c in LAYOUT_KEY)] = (r["chosen"], timings)
+    return out
+
+
+def _margin(chosen: str, timings: dict[str, float]) -> float:
+    """How far ahead the chosen layout was: the next fastest candidate's time over its own, minus 1
+    (negative where the tuner kept a preferred layout that was within its tie of a faster one)."""
+    others = [t for name, t in timings.items() if name != chosen]
+    return min(others) / timings[chosen] - 1 if others and chosen in timings else float("nan")
+
+
+def layout_gates(base_frames: list[pd.DataFrame], same_machine: list[pd.DataFrame],
+                 cur_df: pd.DataFrame) -> list[Gate]:
+    """The tuned weight layouts of `cur_df` against the baseline runs measured on the same machine
+    (`same_machine`): the same candidates, and the same winner where it won clearly every time."""
+    if not any(_layouts_by_model(df) for df in base_frames):
+        return []
+    if not same_machine:
+        return [Gate("decode layout", "tuned weight layouts", "skipped: machine info differs from the baseline's",
+                     "same machine", True)]
+    runs = [_layouts_by_model(df) for df in same_machine]
+    current = _layouts_by_model(cur_df)
+    decode = analysis.decode_rows(cur_df)
+    measured = set() if decode.empty else set(zip(decode["variant"], decode["backend"], decode["p_batch"].astype(int),
+                                                  strict=True))
+    gates = []
+    for key in dict.fromkeys(k for run in runs for k in run):
+        if key not in measured:  # a model the run did not decode at all: the `missing` gates say so
+            continue
+        subject = f"{key[0]} {key[1]} batch={key[2]}"
+        base = [run[key] for run in runs if key in run]
+        expected = sorted({name for _, timings in base for name in timings})
+        if key not in current:
+            gates.append(Gate("decode layout", subject, "not tuned", f"tuned among {', '.join(expected)}", False))
+            continue
+        chosen, timings = current[key]
+        dropped = [name for name in expected if name not in timings]
+        gates.append(Gate("decode layouts", subject, ", ".join(sorted(timings)) or "none",
+                          f"includes {', '.join(expected)} (the baseline's candidates)", not dropped))
+        winners = {c for c, _ in base}
+        margins = [_margin(c, t) for c, t in base]
+        if len(winners) == 1 and all(m >= LAYOUT_MARGIN for m in margins):
+            winner = winners.pop()
+            ahead = _margin(chosen, timings)
+            gates.append(Gate("decode layout", subject,
+                              f"{chosen} ({ahead:+.0%} ahead of the next)" if ahead == ahead else chosen,
+                              f"{winner} (won by {min(margins):.0%}-{max(margins):.0%} in {len(base)} baseline runs)",
+                              chosen == winner))
     return gates
 
 

@@ -350,6 +350,53 @@ def test_report_shows_the_tuned_weight_layout_per_model(tmp_path) -> None:
     assert "Weight layout per model" not in build_report([SMOKE], tmp_path / "old.html").read_text()  # older files
 
 
+def _tuned(data: dict, chosen: str, step_s: dict[str, float]) -> dict:
+    """A copy of `data` whose decode rows say the tuner chose `chosen` after measuring `step_s`."""
+    out = copy.deepcopy(data)
+    for bench in out["benchmarks"]:
+        info = bench["extra_info"]
+        if info["study"] == "decode" and info["params"].get("phase") == "decode":
+            info["params"]["weight_layout"] = chosen
+            info["metrics"]["layout_step_s"] = dict(step_s)
+    return out
+
+
+def test_layout_gates_catch_a_dropped_or_overtaken_layout(tmp_path) -> None:
+    """A layout that won clearly in every baseline run must win again on the same machine, and no
+    candidate may drop out; a close race gates only the candidates; another machine skips both."""
+    data = json.loads(SMOKE.read_text())
+    clear = {"out_in": 0.004, "onednn": 0.002, "gemv": 0.0015}  # gemv 33% ahead of oneDNN
+    base = [load(_write(tmp_path, f"b{i}.json", _tuned(data, "gemv", clear))) for i in range(2)]
+
+    def layout_gates(chosen: str, step_s: dict[str, float], baseline=base, machine: str | None = None) -> dict:
+        run = _tuned(data, chosen, step_s)
+        if machine:
+            run["machine_info"]["archbench"]["profile"]["cpu_model"] = machine
+        gates = check(baseline, load(_write(tmp_path, "run.json", run)))
+        return {(g.gate, g.subject): g for g in gates if "layout" in g.gate}
+
+    same = layout_gates("gemv", {"out_in": 0.0041, "onednn": 0.0019, "gemv": 0.0016})
+    assert len(same) == 4 and all(g.passed for g in same.values())  # gpt2-tiny and llama-tiny, two gates each
+    assert "won by 33%-33% in 2 baseline runs" in same[("decode layout", "gpt2-tiny torch-cpu batch=1")].limit
+
+    overtaken = layout_gates("onednn", {"out_in": 0.004, "onednn": 0.002, "gemv": 0.0026})  # gemv got slower
+    assert [g.passed for (gate, _), g in overtaken.items() if gate == "decode layout"] == [False, False]
+    assert all(g.passed for (gate, _), g in overtaken.items() if gate == "decode layouts")
+
+    dropped = layout_gates("onednn", {"out_in": 0.004, "onednn": 0.002})  # gemv no longer a candidate
+    assert not any(g.passed for g in dropped.values())
+    assert "includes gemv, onednn, out_in" in dropped[("decode layouts", "gpt2-tiny torch-cpu batch=1")].limit
+
+    close = [load(_write(tmp_path, "c.json", _tuned(data, "gemv", {"onednn": 0.00158, "gemv": 0.0015})))]
+    race = layout_gates("onednn", {"onednn": 0.0015, "gemv": 0.00152}, baseline=close)  # a 5% race may flip
+    assert {gate for gate, _ in race} == {"decode layouts"} and all(g.passed for g in race.values())
+
+    elsewhere = layout_gates("onednn", {"onednn": 0.002}, machine="Another CPU")
+    assert [(g.gate, g.passed) for g in elsewhere.values()] == [("decode layout", True)]
+    assert "skipped" in next(iter(elsewhere.values())).value
+    assert not any("layout" in g.gate for g in check(load(SMOKE), load(SMOKE)))  # results without tuning
+
+
 def test_decode_targets_are_judged_from_the_measured_figures(tmp_path) -> None:
     from reports import analysis
 
