@@ -232,7 +232,7 @@ def layout_gates(base_frames: list[pd.DataFrame], same_machine: list[pd.DataFram
             winner = winners.pop()
             ahead = _margin(chosen, timings)
             gates.append(Gate("decode layout", subject,
-                              f"{chosen} ({ahead:+.0%} ahead of the next)" if ahead == ahead else chosen,
+                              f"{chosen} (next fastest {ahead:+.0%} per step)" if ahead == ahead else chosen,
                               f"{winner} (won by {min(margins):.0%}-{max(margins):.0%} in {len(base)} baseline runs)",
                               chosen == winner))
     return gates
