@@ -303,20 +303,26 @@ def latency_rows(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def layout_choices(df: pd.DataFrame) -> pd.DataFrame:
-    """The weight layout tuned for each model (machine, variant, backend, batch): the one chosen and the
-    seconds per cached decode step each candidate measured (older results without timings: empty)."""
+def tuned_layouts(df: pd.DataFrame) -> dict[tuple[str, str, str, int], tuple[str, dict[str, float]]]:
+    """(machine, variant, backend, batch) -> the weight layout tuned for that model and the seconds per
+    cached decode step each candidate measured (older results without timings: empty)."""
     d = decode_rows(df)
     if d.empty or "m_layout_step_s" not in d:
-        return pd.DataFrame()
-    rows = {}
-    for _, r in d.iterrows():
-        timings = r["m_layout_step_s"]
-        if isinstance(timings, dict) and timings:
-            key = (r["machine"], r["variant"], r["backend"], int(r["p_batch"]))
-            rows[key] = {"machine": key[0], "variant": key[1], "backend": key[2], "batch": key[3],
-                         "chosen": r["p_weight_layout"], **{f"{k} s/step": float(v) for k, v in timings.items()}}
-    return pd.DataFrame(list(rows.values()))
+        return {}
+    tuned = {}
+    for r in d.itertuples():
+        if isinstance(r.m_layout_step_s, dict) and r.m_layout_step_s:
+            tuned[(r.machine, r.variant, r.backend, int(r.p_batch))] = (
+                r.p_weight_layout, {k: float(v) for k, v in r.m_layout_step_s.items()})
+    return tuned
+
+
+def layout_choices(df: pd.DataFrame) -> pd.DataFrame:
+    """`tuned_layouts` as a table: machine, variant, backend, batch, the chosen layout and one
+    "<layout> s/step" column per candidate."""
+    return pd.DataFrame([{"machine": m, "variant": v, "backend": b, "batch": n, "chosen": chosen,
+                          **{f"{k} s/step": t for k, t in timings.items()}}
+                         for (m, v, b, n), (chosen, timings) in tuned_layouts(df).items()])
 
 
 def _study(df: pd.DataFrame, study: str, phase: str | None = None) -> pd.DataFrame:

@@ -158,7 +158,8 @@ def check(baseline: Results | Sequence[Results], current: Results) -> list[Gate]
         gates.append(Gate("identical tokens", f"{r['variant']} {r['p_cache']} T={r['p_decode_tokens']} vs transformers",
                           "identical" if r["tokens_identical"] else "different", "identical",
                           bool(r["tokens_identical"])))
-    same_machine = [df for b, df in zip(baselines, base_frames, strict=True) if machines_match(b, current)]
+    matches = [machines_match(b, current) for b in baselines]
+    same_machine = [df for df, match in zip(base_frames, matches, strict=True) if match]
     if same_machine:
         base_times = pd.concat([_timed(df)[["name", TIME]] for df in same_machine]).groupby("name")[TIME].median()
         cur_times = _timed(cur_df).set_index("name")[TIME]
@@ -171,24 +172,17 @@ def check(baseline: Results | Sequence[Results], current: Results) -> list[Gate]
     else:
         gates.append(Gate("time", "absolute times", "skipped: machine info differs from the baseline's",
                           "same machine", True))
-    gates += layout_gates(base_frames, same_machine, cur_df)
+    gates += layout_gates(base_frames, matches, cur_df)
     gates += study_gates(fullest_run_per_study(base_frames), cur_df)
     return gates
 
 
 LAYOUT_MARGIN = 0.10
-LAYOUT_KEY = ["variant", "backend", "batch"]
 
 
 def _layouts_by_model(df: pd.DataFrame) -> dict[tuple, tuple[str, dict[str, float]]]:
-    """(variant, backend, batch) -> the chosen layout and each candidate's seconds per step."""
-    table = analysis.layout_choices(df)
-    out = {}
-    for _, r in table.iterrows() if not table.empty else []:
-        timings = {c.removesuffix(" s/step"): float(r[c]) for c in table.columns
-                   if c.endswith(" s/step") and r[c] == r[c]}
-        out[tuple(r[c] for c in LAYOUT_KEY)] = (r["chosen"], timings)
-    return out
+    """(variant, backend, batch) -> the chosen layout and each candidate's seconds per step (one run)."""
+    return {key[1:]: choice for key, choice in analysis.tuned_layouts(df).items()}
 
 
 def _margin(chosen: str, timings: dict[str, float]) -> float:
@@ -198,16 +192,17 @@ def _margin(chosen: str, timings: dict[str, float]) -> float:
     return min(others) / timings[chosen] - 1 if others and chosen in timings else float("nan")
 
 
-def layout_gates(base_frames: list[pd.DataFrame], same_machine: list[pd.DataFrame],
-                 cur_df: pd.DataFrame) -> list[Gate]:
-    """The tuned weight layouts of `cur_df` against the baseline runs measured on the same machine
-    (`same_machine`): the same candidates, and the same winner where it won clearly every time."""
-    if not any(_layouts_by_model(df) for df in base_frames):
+def layout_gates(base_frames: list[pd.DataFrame], same_machine: list[bool], cur_df: pd.DataFrame) -> list[Gate]:
+    """The tuned weight layouts of `cur_df` against the baseline runs measured on the same machine (those
+    whose `same_machine` flag is set): the same candidates, and the same winner where it won clearly every
+    time."""
+    tuned = [(_layouts_by_model(df), match) for df, match in zip(base_frames, same_machine, strict=True)]
+    if not any(layouts for layouts, _ in tuned):
         return []
-    if not same_machine:
+    runs = [layouts for layouts, match in tuned if match]
+    if not runs:
         return [Gate("decode layout", "tuned weight layouts", "skipped: machine info differs from the baseline's",
                      "same machine", True)]
-    runs = [_layouts_by_model(df) for df in same_machine]
     current = _layouts_by_model(cur_df)
     decode = analysis.decode_rows(cur_df)
     measured = set() if decode.empty else set(zip(decode["variant"], decode["backend"], decode["p_batch"].astype(int),
