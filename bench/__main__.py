@@ -46,6 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for study in args.only or []:
         if study not in STUDIES:
             parser.error(f"unknown study {study!r}; valid names: {', '.join(STUDIES)}")
+    if args.backend:
+        reasons = {name: backends.get(name).unavailable_reason() for name in args.backend}
+        if all(reasons.values()):  # nothing could run: say why now rather than after a run of skips
+            parser.error("no requested backend is available here: "
+                         + "; ".join(f"{name}: {why}" for name, why in reasons.items()))
     return args
 
 
@@ -115,11 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         code = subprocess.call(cmd, cwd=ROOT)
     except KeyboardInterrupt:
         code = 130
-    if not _complete(results):  # interrupted: pytest-benchmark had opened the file but never wrote it
-        if not records.exists():
-            print("archbench: nothing was measured", file=sys.stderr)
+    if not _complete(results):  # interrupted, or nothing ran: pytest-benchmark never wrote the file
+        n = rebuild_from_records(records, results) if records.exists() else 0
+        if n == 0:
+            why = (": every benchmark was skipped or deselected (the skip reasons are listed above)"
+                   if code in (0, 5) else f" (pytest exit {code})")
+            print(f"archbench: nothing was measured{why}", file=sys.stderr)
             return code or 1
-        n = rebuild_from_records(records, results)
         print(f"archbench: the run ended early (exit {code}); {n} measured records kept in {results}", flush=True)
     from reports.build import build_report
     from reports.load import ResultsFileError

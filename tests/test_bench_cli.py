@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import parse_args, rebuild_from_records
+from bench.backends import get as get_backend
 from reports.load import load, to_frame
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +88,18 @@ def test_bad_arguments_list_the_valid_values(argv, message, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         parse_args(argv)
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_only_unavailable_backends_is_an_error_with_the_reason(capsys) -> None:
+    reason = get_backend("torch-cuda").unavailable_reason()
+    if reason is None:
+        pytest.skip("torch-cuda is available here")
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--backend", "torch-cuda", "--out", "x"])
+    assert info.value.code == 2 and f"no requested backend is available here: torch-cuda: {reason}" in \
+        capsys.readouterr().err
+    assert parse_args(["--backend", "torch-cuda", "--backend", "torch-cpu", "--out", "x"]).backend == [
+        "torch-cuda", "torch-cpu"]  # one usable backend is enough: the other is skipped with its reason
 
 
 def test_pytest_direct_use_skips_unavailable_backend_with_reason(tmp_path) -> None:
