@@ -12,8 +12,10 @@ import hashlib
 import json
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -21,6 +23,8 @@ import torch
 from bench import backends, presets
 from profiles import ceilings, hardware
 from profiles.timers import synchronize, warm_up
+
+T = TypeVar("T")
 
 SCHEMA = 1
 
@@ -91,11 +95,11 @@ def preset(pytestconfig: pytest.Config) -> presets.Preset:
     return pytestconfig.archbench_preset
 
 
-def synced(fn, device: torch.device):
+def synced(fn: Callable[..., T], device: torch.device) -> Callable[..., T]:
     """`fn` followed by a device synchronisation: what pytest-benchmark's wall clock times must include
     (CUDA kernels run asynchronously; without it a round would time only their launches)."""
 
-    def call(*args, **kwargs):
+    def call(*args: object, **kwargs: object) -> T:
         out = fn(*args, **kwargs)
         synchronize(device)
         return out
@@ -113,7 +117,7 @@ def backend_fixture(name: str) -> backends.TorchBackend:
 
 
 @pytest.fixture(scope="session")
-def ceiling(pytestconfig: pytest.Config):
+def ceiling(pytestconfig: pytest.Config) -> Callable[[torch.device], ceilings.BandwidthCeiling]:
     """Measured bandwidth ceilings per device type, measured once per session on first use."""
     cache = pytestconfig.archbench_ceilings
 
@@ -128,7 +132,7 @@ def ceiling(pytestconfig: pytest.Config):
 
 
 @pytest.fixture(scope="session")
-def read_probe():
+def read_probe() -> Iterator[Callable[[torch.device], ceilings.ReadProbe]]:
     """A `profiles.ceilings.ReadProbe` per device type, made on first use and kept for the session (its
     buffer, 256 MiB on the CPU, is allocated once)."""
     probes: dict[str, ceilings.ReadProbe] = {}
@@ -143,7 +147,7 @@ def read_probe():
 
 
 @pytest.fixture
-def record(benchmark, request: pytest.FixtureRequest):
+def record(benchmark, request: pytest.FixtureRequest) -> Callable[..., None]:
     """Put one archbench record into `benchmark.extra_info`; appended to --records when the test ends."""
     holder: dict = {}
 

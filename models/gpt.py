@@ -40,7 +40,7 @@ class Block(nn.Module):
         else:
             self.mlp = SwiGLUMLP(cfg.d_model, cfg.ff_dim, cfg.bias)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache=None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None = None) -> Tensor:
         if self.post_norm:  # Vaswani et al.: normalise after each residual sum
             x = self.norm_attn(x + self.attn(x, rope, cache))  # (B, T, d)
             return self.norm_mlp(x + self.mlp(x))  # (B, T, d)
@@ -117,7 +117,7 @@ class GPT(nn.Module):
                 "are not defined beyond the table (sinusoidal and rope have no such limit)"
             )
 
-    def forward(self, idx: Tensor, cache=None) -> Tensor:
+    def forward(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
         B, T = idx.shape
         start = 0 if cache is None else cache.position
         self.check_positions(start + T)

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .config import ArchConfig
 from .gpt import GPT, from_state_dict
+
+if TYPE_CHECKING:  # transformers is imported only where a checkpoint is loaded
+    from transformers import PreTrainedTokenizerBase
 
 SUPPORTED_MODEL_TYPES = ("gpt2", "llama")
 _GELU_FORMS = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu": "none"}
@@ -185,7 +189,7 @@ def _llama_state(cfg: ArchConfig, hf: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def load_tokenizer(path: str | Path):
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     """The tokenizer saved with a local checkpoint (transformers' AutoTokenizer, no download)."""
     try:
         from transformers import AutoTokenizer
@@ -199,7 +203,7 @@ def load_tokenizer(path: str | Path):
     return tokenizer
 
 
-def tokenized_windows(tokenizer, text: str, seq_len: int, count: int) -> tuple[Tensor, int]:
+def tokenized_windows(tokenizer: PreTrainedTokenizerBase, text: str, seq_len: int, count: int) -> tuple[Tensor, int]:
     """Up to `count` evenly spaced windows of seq_len + 1 tokens of `text`, (n, seq_len + 1), and the
     number of text bytes their targets (tokens 1..seq_len of each window) cover, for bits per byte."""
     from .corpus import window_starts

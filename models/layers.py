@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+if TYPE_CHECKING:  # kv_cache imports this module
+    from .kv_cache import KVCache
 
 ATTENTION_IMPLS = ("sdpa", "reference")
 
@@ -152,7 +156,7 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
         self.out = nn.Linear(n_head * self.head_dim, d_model, bias=bias)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, cache=None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, cache: KVCache | None = None) -> Tensor:
         B, T, _ = x.shape
         H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.qkv(x).split((H * hd, Hkv * hd, Hkv * hd), dim=-1)  # (B, T, H*hd), 2x (B, T, Hkv*hd)

@@ -22,6 +22,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +30,9 @@ from torch import Tensor, nn
 from .config import ArchConfig
 from .gpt import GPT
 from .layers import causal_attention
+
+if TYPE_CHECKING:  # onnxruntime is imported where a session is made
+    import onnxruntime as ort
 
 EXPORT_VERSION = 1  # bump when the graph's interface or export settings change
 OPSET = 18
@@ -178,7 +182,7 @@ def export(model: GPT, directory: str | Path | None = None, *, force: bool = Fal
     return target
 
 
-def session_options(threads: int | None = None):
+def session_options(threads: int | None = None) -> ort.SessionOptions:
     """onnxruntime session options: all graph optimisations, `threads` (default: torch's) intra-op threads."""
     import onnxruntime as ort
 
