@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from models import GPT, gemv
+from models import GPT, kernels
 from models.generate import decode
 from models.layout import onednn_available, to_input_major, to_onednn, to_row_gemv
 from profiles.roofline import streamed_params
@@ -43,7 +43,8 @@ class TorchBackend:
         return None
 
     def prepare(self, model: GPT, *, dtype: torch.dtype = torch.float32, layout: str = "out_in") -> GPT:
-        """A copy of `model` on this backend's device in `dtype`, with Linear weights in `layout`."""
+        """A copy of `model` on this backend's device in `dtype`, with Linear weights in `layout` and the
+        attention impl of `attention(dtype)`."""
         if layout not in LAYOUTS:
             raise ValueError(f"weight layout {layout!r} is not valid; allowed values: {', '.join(LAYOUTS)}")
         if layout in CPU_FP32_LAYOUTS and (self.device_type != "cpu" or dtype != torch.float32):
@@ -55,15 +56,23 @@ class TorchBackend:
             to_onednn(prepared)
         elif layout == "gemv":
             to_row_gemv(prepared)
+        prepared.set_attention_impl(self.attention(dtype))
         return prepared
+
+    def attention(self, dtype: torch.dtype = torch.float32) -> str:
+        """The attention impl `prepare` gives models: `kernel` (archbench's one-token step over the raw
+        cache, `models.kernels.attend_step`) for fp32 on a CPU where the kernels build, else `sdpa`."""
+        if self.device_type == "cpu" and dtype == torch.float32 and kernels.unavailable_reason() is None:
+            return "kernel"
+        return "sdpa"
 
     def layouts(self, dtype: torch.dtype = torch.float32) -> tuple[str, ...]:
         """The weight layouts this backend can run `dtype` in (oneDNN: fp32 on a CPU build with oneDNN;
-        gemv: fp32 on a CPU where archbench's kernel builds, see `models.gemv`)."""
+        gemv: fp32 on a CPU where archbench's kernel builds, see `models.kernels`)."""
         usable = ("out_in", "in_out")
         if self.device_type == "cpu" and dtype == torch.float32:
             usable += ("onednn",) if onednn_available() else ()
-            usable += ("gemv",) if gemv.unavailable_reason() is None else ()
+            usable += ("gemv",) if kernels.unavailable_reason() is None else ()
         return usable
 
     def fastest_layout(self, model: GPT, *, dtype: torch.dtype = torch.float32, batch: int = 1,

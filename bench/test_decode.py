@@ -156,6 +156,11 @@ def prepare_or_skip(backend, cpu_model: GPT, dtype: torch.dtype, batch: int = 1,
     return _LAST_PREPARED["model"], choice
 
 
+def attention_impl(model: object) -> str:
+    """The attention a prepared model runs: its impl (sdpa, kernel) for ours in torch, else the runtime's."""
+    return model.blocks[0].attn.impl if isinstance(model, GPT) else "onnxruntime"
+
+
 def test_decode(benchmark, record, ceiling, read_probe, preset, decode_case: DecodeCase) -> None:
     case = decode_case
     backend = backend_fixture(case.backend)
@@ -272,6 +277,7 @@ def test_decode(benchmark, record, ceiling, read_probe, preset, decode_case: Dec
                    "prompt_tokens": case.prompt_len, "batch": case.batch, "dtype": case.dtype,
                    "weight_layout": layout.layout, "pos": cfg.pos, "norm": cfg.norm},
            metrics={"kv_bytes": cache.nbytes if cache is not None else 0, "layout_step_s": layout.step_s,
+                    "attention": attention_impl(model),
                     "weight_bytes": roofline.streamed_params(cfg) * param_bytes,
                     "bytes_read": bytes_read, "ceiling_Bps": bandwidth.decode_Bps,
                     "step_latency_s": step_latency, "tokens_sha1": _sha1(tokens), "calibration_s": calibration,

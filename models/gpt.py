@@ -94,7 +94,8 @@ class GPT(nn.Module):
             nn.init.normal_(block.mlp.down.weight, 0.0, residual_std)
 
     def set_attention_impl(self, impl: str) -> GPT:
-        """Switch every attention layer to `sdpa` (fast path) or `reference` (explicit softmax)."""
+        """Switch every attention layer to `sdpa` (fast path), `reference` (explicit softmax) or `kernel`
+        (archbench's kernel for the raw cache's one-token steps on the CPU in fp32, sdpa for the rest)."""
         if impl not in ATTENTION_IMPLS:
             raise ValueError(f"attention impl {impl!r} is not valid; allowed values: {', '.join(ATTENTION_IMPLS)}")
         for block in self.blocks:

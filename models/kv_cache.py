@@ -15,6 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from . import kernels
 from .config import ArchConfig
 from .layers import causal_attention
 
@@ -88,6 +89,8 @@ class RawKVCache(KVCache):
         self.v[layer, :, :, start:end] = v
 
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
+        if impl == "kernel" and kernels.attend_step_supported(q, k, v, self.k):  # a one-token CPU fp32 step
+            return kernels.attend_step(q, k, v, self.k[layer], self.v[layer], self.position)  # (B, H, 1, hd)
         start, end = self.position, self.position + k.shape[-2]
         self.append(layer, k, v)
         k_all = self.k[layer, :, :, :end]  # (B, Hkv, end, hd)

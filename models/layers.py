@@ -12,7 +12,7 @@ from torch import Tensor, nn
 if TYPE_CHECKING:  # kv_cache imports this module
     from .kv_cache import KVCache
 
-ATTENTION_IMPLS = ("sdpa", "reference")
+ATTENTION_IMPLS = ("sdpa", "reference", "kernel")  # kernel: archbench's for cached one-token CPU steps, else sdpa
 
 
 class LayerNorm(nn.Module):
@@ -117,11 +117,12 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, q_start: int, impl: str = 
 
     q: (B, H, Tq, hd); k, v: (B, Hkv, Tk, hd) with H a multiple of Hkv (grouped-query attention).
     `impl="sdpa"` is the fast path (torch's scaled_dot_product_attention); `impl="reference"` is the
-    explicit softmax(q k^T / sqrt(hd)) v kept beside it as the readable definition.
+    explicit softmax(q k^T / sqrt(hd)) v kept beside it as the readable definition. `impl="kernel"`
+    means sdpa here: its kernel (`models.kernels.attend_step`) is for the raw cache's one-token steps.
     """
     q_len, k_len = q.shape[-2], k.shape[-2]
     groups = q.shape[1] // k.shape[1]
-    if impl == "sdpa":
+    if impl in ("sdpa", "kernel"):
         if q_len == 1 and q_start == k_len - 1:  # one new token sees every key: no mask needed
             mask, is_causal = None, False
         elif q_start == 0 and q_len == k_len:
@@ -159,10 +160,8 @@ class CausalSelfAttention(nn.Module):
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, cache: KVCache | None = None) -> Tensor:
         B, T, _ = x.shape
         H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
-        q, k, v = self.qkv(x).split((H * hd, Hkv * hd, Hkv * hd), dim=-1)  # (B, T, H*hd), 2x (B, T, Hkv*hd)
-        q = q.view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
-        k = k.view(B, T, Hkv, hd).transpose(1, 2)  # (B, Hkv, T, hd)
-        v = v.view(B, T, Hkv, hd).transpose(1, 2)  # (B, Hkv, T, hd)
+        heads = self.qkv(x).view(B, T, H + 2 * Hkv, hd).transpose(1, 2)  # (B, H + 2 Hkv, T, hd), a view
+        q, k, v = heads.split((H, Hkv, Hkv), dim=1)  # (B, H, T, hd), 2x (B, Hkv, T, hd): three views, one op
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)

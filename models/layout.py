@@ -1,5 +1,5 @@
 """Weight-layout transforms for decoding: Linear weights stored (in, out), prepacked for oneDNN, or
-left as they are with single rows through archbench's own kernel (`models.gemv`).
+left as they are with single rows through archbench's own kernel (`models.kernels`).
 
 A batch-1 decode step is a chain of matrix-vector products whose speed is the speed of streaming
 the weights. Which layout streams fastest is a property of the machine and its libraries: on x86
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import gemv
+from . import kernels
 
 
 class InputMajorLinear(nn.Module):
@@ -102,7 +102,7 @@ def to_onednn(model: nn.Module) -> nn.Module:
 
 class RowGemvLinear(nn.Module):
     """y = x @ W^T + b with nn.Linear's (out, in) weight, shared, not copied: a single input row (batch-1
-    decode) goes through archbench's own kernel (`models.gemv`), anything else through F.linear.
+    decode) goes through archbench's own kernel (`models.kernels`), anything else through F.linear.
     CPU, fp32, inference only."""
 
     def __init__(self, linear: nn.Linear) -> None:
@@ -111,7 +111,7 @@ class RowGemvLinear(nn.Module):
         self.weight = nn.Parameter(linear.weight.detach().float().contiguous(), requires_grad=False)  # (out, in)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().contiguous(),
                                                                   requires_grad=False)
-        self._kernel = gemv.kernel()
+        self._kernel = kernels.gemv_kernel()
 
     def forward(self, x: Tensor) -> Tensor:
         params = self._parameters  # read directly: this runs 49 times per token of GPT-2 124M, and
@@ -131,7 +131,7 @@ class RowGemvLinear(nn.Module):
 def to_row_gemv(model: nn.Module) -> nn.Module:
     """Swap every plain nn.Linear of `model` (in place) for a `RowGemvLinear` (CPU, fp32, inference only);
     returns `model`. The weights are shared with the Linears they replace (no copy)."""
-    reason = gemv.unavailable_reason()
+    reason = kernels.unavailable_reason()
     if reason:
         raise RuntimeError(f"the gemv layout is unavailable here: {reason}; use layout out_in, in_out or onednn")
     return _swap_linears(model, RowGemvLinear)

@@ -25,7 +25,7 @@ class BandwidthCeiling:
     matvec_in_out_Bps: float  # x @ W with W stored (in, out), GPT-2 Conv1D's layout
     buffer_bytes: int
     matvec_onednn_Bps: float = 0.0  # oneDNN's prepacked Linear (CPU builds with mkldnn; 0 where not measured)
-    matvec_gemv_Bps: float = 0.0  # archbench's own kernel, models.gemv (CPU with a C compiler; 0 where not measured)
+    matvec_gemv_Bps: float = 0.0  # archbench's own kernel, models.kernels (CPU with a C compiler; 0 where not measured)
 
     @property
     def matvec_Bps(self) -> float:
@@ -114,11 +114,11 @@ def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int | None = N
             with torch.inference_mode():
                 onednn_Bps = matrix_bytes / min(time_fn(lambda: packed(x_in), device, warmup=1, repeats=repeats))
             del packed, linear
-        from models import gemv
+        from models import kernels
 
-        if gemv.unavailable_reason() is None:
+        if kernels.unavailable_reason() is None:
             x_row = x_in[0]  # (in,)
-            gemv_Bps = matrix_bytes / min(time_fn(lambda: gemv.gemv(out_in, x_row), device, warmup=1,
+            gemv_Bps = matrix_bytes / min(time_fn(lambda: kernels.gemv(out_in, x_row), device, warmup=1,
                                                   repeats=repeats))
     return BandwidthCeiling(copy_Bps=2 * n * 4 / copy_s, read_Bps=n * 4 / read_s,
                             matvec_out_in_Bps=matrix_bytes / out_in_s, matvec_in_out_Bps=matrix_bytes / in_out_s,
@@ -149,11 +149,11 @@ class ReadProbe:
         self.nbytes = self.buffer.numel() * 4
         self._matvec = lambda: F.linear(self.x, self.matrix)  # (1, out)
         if self.device.type == "cpu":
-            from models import gemv
+            from models import kernels
 
-            if gemv.unavailable_reason() is None:
+            if kernels.unavailable_reason() is None:
                 x_row = self.x[0]  # (in,)
-                self._matvec = lambda: gemv.gemv(self.matrix, x_row)  # (out,)
+                self._matvec = lambda: kernels.gemv(self.matrix, x_row)  # (out,)
 
     def __call__(self) -> float:
         """Bytes/s of the fastest of `repeats` sums and `repeats` matrix-vector reads, measured now (on the

@@ -141,13 +141,13 @@ def test_probe_waits_for_a_spinning_thread_to_stop() -> None:
 @pytest.mark.parametrize("layout", ["in_out", "onednn", "gemv"])
 def test_weight_layouts_give_the_same_logits_and_tokens(layout: str) -> None:
     from bench.backends import get
-    from models import gemv, generate
+    from models import generate, kernels
     from models.layout import onednn_available
 
     if layout == "onednn" and not onednn_available():
         pytest.skip(f"torch {torch.__version__} has no usable oneDNN linear here")
-    if layout == "gemv" and gemv.unavailable_reason():
-        pytest.skip(gemv.unavailable_reason())
+    if layout == "gemv" and kernels.unavailable_reason():
+        pytest.skip(kernels.unavailable_reason())
     model = build(variants.get("gpt2-tiny"), seed=0).eval()
     prepared = get("torch-cpu").prepare(model, layout=layout)
     idx = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
@@ -161,14 +161,14 @@ def test_weight_layouts_give_the_same_logits_and_tokens(layout: str) -> None:
 
 def test_fastest_layout_times_every_usable_layout_and_picks_the_quickest() -> None:
     from bench.backends import get
-    from models import gemv
+    from models import kernels
     from models.layout import onednn_available
 
     backend = get("torch-cpu")
     model = build(variants.get("gpt2-tiny"), seed=0).eval()
     usable = backend.layouts(torch.float32)
     assert usable[:2] == ("out_in", "in_out") and ("onednn" in usable) == onednn_available()
-    assert ("gemv" in usable) == (gemv.unavailable_reason() is None)
+    assert ("gemv" in usable) == (kernels.unavailable_reason() is None)
     assert backend.layouts(torch.bfloat16) == ("out_in", "in_out")  # oneDNN's and our kernel's layouts: fp32 only
     small, untuned = backend.fastest_layout(model, prefer="in_out")  # 1M parameters: below the tuning size
     assert small.layout == "in_out" and small.step_s == {}
