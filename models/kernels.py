@@ -146,11 +146,12 @@ MAX_HEAD_DIM = 256  # the attention kernel's limit (kernels.c)
 
 
 def attend_step_supported(q: Tensor, k: Tensor, v: Tensor, cache: Tensor) -> bool:
-    """Whether `attend_step` can take this step: one new token; CPU float32; each head's vector
-    contiguous and heads packed (a single token's views of the fused q/k/v projection are); a
-    contiguous cache (n_layer or B, ..., max_len, hd); no autograd; the kernels built here."""
+    """Whether `attend_step` can take this step: one new token; CPU float32 throughout; each head's
+    vector contiguous and the heads packed one after another (a single token's views of the fused
+    q/k/v projection are); a contiguous cache buffer; no autograd; the kernels built here."""
     hd = q.shape[-1]
-    return (q.shape[-2] == 1 and q.dtype == torch.float32 and q.is_cpu and k.dtype == v.dtype == cache.dtype == q.dtype
+    return (q.shape[-2] == 1 and q.dtype == torch.float32 and q.is_cpu and cache.is_cpu
+            and k.dtype == v.dtype == cache.dtype == q.dtype
             and hd <= MAX_HEAD_DIM and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
             and q.stride(1) == k.stride(1) == v.stride(1) == hd and cache.is_contiguous()
             and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))

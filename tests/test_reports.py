@@ -362,8 +362,9 @@ def _tuned(data: dict, chosen: str, step_s: dict[str, float]) -> dict:
 
 
 def test_layout_gates_catch_a_dropped_or_overtaken_layout(tmp_path) -> None:
-    """A layout that won clearly in every baseline run must win again on the same machine, and no
-    candidate may drop out; a close race gates only the candidates; another machine skips both."""
+    """A layout that won every baseline run, clearly in the median one, must win again on the same
+    machine, and no candidate may drop out; a close race (or a split) gates only the candidates;
+    another machine skips both."""
     data = json.loads(SMOKE.read_text())
     clear = {"out_in": 0.004, "onednn": 0.002, "gemv": 0.0015}  # gemv 33% ahead of oneDNN
     base = [load(_write(tmp_path, f"b{i}.json", _tuned(data, "gemv", clear))) for i in range(2)]
@@ -377,7 +378,8 @@ def test_layout_gates_catch_a_dropped_or_overtaken_layout(tmp_path) -> None:
 
     same = layout_gates("gemv", {"out_in": 0.0041, "onednn": 0.0019, "gemv": 0.0016})
     assert len(same) == 4 and all(g.passed for g in same.values())  # gpt2-tiny and llama-tiny, two gates each
-    assert "won by 33%-33% in 2 baseline runs" in same[("decode layout", "gpt2-tiny torch-cpu batch=1")].limit
+    tiny = ("decode layout", "gpt2-tiny torch-cpu batch=1")
+    assert "won all 2 baseline runs by 33%-33%, median 33%" in same[tiny].limit
 
     overtaken = layout_gates("onednn", {"out_in": 0.004, "onednn": 0.002, "gemv": 0.0026})  # gemv got slower
     assert [g.passed for (gate, _), g in overtaken.items() if gate == "decode layout"] == [False, False]
@@ -390,6 +392,11 @@ def test_layout_gates_catch_a_dropped_or_overtaken_layout(tmp_path) -> None:
     close = [load(_write(tmp_path, "c.json", _tuned(data, "gemv", {"onednn": 0.00158, "gemv": 0.0015})))]
     race = layout_gates("onednn", {"onednn": 0.0015, "gemv": 0.00152}, baseline=close)  # a 5% race may flip
     assert {gate for gate, _ in race} == {"decode layouts"} and all(g.passed for g in race.values())
+    narrow = close + base  # one tuning at 5%, two at 33%: gemv still won every run, by 33% in the median one
+    kept = layout_gates("onednn", {"out_in": 0.004, "onednn": 0.002, "gemv": 0.0026}, baseline=narrow)
+    assert not kept[tiny].passed and "won all 3 baseline runs by 5%-33%, median 33%" in kept[tiny].limit
+    split = [close[0], load(_write(tmp_path, "o.json", _tuned(data, "onednn", {"onednn": 0.0015, "gemv": 0.0016})))]
+    assert tiny not in layout_gates("onednn", clear, baseline=split)  # two winners: candidates only
 
     elsewhere = layout_gates("onednn", {"onednn": 0.002}, machine="Another CPU")
     assert [(g.gate, g.passed) for g in elsewhere.values()] == [("decode layout", True)]
