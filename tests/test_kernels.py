@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from models import kernels
+from models.kernels import attend_step
 from models.layout import RowGemvLinear, to_row_gemv
 
 needs_kernel = pytest.mark.skipif(kernels.unavailable_reason() is not None,
@@ -178,9 +179,11 @@ def test_attend_step_declines_what_it_cannot_take() -> None:
 
 @needs_kernel
 @pytest.mark.parametrize(("variant", "batch"), [("gpt2-tiny", 1), ("llama-tiny", 2), ("vaswani-tiny", 1)])
-def test_kernel_attention_decodes_like_sdpa(variant: str, batch: int) -> None:
+def test_kernel_attention_decodes_like_sdpa(variant: str, batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
     from models import build, generate, variants
 
+    steps = []
+    monkeypatch.setattr(kernels, "attend_step", lambda *args: steps.append(args[-1]) or attend_step(*args))
     model = build(variants.get(variant), seed=0).eval()
     prompt = torch.randint(0, model.config.vocab_size, (batch, 6), generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
@@ -190,4 +193,5 @@ def test_kernel_attention_decodes_like_sdpa(variant: str, batch: int) -> None:
         cache = model.make_cache(batch, 30)
         got = torch.cat([model(prompt, cache)] + [model(prompt[:, :1] + t, cache) for t in range(20)], dim=1)
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+        assert steps == [p for p in range(6, 26) for _ in range(model.config.n_layer)]  # every cached step, no prefill
         assert torch.equal(generate(model, prompt, 24), generate(model.set_attention_impl("sdpa"), prompt, 24))
