@@ -1,40 +1,107 @@
-"""The backends a study can run on, each with its availability and a reason when it is unavailable."""
+"""The engines a study runs on: one protocol, one registry line per backend.
+
+A backend is a real runtime as its users run it (eager torch, onnxruntime on the exported graph, ...):
+nothing of archbench's runs inside it. What is under study (a cache kind, an INT8 scheme, an adapter)
+is archbench's; the engine that runs it is not. Suites and reports never test a backend's name:
+they ask what it can do (`supports(dtype, feature)`), which family it belongs to and on which device
+type it computes. Records carry `backend`, `backend_family` and `device_type`.
+
+Features (what a suite may ask for):
+- `DECODE`: `prepare(model, dtype)` gives a `models.Decoder` with its own KV cache.
+- `CACHE_KINDS`: that Decoder takes archbench's KV cache kinds (`models.kv_cache`), so a cache kind
+  can be studied on it.
+- `MODULE_TRANSFORMS`: it runs archbench's module transforms (INT8 layers, LoRA adapters) and torch's
+  own quantized modules.
+- `GRAPH_QUANTIZATION`: it quantizes its own graph with its own quantizers (`quantize`).
+- `MODULES`: it runs a standalone torch module (`prepare_module`), e.g. one norm layer.
+- `TORCH_PEER`: transformers' torch models run on it beside ours (the peer comparison).
+"""
 
 from __future__ import annotations
 
 import copy
 import importlib.util
-import math
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
 
 import torch
+from torch import Tensor, nn
 
-from models import GPT, kernels
-from models.generate import decode
-from models.layout import onednn_available, to_input_major, to_onednn, to_row_gemv
-from profiles.roofline import streamed_params
-from profiles.timers import DeviceTimer
+from models import GPT, Decoder
 
-# A model whose weights stream less than this per token keeps the preferred layout untuned: its decode
-# is bound by per-op overhead, and on a shared machine its layouts' step times trade places from one
-# tuning to the next (measured: the tiny models flip by 10-30%), which would make the uncached-slope
-# and cache-speed-up gates depend on a coin toss.
-TUNE_MIN_WEIGHT_BYTES = 64 << 20
+DECODE = "decode"
+CACHE_KINDS = "cache-kinds"
+MODULE_TRANSFORMS = "module-transforms"
+GRAPH_QUANTIZATION = "graph-quantization"
+MODULES = "modules"
+TORCH_PEER = "torch-peer"
+FEATURES = (DECODE, CACHE_KINDS, MODULE_TRANSFORMS, GRAPH_QUANTIZATION, MODULES, TORCH_PEER)
+DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+class CannotPrepareError(RuntimeError):
+    """The engine cannot take this model (its exporter's or runtime's message); suites skip with it."""
+
+
+@dataclass(frozen=True)
+class PreparedModule:
+    """A standalone module on an engine: `run()` computes its output for the example input."""
+
+    run: Callable[[], Tensor]
+    ops: tuple[str, ...] = ()  # the op types of the engine's graph, where it has one
+
+
+class Backend(Protocol):
+    """What every backend is. `device_type` is where the engine computes; `input_device` is where the
+    tensors handed to its Decoder and the logits it returns live."""
+
+    name: str
+    family: str  # torch | onnxruntime | ...: backends of one family share an engine
+    device_type: str  # cpu | cuda | ...
+    reference: bool  # the backend others on its device are compared with (eager torch)
+
+    @property
+    def input_device(self) -> torch.device: ...
+
+    def unavailable_reason(self) -> str | None:
+        """None when usable here, else why not (the skip reason)."""
+        ...
+
+    def supports(self, dtype: torch.dtype, feature: str) -> str | None:
+        """None when this backend can do `feature` in `dtype`, else why not."""
+        ...
+
+    def prepare(self, model: GPT, dtype: torch.dtype = torch.float32) -> Decoder:
+        """`model` on this engine in `dtype` (a copy: the model is never changed); raises CannotPrepareError."""
+        ...
+
+    def settings(self) -> dict:
+        """How the engine is configured (recorded in the run's machine info)."""
+        ...
+
+
+def _check_feature(feature: str) -> None:
+    if feature not in FEATURES:
+        raise ValueError(f"unknown backend feature {feature!r}; allowed values: {', '.join(FEATURES)}")
 
 
 @dataclass(frozen=True)
 class TorchBackend:
-    """Eager torch on one device type. `prepare` copies the model there, in the chosen weight layout."""
+    """Eager torch on one device type, as its users run it: nn.Linear, scaled_dot_product_attention, the
+    weights as the model holds them. `prepare` copies the model there."""
 
     name: str
     device_type: str  # "cpu" | "cuda"
+    family: str = "torch"
+    reference: bool = True
 
     @property
-    def device(self) -> torch.device:
+    def input_device(self) -> torch.device:
         return torch.device(self.device_type)
 
     def unavailable_reason(self) -> str | None:
-        """None when usable here, else why not (used as the pytest skip reason)."""
         if self.device_type == "cuda":
             if torch.version.cuda is None:
                 return f"torch {torch.__version__} is a CPU-only build (no CUDA)"
@@ -42,144 +109,156 @@ class TorchBackend:
                 return "no CUDA device is visible (torch.cuda.is_available() is False)"
         return None
 
-    def prepare(self, model: GPT, *, dtype: torch.dtype = torch.float32, layout: str = "out_in") -> GPT:
-        """A copy of `model` on this backend's device in `dtype`, with Linear weights in `layout` and the
-        attention impl of `attention(dtype)`."""
-        if layout not in LAYOUTS:
-            raise ValueError(f"weight layout {layout!r} is not valid; allowed values: {', '.join(LAYOUTS)}")
-        if layout in CPU_FP32_LAYOUTS and (self.device_type != "cpu" or dtype != torch.float32):
-            raise ValueError(f"the {layout} layout is for fp32 on the CPU, not {dtype} on {self.device_type}")
-        prepared = copy.deepcopy(model).to(device=self.device, dtype=dtype).eval()
-        if layout == "in_out":
-            to_input_major(prepared)
-        elif layout == "onednn":
-            to_onednn(prepared)
-        elif layout == "gemv":
-            to_row_gemv(prepared)
-        prepared.set_attention_impl(self.attention(dtype))
-        return prepared
+    def supports(self, dtype: torch.dtype, feature: str) -> str | None:
+        _check_feature(feature)
+        if dtype not in DTYPE_NAMES:
+            return f"{self.name} runs {', '.join(DTYPE_NAMES.values())}, not {dtype}"
+        if feature == GRAPH_QUANTIZATION:
+            return f"{self.name} runs torch modules as they are; it quantizes no graph"
+        return None
 
-    def attention(self, dtype: torch.dtype = torch.float32) -> str:
-        """The attention impl `prepare` gives models: `kernel` (archbench's one-token step over the raw
-        cache, `models.kernels.attend_step`) for fp32 on a CPU where the kernels build, else `sdpa`."""
-        if self.device_type == "cpu" and dtype == torch.float32 and kernels.unavailable_reason() is None:
-            return "kernel"
-        return "sdpa"
+    def prepare(self, model: GPT, dtype: torch.dtype = torch.float32) -> GPT:
+        """A copy of `model` on this backend's device in `dtype`, in eval mode."""
+        return copy.deepcopy(model).to(device=self.input_device, dtype=dtype).eval()
 
-    def layouts(self, dtype: torch.dtype = torch.float32) -> tuple[str, ...]:
-        """The weight layouts this backend can run `dtype` in (oneDNN: fp32 on a CPU build with oneDNN;
-        gemv: fp32 on a CPU where archbench's kernel builds, see `models.kernels`)."""
-        usable = ("out_in", "in_out")
-        if self.device_type == "cpu" and dtype == torch.float32:
-            usable += ("onednn",) if onednn_available() else ()
-            usable += ("gemv",) if kernels.unavailable_reason() is None else ()
-        return usable
+    def prepare_module(self, module: nn.Module, example: Tensor) -> PreparedModule:
+        """`module` (a copy) and `example` on this device; `run()` is the module's forward."""
+        module = copy.deepcopy(module).to(self.input_device).eval()
+        x = example.to(self.input_device)
+        return PreparedModule(lambda: module(x))
 
-    def fastest_layout(self, model: GPT, *, dtype: torch.dtype = torch.float32, batch: int = 1,
-                       prefer: str | None = None, window_s: float = 0.05, repeats: int = 5,
-                       tie: float = 0.03, min_weight_bytes: int = TUNE_MIN_WEIGHT_BYTES
-                       ) -> tuple[LayoutChoice, GPT]:
-        """Time cached single-token decode steps of `model` in every usable layout and pick the fastest;
-        returns the choice and the model prepared in that layout. `prefer` (default: the first of
-        `layouts()`, no transform) wins when it is within `tie` (3%) of the fastest, so near-equal
-        layouts do not flip from run to run, and is taken untimed for a model whose weights stream less
-        than `min_weight_bytes` per token (see TUNE_MIN_WEIGHT_BYTES).
-
-        Each timed window holds enough steps to last about `window_s` (at least 4, at most 64); rounds
-        go round-robin over the layouts (a slow phase of a shared machine hits them alike) and each
-        layout keeps its best of `repeats`, after one warm-up; the prompt's prefill is not timed.
-        Which layout streams a model's weights fastest depends on the model as much as the machine:
-        oneDNN's prepacked matrix-vector product wins once the weights are far beyond the caches
-        (GPT-2 124M on an x86 CPU), while its per-call overhead loses on models that fit in them.
-        """
-        usable = self.layouts(dtype)
-        prefer = prefer if prefer in usable else usable[0]
-        if streamed_params(model.config) * torch.finfo(dtype).bits // 8 < min_weight_bytes:
-            return LayoutChoice(prefer), self.prepare(model, dtype=dtype, layout=prefer)
-        prompt_len, max_steps = 4, 64
-        runs = {}
-        for layout in usable:
-            prepared = self.prepare(model, dtype=dtype, layout=layout)
-            tokens = torch.zeros(batch, prompt_len + max_steps, dtype=torch.long, device=self.device)  # (B, P + n)
-            runs[layout] = (prepared, tokens, prepared.make_cache(batch, prompt_len + max_steps))
-
-        def timed_step(layout: str, steps: int) -> float:
-            prepared, tokens, cache = runs[layout]
-            cache.reset()
-            logits = prepared(tokens[:, :prompt_len], cache)[:, -1]  # (B, vocab)
-            with DeviceTimer(self.device) as timer:
-                decode(prepared, tokens, prompt_len, logits, steps, cache)
-            return timer.seconds / steps
-
-        with torch.inference_mode():
-            warm = min(timed_step(layout, 4) for layout in usable)  # also the warm-up
-            steps = max(4, min(max_steps, math.ceil(window_s / max(warm, 1e-9))))
-            times: dict[str, list[float]] = {layout: [] for layout in usable}
-            for _ in range(repeats):
-                for layout in usable:
-                    times[layout].append(timed_step(layout, steps))
-        step_s = {layout: min(t) for layout, t in times.items()}
-        best = min(step_s.values())
-        chosen = prefer if step_s[prefer] <= (1 + tie) * best else min(step_s, key=step_s.get)
-        winner = runs[chosen][0]
-        runs.clear()  # the other candidates' copies go now
-        return LayoutChoice(chosen, step_s), winner
-
-
-@dataclass(frozen=True)
-class LayoutChoice:
-    """The weight layout chosen for one model on one backend, and what each candidate measured."""
-
-    layout: str
-    step_s: dict[str, float] = field(default_factory=dict)  # layout -> seconds per cached decode step
-
-
-LAYOUTS = ("out_in", "in_out", "onednn", "gemv")
-CPU_FP32_LAYOUTS = ("onednn", "gemv")
+    def settings(self) -> dict:
+        return {"engine": "torch eager", "torch": torch.__version__, "threads": torch.get_num_threads()}
 
 
 @dataclass(frozen=True)
 class OnnxRuntimeBackend:
-    """onnxruntime on the exported merged decoder: the CUDA execution provider when onnxruntime-gpu
-    provides it (past kept on the GPU through IO binding), else the CPU one, with torch's thread count."""
+    """onnxruntime on archbench's exported merged decoder (`models.onnx_export`), with one execution
+    provider, all graph optimisations and torch's intra-op thread count. Inputs and logits cross on the
+    host; with the CUDA provider the past stays on the GPU through IO binding."""
 
-    name: str = "onnxruntime"
+    name: str
+    device_type: str  # "cpu" (CPUExecutionProvider) | "cuda" (CUDAExecutionProvider, onnxruntime-gpu)
+    family: str = "onnxruntime"
+    reference: bool = False
 
     @property
-    def device(self) -> torch.device:
-        return torch.device("cpu")  # inputs and logits cross on the host; the past stays where ORT keeps it
+    def provider(self) -> str:
+        return {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[self.device_type]
+
+    @property
+    def input_device(self) -> torch.device:
+        return torch.device("cpu")
 
     def unavailable_reason(self) -> str | None:
         for module in ("onnxruntime", "onnx", "onnxscript"):
             if importlib.util.find_spec(module) is None:
                 return f"the {module} package is not installed (pip install {module})"
+        import onnxruntime as ort
+
+        if self.provider not in ort.get_available_providers():
+            return (f"this onnxruntime ({ort.__version__}) has no {self.provider} (it has "
+                    f"{', '.join(ort.get_available_providers())}; install onnxruntime-gpu for CUDA)")
         return None
 
-    def prepare(self, model: GPT, *, dtype: torch.dtype = torch.float32, layout: str = "onnx"):
-        """Export `model` (cached on disk) and open an onnxruntime session on it.
-
-        Raises `models.onnx_export.ExportError` with the exporter's message when export fails.
-        """
-        from models.onnx_export import OrtModel, export
-
+    def supports(self, dtype: torch.dtype, feature: str) -> str | None:
+        _check_feature(feature)
         if dtype != torch.float32:
-            raise ValueError(f"the onnxruntime backend exports fp32 graphs only; {dtype} is not supported")
-        return OrtModel(export(model), model.config)
+            return f"{self.name} runs the exported fp32 graph; {DTYPE_NAMES.get(dtype, dtype)} is not exported"
+        if feature == CACHE_KINDS:
+            return f"{self.name} keeps its own past (the graph's concatenated presents), not archbench's cache kinds"
+        if feature == MODULE_TRANSFORMS:
+            return f"{self.name} runs an exported graph: torch module transforms do not apply (it quantizes its graph)"
+        if feature == TORCH_PEER:
+            return f"{self.name} runs no transformers model; its peer would be our own exported graph"
+        return None
 
-    @property
-    def provider(self) -> str:
-        from models.onnx_export import available_providers
+    def _session(self, path: Path, model: GPT) -> Decoder:
+        from models.onnx_export import OrtModel
 
-        return available_providers()[0]
+        try:
+            return OrtModel(path, model.config, providers=[self.provider])
+        except Exception as exc:  # onnxruntime failing to load the graph: its own message
+            raise CannotPrepareError(f"onnxruntime could not load {path.name}: {type(exc).__name__}: {exc}") from exc
+
+    def prepare(self, model: GPT, dtype: torch.dtype = torch.float32) -> Decoder:
+        """Export `model` (cached on disk) and open a session on it."""
+        from models.onnx_export import ExportError, export
+
+        reason = self.supports(dtype, DECODE)
+        if reason:
+            raise CannotPrepareError(reason)
+        try:
+            return self._session(export(model), model)
+        except ExportError as exc:
+            raise CannotPrepareError(str(exc)) from exc
+
+    def quantize(self, model: GPT, scheme: str, norms: str, directory: Path,
+                 calibration: Iterable[Tensor] = ()) -> Decoder:
+        """`model` exported and quantized by onnxruntime's own quantizer `scheme` (`models.int8.ONNX_SCHEMES`)
+        with the `norms` policy, in a session; static quantization calibrates on `calibration` (token id
+        windows (1, T)). The Decoder's `path` is the quantized file."""
+        import numpy as np
+
+        from models.int8 import quantize_onnx
+        from models.onnx_export import ExportError, export, input_names
+
+        cfg = model.config
+        names = input_names(cfg)
+        empty = np.zeros((1, cfg.kv_heads, 0, cfg.head_dim), dtype=np.float32)
+        feeds = [{names[0]: w.numpy().astype(np.int64), **{n: empty for n in names[1:]}} for w in calibration]
+        try:
+            src = export(model)
+        except ExportError as exc:
+            raise CannotPrepareError(str(exc)) from exc
+        out = quantize_onnx(src, Path(directory) / f"{scheme}-{norms}.onnx", scheme, norms, calibration=feeds or None)
+        return self._session(out, model)
+
+    def prepare_module(self, module: nn.Module, example: Tensor) -> PreparedModule:
+        """`module` exported alone with torch.onnx (dynamo) and run in a session on `example`."""
+        import tempfile
+
+        import onnx
+        import onnxruntime as ort
+
+        from models.onnx_export import session_options
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "module.onnx"
+            try:
+                torch.onnx.export(copy.deepcopy(module).eval(), (example,), str(path), input_names=["x"],
+                                  output_names=["y"], dynamo=True, verbose=False)
+            except Exception as exc:  # the exporter's own failure
+                raise CannotPrepareError(f"torch.onnx could not export the module: {type(exc).__name__}: "
+                                         f"{exc}") from exc
+            ops = tuple(sorted({n.op_type for n in onnx.load(str(path)).graph.node}))
+            session = ort.InferenceSession(str(path), sess_options=session_options(), providers=[self.provider])
+        feed = {"x": example.detach().cpu().numpy()}
+        return PreparedModule(lambda: torch.from_numpy(session.run(None, feed)[0]), ops)
+
+    def settings(self) -> dict:
+        import onnxruntime as ort
+
+        from models.onnx_export import OPSET
+
+        return {"engine": "onnxruntime", "onnxruntime": ort.__version__, "provider": self.provider,
+                "graph_optimization_level": "ORT_ENABLE_ALL", "opset": OPSET, "threads": torch.get_num_threads()}
 
 
-Backend = TorchBackend | OnnxRuntimeBackend
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    TorchBackend("torch-cpu", "cpu"),
+    TorchBackend("torch-cuda", "cuda"),
+    OnnxRuntimeBackend("onnxruntime", "cpu"),
+    OnnxRuntimeBackend("onnxruntime-cuda", "cuda"),
+)}
 
-BACKENDS: dict[str, Backend] = {
-    "torch-cpu": TorchBackend("torch-cpu", "cpu"),
-    "torch-cuda": TorchBackend("torch-cuda", "cuda"),
-    "onnxruntime": OnnxRuntimeBackend(),
-}
+
+def register(backend: Backend) -> Backend:
+    """Add a backend at run time (a name already taken raises ValueError); returns it."""
+    if backend.name in BACKENDS:
+        raise ValueError(f"backend {backend.name!r} is already registered")
+    BACKENDS[backend.name] = backend
+    return backend
 
 
 def get(name: str) -> Backend:
@@ -187,3 +266,11 @@ def get(name: str) -> Backend:
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; valid names: {', '.join(BACKENDS)}")
     return BACKENDS[name]
+
+
+def reference(device_type: str = "cpu") -> Backend:
+    """The backend others on `device_type` are compared with (eager torch there)."""
+    for backend in BACKENDS.values():
+        if backend.reference and backend.device_type == device_type:
+            return backend
+    raise ValueError(f"no reference backend is registered for device type {device_type!r}")

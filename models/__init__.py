@@ -2,7 +2,7 @@
 
 from . import kv_cache, variants
 from .config import ArchConfig
-from .generate import generate
+from .generate import Decoder, generate
 from .gpt import GPT, PositionLimitError, build, count_params, from_state_dict
 from .hf import CheckpointError, load_hf
 
@@ -10,6 +10,7 @@ __all__ = [
     "GPT",
     "ArchConfig",
     "CheckpointError",
+    "Decoder",
     "PositionLimitError",
     "build",
     "count_params",

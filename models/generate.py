@@ -8,10 +8,14 @@ import torch
 from torch import Tensor
 
 from .config import ArchConfig
+from .kv_base import KVCache
 
 
 class Decoder(Protocol):
-    """What decoding needs of a model: our GPT, or an onnxruntime session wrapped as `OrtModel`."""
+    """What decoding needs of a model: our GPT, or an engine's session of it (`OrtModel`, ...).
+
+    `model(idx, cache)` returns logits (B, T, vocab) and appends to `cache`, which `make_cache` made.
+    """
 
     config: ArchConfig
 
@@ -19,7 +23,7 @@ class Decoder(Protocol):
 
     def check_positions(self, end: int) -> None: ...
 
-    def make_cache(self, batch: int, max_len: int) -> Any: ...
+    def make_cache(self, batch: int, max_len: int) -> KVCache: ...
 
 
 @torch.no_grad()

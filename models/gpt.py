@@ -8,10 +8,10 @@ import torch
 from torch import Tensor, nn
 
 from . import kv_cache
+from .attention import check_impl
 from .config import ArchConfig
-from .kv_cache import KVCache
+from .kv_base import AttendingCache, BufferedKVCache
 from .layers import (
-    ATTENTION_IMPLS,
     CausalSelfAttention,
     GeluMLP,
     LearnedPositions,
@@ -40,7 +40,7 @@ class Block(nn.Module):
         else:
             self.mlp = SwiGLUMLP(cfg.d_model, cfg.ff_dim, cfg.bias)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, cache: AttendingCache | None = None) -> Tensor:
         if self.post_norm:  # Vaswani et al.: normalise after each residual sum
             x = self.norm_attn(x + self.attn(x, rope, cache))  # (B, T, d)
             return self.norm_mlp(x + self.mlp(x))  # (B, T, d)
@@ -94,18 +94,17 @@ class GPT(nn.Module):
             nn.init.normal_(block.mlp.down.weight, 0.0, residual_std)
 
     def set_attention_impl(self, impl: str) -> GPT:
-        """Switch every attention layer to `sdpa` (fast path), `reference` (explicit softmax) or `kernel`
-        (archbench's kernel for the raw cache's one-token steps on the CPU in fp32, sdpa for the rest)."""
-        if impl not in ATTENTION_IMPLS:
-            raise ValueError(f"attention impl {impl!r} is not valid; allowed values: {', '.join(ATTENTION_IMPLS)}")
+        """Switch every attention layer to `sdpa` (torch's fused kernel) or `reference` (explicit softmax)."""
+        check_impl(impl)
         for block in self.blocks:
             block.attn.impl = impl
         return self
 
-    def make_cache(self, batch: int, max_len: int, kind: str = "raw") -> KVCache:
-        """A fresh KV cache of `kind` for this model, in its dtype and on its device."""
+    def make_cache(self, batch: int, max_len: int, kind: str | None = None) -> BufferedKVCache:
+        """A fresh KV cache of `kind` (default: the raw kind of this model's dtype) on this model's device."""
         param = next(self.parameters())
-        return kv_cache.make(kind, self.config, batch, max_len, dtype=param.dtype, device=param.device)
+        return kv_cache.make(kind or kv_cache.raw_kind(param.dtype), self.config, batch, max_len,
+                             device=param.device)
 
     def check_positions(self, end: int) -> None:
         """Raise PositionLimitError if positions up to `end` (exclusive) exceed a learned table."""
@@ -118,7 +117,7 @@ class GPT(nn.Module):
                 "are not defined beyond the table (sinusoidal and rope have no such limit)"
             )
 
-    def forward(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(self, idx: Tensor, cache: AttendingCache | None = None) -> Tensor:
         B, T = idx.shape
         start = 0 if cache is None else cache.position
         self.check_positions(start + T)

@@ -14,9 +14,9 @@ Targets: the attention and MLP projections (`qkv`, `out`, `up`, `down`, `gate`);
 with `head=True`. A tied head shares its weight with the token embedding: quantizing it gives the
 head its own int8 copy and leaves the embedding in full precision (the model then holds both).
 
-Peers, measured the same way: `torch_dynamic` (torch.ao.quantization.quantize_dynamic: per-tensor
-int8 Linear, CPU only), `ort_dynamic` and `ort_static` (`quantize_onnx`: onnxruntime's dynamic
-quantization, and static QDQ quantization calibrated on sample inputs).
+Peers, measured the same way: `torch_dynamic` (`quantize_torch_dynamic`: torch.ao's quantize_dynamic,
+per-tensor int8 Linear, CPU only), `ort_dynamic` and `ort_static` (`quantize_onnx`: onnxruntime's
+dynamic quantization, and static QDQ quantization calibrated on sample inputs).
 
 Norm policy, on every scheme:
 - `keep` (the default and the usual practice): LayerNorm/RMSNorm stay in full precision.
@@ -39,8 +39,8 @@ from torch import Tensor, nn
 
 from .layers import LayerNorm, RMSNorm
 
-SCHEMES = ("weight_only", "w8a8", "llm_int8")
-PEER_SCHEMES = {"torch_dynamic": ("torch-cpu",), "ort_dynamic": ("onnxruntime",), "ort_static": ("onnxruntime",)}
+SCHEMES = ("weight_only", "w8a8", "llm_int8")  # ours: module swaps (`quantize_int8`)
+ONNX_SCHEMES = ("ort_dynamic", "ort_static")  # onnxruntime's quantizers on an exported graph (`quantize_onnx`)
 NORM_POLICIES = ("keep", "quantize")
 LINEAR_NAMES = ("qkv", "out", "up", "down", "gate")
 OUTLIER_THRESHOLD = 6.0  # LLM.int8()'s default
@@ -232,20 +232,33 @@ def model_bytes(model: nn.Module) -> int:
     return total
 
 
-def unsupported_reason(scheme: str, norms: str, backend: str) -> str | None:
-    """Why `backend` cannot run `scheme` with the `norms` policy (None when it can). Unknown names raise."""
-    if scheme not in SCHEMES and scheme not in PEER_SCHEMES and scheme != "fp32":
-        raise ValueError(f"unknown INT8 scheme {scheme!r}; valid schemes: {', '.join((*SCHEMES, *PEER_SCHEMES))}")
+def quantize_torch_dynamic(model: nn.Module, norms: str = "keep") -> nn.Module:
+    """torch's own dynamic INT8 (torch.ao.quantization.quantize_dynamic: per-tensor int8 Linear layers, CPU
+    only) on a copy of `model`'s projections, with the `norms` policy applied first. Raises RuntimeError
+    where this torch no longer ships it (it is deprecated upstream; measured while it exists)."""
+    import warnings
+
     if norms not in NORM_POLICIES:
         raise ValueError(f"unknown norm policy {norms!r}; valid policies: {', '.join(NORM_POLICIES)}")
-    onnx = backend == "onnxruntime"
-    if scheme in SCHEMES and onnx:
-        return (f"{scheme} is a torch module transform; onnxruntime quantizes the exported graph "
-                "(ort_dynamic, ort_static)")
-    if scheme in PEER_SCHEMES and backend not in PEER_SCHEMES[scheme]:
-        where = {"torch_dynamic": "torch's dynamic quantized Linear runs on the CPU only"}.get(
-            scheme, f"{scheme} quantizes an ONNX graph for onnxruntime")
-        return f"{scheme} on {backend}: {where}"
+    try:
+        from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+    except ImportError as exc:
+        raise RuntimeError(f"torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic ({exc})") from None
+    base = quantize_norms(model) if norms == "quantize" else copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
+        return quantize_dynamic(base, {name: default_dynamic_qconfig for name in target_names(base)},
+                                dtype=torch.qint8).eval()
+
+
+def onnx_unsupported_reason(scheme: str, norms: str) -> str | None:
+    """Why onnxruntime's quantizer `scheme` cannot apply the `norms` policy (None when it can); unknown
+    names raise ValueError."""
+    if scheme not in ONNX_SCHEMES:
+        raise ValueError(f"unknown onnxruntime INT8 scheme {scheme!r}; valid schemes: {', '.join(ONNX_SCHEMES)}")
+    if norms not in NORM_POLICIES:
+        raise ValueError(f"unknown norm policy {norms!r}; valid policies: {', '.join(NORM_POLICIES)}")
     if scheme == "ort_dynamic" and norms == "quantize":
         return ("ort_dynamic: onnxruntime's dynamic quantization has no int8 LayerNormalization (MatMul, Gemm, "
                 "Gather and attention-like ops only); ort_static covers the quantize policy")
@@ -263,7 +276,7 @@ def quantize_onnx(src: str | Path, dst: str | Path, scheme: str, norms: str = "k
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-    reason = unsupported_reason(scheme, norms, "onnxruntime")
+    reason = onnx_unsupported_reason(scheme, norms)
     if reason:
         raise ValueError(reason)
     if scheme == "ort_dynamic":

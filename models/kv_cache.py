@@ -1,160 +1,162 @@
-"""KV caches: preallocated buffers written in place, one `make(kind, ...)` for every kind.
+"""The KV-cache kinds: one registry keyed by the public kind name, the only place a kind is parsed.
 
-The contract every cache kind keeps (the GPT and the benchmarks rely on it):
-- `position`: tokens stored so far; `max_len`: capacity; `batch`.
-- `attend(layer, q, k, v, impl)`: store the new keys/values of `layer` at `position` and return the
-  causal attention of q over everything stored for that layer. The model calls it once per layer
-  per forward, then `advance(T)` once.
-- `nbytes`: every byte the cache holds; `reset()`: empty it for reuse (no reallocation).
+Kinds: `raw-fp32`, `raw-fp16`, `raw-bf16` (full-precision keys and values), `tq2`..`tq4` (TurboQuant:
+random rotation + Lloyd-Max codebook, packed codes and an fp16 norm per vector) and `uniform2`..
+`uniform4` (a KIVI-style min-max baseline: keys per channel over 32-token groups, values per token,
+fp16 scales and offsets). Each `CacheSpec` knows its factory, its family and its code bits; bytes
+and bits per coordinate (every byte of metadata included) come from the cache it builds, counted on
+the meta device, so they are exact and cost nothing. `register` adds a kind at run time.
+
+Every cache keeps the contract of `models.kv_base` (`KVCache`, `AttendingCache`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
 
-from . import kernels
 from .config import ArchConfig
-from .layers import causal_attention
+from .kv_base import AttendingCache, BufferedKVCache, CacheFullError, KVCache
+from .quantized_cache import TurboQuantKVCache, UniformKVCache
+from .raw_cache import RawKVCache
+
+__all__ = ["CACHE_SPECS", "AttendingCache", "BufferedKVCache", "CacheFullError", "CacheSpec", "KVCache",
+           "RawKVCache", "bits_per_coordinate", "bytes_per_token", "kinds", "make", "raw_kind", "register",
+           "representative_kinds", "spec"]
+
+# factory(cfg, batch, max_len, device, **options) -> a cache of the kind
+CacheFactory = Callable[..., BufferedKVCache]
+PROBE_TOKENS = 256  # length of the meta-device probe that counts bytes (a multiple of every group size)
 
 
-class CacheFullError(ValueError):
-    """An append would go past the cache's preallocated length."""
+@dataclass(frozen=True)
+class CacheSpec:
+    """One KV-cache kind: its public name, family, code bits and factory."""
+
+    kind: str  # the public name: raw-fp16, tq3, uniform3...
+    family: str  # raw | turboquant | uniform | ...: kinds of one family differ only in precision
+    code_bits: int  # bits of the codes alone per coordinate (metadata excluded: see bits_per_coordinate)
+    factory: CacheFactory
+    description: str = ""
+    dtype: torch.dtype | None = None  # the element dtype of a raw kind
+
+    def make(self, cfg: ArchConfig, batch: int, max_len: int, device: str | torch.device | None = None,
+             **options: object) -> BufferedKVCache:
+        """A cache of this kind for a model of `cfg`, holding up to `max_len` tokens of `batch` sequences."""
+        return self.factory(cfg, batch, max_len, device, **options)
+
+    def probe(self, cfg: ArchConfig, batch: int = 1, tokens: int = PROBE_TOKENS) -> BufferedKVCache:
+        """A cache of this kind on the meta device: every buffer's shape and dtype, no memory."""
+        return self.make(cfg, batch, tokens, device="meta")
+
+    def bytes_per_token(self, cfg: ArchConfig, batch: int = 1) -> int:
+        """Bytes one more token adds (codes, norms, scales; every layer and sequence)."""
+        return self.probe(cfg, batch).bytes_per_token
+
+    def bits_per_coordinate(self, cfg: ArchConfig, tokens: int, batch: int = 1) -> float:
+        """Every byte a cache of `tokens` tokens holds (metadata and fixed parts such as a rotation
+        included), in bits per stored key or value coordinate."""
+        return self.probe(cfg, batch, tokens).bits_per_coordinate
 
 
-class KVCache(nn.Module):
-    """Shared bookkeeping of every cache kind (position, capacity, checks)."""
+def _raw(kind: str, dtype: torch.dtype) -> CacheSpec:
+    def make(cfg: ArchConfig, batch: int, max_len: int, device: str | torch.device | None,
+             **options: object) -> BufferedKVCache:
+        if options:
+            raise ValueError(f"the {kind} cache takes no options; got {', '.join(options)}")
+        return RawKVCache(cfg.n_layer, batch, cfg.kv_heads, cfg.head_dim, max_len, dtype=dtype, device=device)
 
-    def __init__(self, batch: int, max_len: int) -> None:
-        super().__init__()
-        if batch <= 0 or max_len <= 0:
-            raise ValueError(f"cache batch={batch} and max_len={max_len} must both be positive integers")
-        self.batch = batch
-        self.max_len = max_len
-        self.position = 0
-
-    def check_append(self, batch: int, n_tokens: int) -> None:
-        """Raise a clear error if `n_tokens` more tokens of `batch` sequences do not fit."""
-        if batch != self.batch:
-            raise ValueError(f"input batch {batch} does not match the cache's batch {self.batch}")
-        if self.position + n_tokens > self.max_len:
-            raise CacheFullError(
-                f"cache holds {self.position} of {self.max_len} tokens; appending {n_tokens} would exceed "
-                "max_len (make the cache with a larger max_len)"
-            )
-
-    def advance(self, n_tokens: int) -> None:
-        """Mark `n_tokens` more tokens as stored (called by the model after every layer attended)."""
-        self.position += n_tokens
-
-    def reset(self) -> None:
-        """Forget every stored token; buffers are kept for reuse."""
-        self.position = 0
-
-    def append(self, layer: int, k: Tensor, v: Tensor) -> None:
-        """Store keys and values (B, Hkv, T, hd) of `layer` at the current position without attending
-        (to fill a cache from precomputed keys and values); `advance` once every layer has them."""
-        raise NotImplementedError
-
-    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
-        raise NotImplementedError
-
-    @property
-    def nbytes(self) -> int:
-        """Every byte the cache holds (its buffers as allocated)."""
-        return sum(b.numel() * b.element_size() for b in self.buffers())
+    return CacheSpec(kind, "raw", torch.finfo(dtype).bits, make, f"keys and values in {dtype}", dtype)
 
 
-class RawKVCache(KVCache):
-    """Full-precision keys and values in (n_layer, B, Hkv, max_len, hd) buffers, written in place."""
-
-    def __init__(self, n_layer: int, batch: int, n_kv_head: int, head_dim: int, max_len: int,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device | None = None) -> None:
-        super().__init__(batch, max_len)
-        shape = (n_layer, batch, n_kv_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-
-    @property
-    def bytes_per_token(self) -> int:
-        """Bytes one more token takes across every layer and sequence of the batch."""
-        n_layer, batch, heads, _, hd = self.k.shape
-        return 2 * n_layer * batch * heads * hd * self.k.element_size()
-
-    def append(self, layer: int, k: Tensor, v: Tensor) -> None:
-        start, end = self.position, self.position + k.shape[-2]
-        self.k[layer, :, :, start:end] = k  # (B, Hkv, T, hd) written in place
-        self.v[layer, :, :, start:end] = v
-
-    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
-        if impl == "kernel" and kernels.attend_step_supported(q, k, v, self.k):  # a one-token CPU fp32 step
-            return kernels.attend_step(q, k, v, self.k[layer], self.v[layer], self.position)  # (B, H, 1, hd)
-        start, end = self.position, self.position + k.shape[-2]
-        self.append(layer, k, v)
-        k_all = self.k[layer, :, :, :end]  # (B, Hkv, end, hd)
-        v_all = self.v[layer, :, :, :end]  # (B, Hkv, end, hd)
-        if k_all.dtype != q.dtype:  # a lower-precision cache is read back in the compute dtype
-            k_all, v_all = k_all.to(q.dtype), v_all.to(q.dtype)
-        return causal_attention(q, k_all, v_all, q_start=start, impl=impl)  # (B, H, T, hd)
-
-
-def _make_raw(cfg: ArchConfig, batch: int, max_len: int, dtype: torch.dtype,
-              device: str | torch.device | None, **options: object) -> KVCache:
-    if options:
-        raise ValueError(f"the raw cache takes no options; got {', '.join(options)}")
-    return RawKVCache(cfg.n_layer, batch, cfg.kv_heads, cfg.head_dim, max_len, dtype=dtype, device=device)
-
-
-def _make_turboquant(bits: int) -> Callable[..., KVCache]:
-    def make_tq(cfg: ArchConfig, batch: int, max_len: int, dtype: torch.dtype, device: str | torch.device | None,
-                **options: object) -> KVCache:
-        from .quantized_cache import TurboQuantKVCache
-
+def _turboquant(bits: int) -> CacheSpec:
+    def make(cfg: ArchConfig, batch: int, max_len: int, device: str | torch.device | None,
+             **options: object) -> BufferedKVCache:
         return TurboQuantKVCache(cfg.n_layer, batch, cfg.kv_heads, cfg.head_dim, max_len, bits, device=device,
                                  **options)
 
-    return make_tq
+    return CacheSpec(f"tq{bits}", "turboquant", bits, make,
+                     f"TurboQuant: rotation + {bits}-bit Lloyd-Max codes, fp16 norm per vector (options: window, "
+                     "norm_dtype, chunk, seed)")
 
 
-def _make_uniform(bits: int) -> Callable[..., KVCache]:
-    def make_uniform(cfg: ArchConfig, batch: int, max_len: int, dtype: torch.dtype,
-                     device: str | torch.device | None, **options: object) -> KVCache:
-        from .quantized_cache import UniformKVCache
-
+def _uniform(bits: int) -> CacheSpec:
+    def make(cfg: ArchConfig, batch: int, max_len: int, device: str | torch.device | None,
+             **options: object) -> BufferedKVCache:
         return UniformKVCache(cfg.n_layer, batch, cfg.kv_heads, cfg.head_dim, max_len, bits, device=device,
                               **options)
 
-    return make_uniform
+    return CacheSpec(f"uniform{bits}", "uniform", bits, make,
+                     f"min-max {bits}-bit codes, keys per channel over 32-token groups, values per token, fp16 "
+                     "scale and offset (options: group, chunk)")
 
 
-# kind -> factory(cfg, batch, max_len, dtype, device, **options); new cache kinds register here.
-CACHE_KINDS: dict[str, Callable[..., KVCache]] = {
-    "raw": _make_raw,
-    "tq2": _make_turboquant(2),
-    "tq3": _make_turboquant(3),
-    "tq4": _make_turboquant(4),
-    "uniform2": _make_uniform(2),
-    "uniform3": _make_uniform(3),
-    "uniform4": _make_uniform(4),
-}
+CACHE_SPECS: dict[str, CacheSpec] = {s.kind: s for s in (
+    _raw("raw-fp32", torch.float32),
+    _raw("raw-fp16", torch.float16),
+    _raw("raw-bf16", torch.bfloat16),
+    _turboquant(2),
+    _turboquant(3),
+    _turboquant(4),
+    _uniform(2),
+    _uniform(3),
+    _uniform(4),
+)}
 
 
-def bytes_per_token(kind: str, cfg: ArchConfig, batch: int = 1, dtype: torch.dtype = torch.float32) -> int:
-    """Bytes one more token adds to a cache of `kind` (codes, norms, scales; not fixed codebooks)."""
-    probe = make(kind, cfg.replace(n_layer=1), batch, 64, dtype=dtype)  # per layer, then scaled
-    return probe.bytes_per_token * cfg.n_layer
+def register(new: CacheSpec) -> CacheSpec:
+    """Add a kind at run time (a name already taken raises ValueError); returns it."""
+    if new.kind in CACHE_SPECS:
+        raise ValueError(f"KV cache kind {new.kind!r} is already registered")
+    CACHE_SPECS[new.kind] = new
+    return new
 
 
-def make(kind: str, cfg: ArchConfig, batch: int, max_len: int, dtype: torch.dtype = torch.float32,
-         device: str | torch.device | None = None, **options: object) -> KVCache:
-    """A cache of `kind` for a model of `cfg`, holding up to `max_len` tokens of `batch` sequences.
+def spec(kind: str) -> CacheSpec:
+    """The spec of `kind` (exact name); a miss raises ValueError listing every kind."""
+    if kind not in CACHE_SPECS:
+        raise ValueError(f"unknown KV cache kind {kind!r}; allowed values: {', '.join(CACHE_SPECS)}")
+    return CACHE_SPECS[kind]
 
-    Kinds: `raw` (keys and values in `dtype`), `tq2` / `tq3` / `tq4` (TurboQuant; options `window`,
-    `norm_dtype`, `chunk`, `seed`), `uniform2` / `uniform3` / `uniform4` (min-max baseline; options
-    `group`, `chunk`).
-    """
-    if kind not in CACHE_KINDS:
-        raise ValueError(f"unknown KV cache kind {kind!r}; allowed values: {', '.join(CACHE_KINDS)}")
-    return CACHE_KINDS[kind](cfg, batch, max_len, dtype, device, **options)
+
+def kinds(family: str | None = None) -> list[str]:
+    """Every registered kind, or those of one family, in registration order."""
+    return [k for k, s in CACHE_SPECS.items() if family is None or s.family == family]
+
+
+def representative_kinds(code_bits: int = 3) -> list[str]:
+    """One kind per family: the one with `code_bits` where the family has it, else its first kind."""
+    chosen: dict[str, str] = {}
+    for kind, s in CACHE_SPECS.items():
+        if s.family not in chosen or (s.code_bits == code_bits and CACHE_SPECS[chosen[s.family]].code_bits
+                                      != code_bits):
+            chosen[s.family] = kind
+    return list(chosen.values())
+
+
+def raw_kind(dtype: torch.dtype) -> str:
+    """The raw kind that stores `dtype` (a model's own cache)."""
+    for kind, s in CACHE_SPECS.items():
+        if s.family == "raw" and s.dtype == dtype:
+            return kind
+    raise ValueError(f"no raw KV cache kind stores {dtype}; raw kinds: {', '.join(kinds('raw'))}")
+
+
+def make(kind: str, cfg: ArchConfig, batch: int, max_len: int, device: str | torch.device | None = None,
+         **options: object) -> BufferedKVCache:
+    """A cache of `kind` (see `CACHE_SPECS`) for a model of `cfg`, holding up to `max_len` tokens of
+    `batch` sequences, on `device`. Options go to the kind's cache (TurboQuant: window, norm_dtype, chunk,
+    seed; uniform: group, chunk)."""
+    return spec(kind).make(cfg, batch, max_len, device, **options)
+
+
+def bytes_per_token(kind: str, cfg: ArchConfig, batch: int = 1) -> int:
+    """Bytes one more token adds to a cache of `kind` (codes, norms, scales; not fixed parts)."""
+    return spec(kind).bytes_per_token(cfg, batch)
+
+
+def bits_per_coordinate(kind: str, cfg: ArchConfig, tokens: int, batch: int = 1) -> float:
+    """Every byte a cache of `kind` holding `tokens` tokens takes, in bits per key or value coordinate."""
+    return spec(kind).bits_per_coordinate(cfg, tokens, batch)

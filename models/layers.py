@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-if TYPE_CHECKING:  # kv_cache imports this module
-    from .kv_cache import KVCache
-
-ATTENTION_IMPLS = ("sdpa", "reference", "kernel")  # kernel: archbench's for cached one-token CPU steps, else sdpa
+from .attention import causal_attention
+from .kv_base import AttendingCache
 
 
 class LayerNorm(nn.Module):
@@ -105,42 +100,6 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
 
 
-def causal_mask(q_len: int, k_len: int, q_start: int, device: torch.device) -> Tensor:
-    """Boolean (q_len, k_len) mask, True where query i (at position q_start + i) may see key j."""
-    q_pos = torch.arange(q_start, q_start + q_len, device=device)[:, None]  # (Tq, 1)
-    k_pos = torch.arange(k_len, device=device)[None, :]  # (1, Tk)
-    return k_pos <= q_pos
-
-
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, q_start: int, impl: str = "sdpa") -> Tensor:
-    """Causal attention of queries at positions q_start.. over keys at positions 0..Tk-1.
-
-    q: (B, H, Tq, hd); k, v: (B, Hkv, Tk, hd) with H a multiple of Hkv (grouped-query attention).
-    `impl="sdpa"` is the fast path (torch's scaled_dot_product_attention); `impl="reference"` is the
-    explicit softmax(q k^T / sqrt(hd)) v kept beside it as the readable definition. `impl="kernel"`
-    means sdpa here: its kernel (`models.kernels.attend_step`) is for the raw cache's one-token steps.
-    """
-    q_len, k_len = q.shape[-2], k.shape[-2]
-    groups = q.shape[1] // k.shape[1]
-    if impl in ("sdpa", "kernel"):
-        if q_len == 1 and q_start == k_len - 1:  # one new token sees every key: no mask needed
-            mask, is_causal = None, False
-        elif q_start == 0 and q_len == k_len:
-            mask, is_causal = None, True
-        else:
-            mask, is_causal = causal_mask(q_len, k_len, q_start, q.device), False
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=groups > 1)
-    if impl == "reference":
-        if groups > 1:
-            k = k.repeat_interleave(groups, dim=1)  # (B, H, Tk, hd)
-            v = v.repeat_interleave(groups, dim=1)  # (B, H, Tk, hd)
-        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
-        scores = scores.masked_fill(~causal_mask(q_len, k_len, q_start, q.device), float("-inf"))
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, Tq, Tk)
-        return probs @ v  # (B, H, Tq, hd)
-    raise ValueError(f"attention impl {impl!r} is not valid; allowed values: {', '.join(ATTENTION_IMPLS)}")
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head (or grouped-query) causal self-attention with a fused q/k/v projection.
 
@@ -157,7 +116,8 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(d_model, (n_head + 2 * n_kv_head) * self.head_dim, bias=bias)
         self.out = nn.Linear(n_head * self.head_dim, d_model, bias=bias)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor] | None = None,
+                cache: AttendingCache | None = None) -> Tensor:
         B, T, _ = x.shape
         H, Hkv, hd = self.n_head, self.n_kv_head, self.head_dim
         heads = self.qkv(x).view(B, T, H + 2 * Hkv, hd).transpose(1, 2)  # (B, H + 2 Hkv, T, hd), a view

@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from .attention import causal_attention
 from .config import ArchConfig
 from .gpt import GPT
-from .layers import causal_attention
+from .kv_base import CacheFullError
+from .paths import cache_dir
 
 if TYPE_CHECKING:  # onnxruntime is imported where a session is made
     import onnxruntime as ort
@@ -51,8 +53,8 @@ def output_names(cfg: ArchConfig) -> list[str]:
 class ConcatCache:
     """A functional cache for export: keys and values are concatenated to the past given as inputs.
 
-    It keeps the cache protocol of `models.kv_cache` (`position`, `attend`, `advance`), reading the
-    past length from tensor shapes so that it stays symbolic in the exported graph.
+    It keeps the `AttendingCache` protocol of `models.kv_base` (`position`, `attend`, `advance`), reading
+    the past length from tensor shapes so that it stays symbolic in the exported graph.
     """
 
     def __init__(self, past: list[tuple[Tensor, Tensor]]) -> None:
@@ -113,9 +115,7 @@ def export_key(model: GPT) -> str:
 
 
 def default_export_dir() -> Path:
-    """Where exports are cached: $ARCHBENCH_CACHE_DIR/onnx, else the user cache directory."""
-    from .reference import cache_dir
-
+    """Where exports are cached: the `onnx` folder of archbench's cache directory (`models.paths`)."""
     return cache_dir() / "onnx"
 
 
@@ -204,11 +204,16 @@ def available_providers() -> list[str]:
 
 @dataclass
 class OrtCache:
-    """The past of an onnxruntime decoder as OrtValues on the session's device (fed back as they come)."""
+    """The past of an onnxruntime decoder as OrtValues on the session's device (fed back as they come).
+
+    It keeps the `KVCache` protocol of `models.kv_base`; the graph grows its presents by concatenation,
+    so it holds exactly the tokens stored so far (fp32 keys and values).
+    """
 
     batch: int
     max_len: int
     past: list  # OrtValue per past input, in input order
+    bytes_per_token: int  # fp32 keys and values of one more token, every layer and sequence
     position: int = 0
     empty: list | None = None  # the zero-length past of a fresh cache
 
@@ -216,8 +221,8 @@ class OrtCache:
         if batch != self.batch:
             raise ValueError(f"input batch {batch} does not match the cache's batch {self.batch}")
         if self.position + n_tokens > self.max_len:
-            raise ValueError(f"cache holds {self.position} of {self.max_len} tokens; appending {n_tokens} "
-                             "would exceed max_len")
+            raise CacheFullError(f"cache holds {self.position} of {self.max_len} tokens; appending {n_tokens} "
+                                 "would exceed max_len")
 
     def reset(self) -> None:
         self.past = list(self.empty or [])
@@ -233,6 +238,11 @@ class OrtCache:
                 n *= d
             total += n * 4
         return total
+
+    @property
+    def bits_per_coordinate(self) -> float:
+        """fp32 keys and values: 32 bits, no metadata."""
+        return 32.0
 
 
 class OrtModel:
@@ -270,7 +280,8 @@ class OrtModel:
         cfg = self.config
         empty = np.zeros((batch, cfg.kv_heads, 0, cfg.head_dim), dtype=np.float32)
         values = [ort.OrtValue.ortvalue_from_numpy(empty, self.device_type, 0) for _ in range(2 * cfg.n_layer)]
-        return OrtCache(batch, max_len, list(values), 0, values)
+        per_token = 2 * cfg.n_layer * cfg.kv_heads * cfg.head_dim * batch * 4
+        return OrtCache(batch, max_len, list(values), per_token, 0, values)
 
     def __call__(self, idx: Tensor, cache: OrtCache | None = None) -> Tensor:
         B, T = idx.shape

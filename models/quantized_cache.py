@@ -11,16 +11,9 @@ import math
 import torch
 from torch import Tensor
 
-from .kv_cache import KVCache
-from .layers import causal_mask
+from .attention import grouped_causal_softmax
+from .kv_base import BufferedKVCache
 from .turboquant import TurboQuantizer, pack_codes, packed_bytes, unpack_codes
-
-
-def _causal_softmax(scores: Tensor, q_len: int, q_start: int, groups: int) -> Tensor:
-    """Softmax of raw q.k scores (B, Hkv, G*Tq, Tk), queries laid out head-group-major, scaled by
-    1/sqrt(head_dim) and causally masked (query i at position q_start + i)."""
-    mask = causal_mask(q_len, scores.shape[-1], q_start, scores.device).repeat(groups, 1)  # (G*Tq, Tk)
-    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
 
 
 def _chunks(end: int, size: int) -> list[tuple[int, int]]:
@@ -28,7 +21,7 @@ def _chunks(end: int, size: int) -> list[tuple[int, int]]:
     return [(lo, min(end, lo + size)) for lo in range(0, end, size)]
 
 
-class TurboQuantKVCache(KVCache):
+class TurboQuantKVCache(BufferedKVCache):
     """Keys and values as TurboQuant codes (`bits` per coordinate) plus one norm per vector.
 
     Attention never expands the cache to full precision: the query is rotated once and scored
@@ -40,7 +33,7 @@ class TurboQuantKVCache(KVCache):
     def __init__(self, n_layer: int, batch: int, n_kv_head: int, head_dim: int, max_len: int, bits: int, *,
                  norm_dtype: torch.dtype = torch.float16, window: int = 0, chunk: int = 1024, seed: int = 0,
                  window_dtype: torch.dtype = torch.float32, device: str | torch.device | None = None) -> None:
-        super().__init__(batch, max_len)
+        super().__init__(batch, max_len, 2 * n_layer * batch * n_kv_head * head_dim)
         if window < 0 or chunk <= 0:
             raise ValueError(f"window={window} must be >= 0 and chunk={chunk} > 0")
         self.bits, self.head_dim, self.window, self.chunk = bits, head_dim, window, chunk
@@ -99,7 +92,7 @@ class TurboQuantKVCache(KVCache):
             slots = torch.arange(exact_from, end, device=q.device) % self.window
             recent_k = self.k_window[layer][:, :, slots].float()  # (B, Hkv, W, hd)
             scores[..., exact_from:end] = q32 @ recent_k.transpose(-1, -2)
-        probs = _causal_softmax(scores / math.sqrt(hd), q_len, start, groups)  # (B, Hkv, G*Tq, end)
+        probs = grouped_causal_softmax(scores / math.sqrt(hd), q_len, start, groups)  # (B, Hkv, G*Tq, end)
         out_rot = torch.zeros(B, n_kv, groups * q_len, hd, device=q.device)
         for lo, hi in _chunks(exact_from, self.chunk):
             out_rot += probs[..., lo:hi] @ self._rotated(layer, "v", lo, hi)
@@ -110,7 +103,7 @@ class TurboQuantKVCache(KVCache):
         return out.reshape(B, H, q_len, hd).to(q.dtype)  # (B, H, Tq, hd)
 
 
-class UniformKVCache(KVCache):
+class UniformKVCache(BufferedKVCache):
     """A plain min-max uniform quantizer at `bits`, KIVI-style: the baseline TurboQuant is compared with.
 
     Values are quantized per token (one scale and offset per vector); keys per channel over groups
@@ -121,7 +114,7 @@ class UniformKVCache(KVCache):
 
     def __init__(self, n_layer: int, batch: int, n_kv_head: int, head_dim: int, max_len: int, bits: int, *,
                  group: int = 32, chunk: int = 1024, device: str | torch.device | None = None) -> None:
-        super().__init__(batch, max_len)
+        super().__init__(batch, max_len, 2 * n_layer * batch * n_kv_head * head_dim)
         if group % 8:
             raise ValueError(f"group={group} must be a multiple of 8 (keys are packed along the tokens of a group)")
         self.bits, self.head_dim, self.group, self.chunk = bits, head_dim, group, chunk
@@ -209,7 +202,7 @@ class UniformKVCache(KVCache):
         scores = torch.empty(B, n_kv, groups * q_len, end, device=q.device)
         for lo, hi in _chunks(end, self.chunk):
             scores[..., lo:hi] = q32 @ self._keys(layer, lo, hi, end).transpose(-1, -2)
-        probs = _causal_softmax(scores / math.sqrt(hd), q_len, start, groups)  # (B, Hkv, G*Tq, end)
+        probs = grouped_causal_softmax(scores / math.sqrt(hd), q_len, start, groups)  # (B, Hkv, G*Tq, end)
         out = torch.zeros(B, n_kv, groups * q_len, hd, device=q.device)
         for lo, hi in _chunks(end, self.chunk):
             out += probs[..., lo:hi] @ self._values(layer, lo, hi)

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from torch import Tensor
 from . import corpus as corpus_mod
 from .config import ArchConfig
 from .gpt import GPT, build, from_state_dict
+from .paths import cache_dir
 
 TRAINER_VERSION = 1  # bump when training changes in a way the cache key cannot see
 DEFAULT_VARIANT = "gpt2-tiny"
@@ -67,17 +67,6 @@ class TrainResult:
     train_losses: list[float] = field(default_factory=list)  # nats per byte, one per step
     seconds: float = 0.0
     from_cache: bool = False
-
-
-def cache_dir() -> Path:
-    """Where archbench keeps trained models: $ARCHBENCH_CACHE_DIR, else the platform's user cache directory."""
-    if os.environ.get("ARCHBENCH_CACHE_DIR"):
-        return Path(os.environ["ARCHBENCH_CACHE_DIR"])
-    if sys.platform == "win32" and os.environ.get("LOCALAPPDATA"):
-        return Path(os.environ["LOCALAPPDATA"]) / "archbench" / "cache"
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Caches" / "archbench"
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "archbench"
 
 
 def train_device() -> str:

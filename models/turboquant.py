@@ -9,7 +9,7 @@ density f(x) ~ (1 - x^2)^((d - 3) / 2) on [-1, 1] (a Beta(d-1/2, d-1/2) on [0, 1
 variance is 1/d. We solve Lloyd-Max for that exact density at the quantizer's dimension rather than
 for its Gaussian limit N(0, 1/d): the two agree closely at d = 64 or 128, but the exact density is
 what the rotation produces at every d, small head dimensions included. `lloyd_max_gaussian` solves
-the N(0, 1) case, which REFERENCES.md tabulates, so the solver itself can be checked.
+the N(0, 1) case, which docs/references.md tabulates, so the solver itself can be checked.
 """
 
 from __future__ import annotations

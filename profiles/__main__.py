@@ -12,7 +12,7 @@ import torch
 
 def _print_profile(as_json: bool) -> None:
     from . import specs
-    from .hardware import detect
+    from .hardware import SOFTWARE, detect
 
     profile = detect()
     if as_json:
@@ -21,8 +21,8 @@ def _print_profile(as_json: bool) -> None:
     rows = [("CPU", profile.cpu_model), ("logical CPUs", profile.cpu_count_logical),
             ("torch threads", profile.torch_threads),
             ("memory", f"{profile.memory_total_bytes / 2**30:.1f} GiB" if profile.memory_total_bytes else "unknown"),
-            ("OS", profile.os), ("Python", profile.python), ("torch", profile.torch),
-            ("CUDA (torch build)", profile.cuda or "none"), ("onnxruntime", profile.onnxruntime or "not installed"),
+            ("OS", profile.os),
+            *[(label, getattr(profile, key) or "none") for label, key in SOFTWARE],
             ("onnxruntime providers", ", ".join(profile.onnxruntime_providers) or "–")]
     for gpu in profile.gpus:
         spec = specs.lookup(gpu.name)
@@ -60,11 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         from .ceilings import measure_bandwidth, measure_matmul
 
         bw = measure_bandwidth(args.device)
-        matvec = {"out,in": bw.matvec_out_in_Bps, "in,out": bw.matvec_in_out_Bps, "onednn": bw.matvec_onednn_Bps,
-                  "gemv": bw.matvec_gemv_Bps}  # 0: not measured here (no oneDNN, no C compiler)
         print(f"read {bw.read_Bps / 1e9:.1f} GB/s; copy {bw.copy_Bps / 1e9:.1f} GB/s; matvec "
-              + " ".join(f"{v / 1e9:.1f} GB/s ({k})" for k, v in matvec.items() if v > 0)
-              + f"; faster plain layout {bw.best_layout}; decode ceiling {bw.decode_Bps / 1e9:.1f} GB/s")
+              f"{bw.matvec_out_in_Bps / 1e9:.1f} GB/s (out,in) {bw.matvec_in_out_Bps / 1e9:.1f} GB/s (in,out); "
+              f"decode ceiling {bw.decode_Bps / 1e9:.1f} GB/s")
         for dtype in (torch.float32, torch.bfloat16):
             print(f"matmul {dtype}: {measure_matmul(args.device, dtype) / 1e12:.3f} TFLOP/s")
         return 0

@@ -24,21 +24,11 @@ class BandwidthCeiling:
     matvec_out_in_Bps: float  # F.linear(x, W) with W stored (out, in), nn.Linear's layout
     matvec_in_out_Bps: float  # x @ W with W stored (in, out), GPT-2 Conv1D's layout
     buffer_bytes: int
-    matvec_onednn_Bps: float = 0.0  # oneDNN's prepacked Linear (CPU builds with mkldnn; 0 where not measured)
-    matvec_gemv_Bps: float = 0.0  # archbench's own kernel, models.kernels (CPU with a C compiler; 0 where not measured)
 
     @property
     def matvec_Bps(self) -> float:
         """The fastest matrix-vector read: the read pattern of batch-1 decode."""
-        return max(self.matvec_out_in_Bps, self.matvec_in_out_Bps, self.matvec_onednn_Bps, self.matvec_gemv_Bps)
-
-    @property
-    def best_layout(self) -> str:
-        """The faster plain layout for a large matrix-vector read: `in_out` where it streams at least 5%
-        faster than nn.Linear's `out_in`, else `out_in`. Informational: the benchmarks tune the layout
-        per model (`bench.backends.TorchBackend.fastest_layout`), because oneDNN's prepacked weights,
-        the fastest here for weights far beyond the caches, lose to per-call overhead on small models."""
-        return "in_out" if self.matvec_in_out_Bps > 1.05 * self.matvec_out_in_Bps else "out_in"
+        return max(self.matvec_out_in_Bps, self.matvec_in_out_Bps)
 
     @property
     def decode_Bps(self) -> float:
@@ -49,10 +39,8 @@ class BandwidthCeiling:
 
     def to_dict(self) -> dict:
         return {"copy_Bps": self.copy_Bps, "read_Bps": self.read_Bps, "matvec_out_in_Bps": self.matvec_out_in_Bps,
-                "matvec_in_out_Bps": self.matvec_in_out_Bps, "matvec_onednn_Bps": self.matvec_onednn_Bps,
-                "matvec_gemv_Bps": self.matvec_gemv_Bps,
-                "buffer_bytes": self.buffer_bytes,
-                "decode_Bps": self.decode_Bps, "best_layout": self.best_layout}
+                "matvec_in_out_Bps": self.matvec_in_out_Bps, "buffer_bytes": self.buffer_bytes,
+                "decode_Bps": self.decode_Bps}
 
 
 MATVEC_WIDTH = 1024  # columns of the matrix the matrix-vector reads stream: a transformer projection's width
@@ -103,27 +91,9 @@ def measure_bandwidth(device: str | torch.device = "cpu", nbytes: int | None = N
     in_out = src[: rows * width].view(width, rows)  # (in, out): the transposed layout
     in_out_s = min(time_fn(lambda: x_in @ in_out, device, warmup=1, repeats=repeats))
     matrix_bytes = rows * width * 4
-    onednn_Bps = gemv_Bps = 0.0
-    if device.type == "cpu":
-        from models.layout import OneDnnLinear, onednn_available
-
-        if onednn_available():
-            linear = torch.nn.Linear(width, rows, bias=False)
-            linear.weight.data = out_in  # shared; OneDnnLinear holds its own oneDNN copy
-            packed = OneDnnLinear(linear)
-            with torch.inference_mode():
-                onednn_Bps = matrix_bytes / min(time_fn(lambda: packed(x_in), device, warmup=1, repeats=repeats))
-            del packed, linear
-        from models import kernels
-
-        if kernels.unavailable_reason() is None:
-            x_row = x_in[0]  # (in,)
-            gemv_Bps = matrix_bytes / min(time_fn(lambda: kernels.gemv(out_in, x_row), device, warmup=1,
-                                                  repeats=repeats))
     return BandwidthCeiling(copy_Bps=2 * n * 4 / copy_s, read_Bps=n * 4 / read_s,
                             matvec_out_in_Bps=matrix_bytes / out_in_s, matvec_in_out_Bps=matrix_bytes / in_out_s,
-                            buffer_bytes=n * 4, matvec_onednn_Bps=onednn_Bps,
-                            matvec_gemv_Bps=gemv_Bps)
+                            buffer_bytes=n * 4)
 
 
 class ReadProbe:
@@ -133,8 +103,8 @@ class ReadProbe:
     GB/s within one minute), so a decode round minutes after the session's ceiling was measured may meet
     another machine than the ceiling did. Called right before and right after each timed round, the probe
     gives the ceiling of that round's moment. Each call is the best of `repeats` reads of a buffer beyond
-    the last-level caches, by a plain sum and by a matrix-vector product (archbench's gemv on the CPU where
-    it is built, else F.linear): the same reads `measure_bandwidth` takes its decode ceiling from.
+    the last-level caches, by a plain sum and by a matrix-vector product (F.linear, nn.Linear's layout):
+    reads `measure_bandwidth` takes its decode ceiling from.
     """
 
     def __init__(self, device: str | torch.device = "cpu", nbytes: int | None = None, repeats: int = 2) -> None:
@@ -148,12 +118,6 @@ class ReadProbe:
         self.x = torch.ones(1, width, dtype=torch.float32, device=self.device)  # (1, in)
         self.nbytes = self.buffer.numel() * 4
         self._matvec = lambda: F.linear(self.x, self.matrix)  # (1, out)
-        if self.device.type == "cpu":
-            from models import kernels
-
-            if kernels.unavailable_reason() is None:
-                x_row = self.x[0]  # (in,)
-                self._matvec = lambda: kernels.gemv(self.matrix, x_row)  # (out,)
 
     def __call__(self) -> float:
         """Bytes/s of the fastest of `repeats` sums and `repeats` matrix-vector reads, measured now (on the

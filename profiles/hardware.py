@@ -30,6 +30,12 @@ class GpuInfo:
     uuid: str | None = None
 
 
+# The software versions a profile records: (label, field of HardwareProfile), shown by `python -m profiles`
+# and in the report's hardware table.
+SOFTWARE = (("Python", "python"), ("torch", "torch"), ("CUDA (torch build)", "cuda"),
+            ("onnxruntime", "onnxruntime"))
+
+
 @dataclass(frozen=True)
 class HardwareProfile:
     """What this machine is: CPU, memory, OS, versions, GPUs."""

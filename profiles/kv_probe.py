@@ -21,14 +21,9 @@ from models import build, kv_cache, variants
 
 from .memory import RssSampler, nvml_used_bytes
 
-CACHE_DTYPES = {"raw-fp32": torch.float32, "raw-fp16": torch.float16, "raw-bf16": torch.bfloat16}
-CACHE_KINDS = (*CACHE_DTYPES, *(k for k in kv_cache.CACHE_KINDS if k != "raw"))
-
 
 def _fill_and_decode(model, cfg, cache_kind: str, tokens: int, batch: int, chunk: int, device: torch.device):
-    kind = "raw" if cache_kind in CACHE_DTYPES else cache_kind
-    options = {"dtype": CACHE_DTYPES[cache_kind]} if kind == "raw" else {}
-    cache = kv_cache.make(kind, cfg, batch, tokens, device=device, **options)
+    cache = kv_cache.make(cache_kind, cfg, batch, tokens, device=device)
     done, steps = 0, min(4, tokens - 1)
     gen = torch.Generator(device=device).manual_seed(0)
     while done < tokens - steps:  # fill with random keys and values, chunk by chunk
@@ -46,8 +41,7 @@ def _fill_and_decode(model, cfg, cache_kind: str, tokens: int, batch: int, chunk
 def measure(variant: str, cache_kind: str, tokens: int, batch: int = 1, chunk: int | None = None,
             rope: bool = False, device: str = "cpu") -> dict:
     """Peak memory growth of filling the cache and decoding over it: what the cache (and its transients) cost."""
-    if cache_kind not in CACHE_KINDS:
-        raise ValueError(f"unknown cache kind {cache_kind!r}; valid kinds: {', '.join(CACHE_KINDS)}")
+    kv_cache.spec(cache_kind)  # an unknown kind raises, naming the valid ones
     dev = torch.device(device)
     cfg = variants.get(variant)
     if rope:
@@ -83,7 +77,7 @@ def measure(variant: str, cache_kind: str, tokens: int, batch: int = 1, chunk: i
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m profiles.kv_probe", description=__doc__.splitlines()[0])
     parser.add_argument("--variant", required=True)
-    parser.add_argument("--cache", required=True, help=" | ".join(CACHE_KINDS))
+    parser.add_argument("--cache", required=True, help=" | ".join(kv_cache.kinds()))
     parser.add_argument("--tokens", type=int, required=True)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")

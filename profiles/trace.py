@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models import GPT, kv_cache
+from models import GPT
 from models.generate import decode
 from models.layers import CausalSelfAttention, GeluMLP, LayerNorm, RMSNorm, SwiGLUMLP
 
@@ -72,8 +72,7 @@ def trace_decode(model: GPT, *, prompt_len: int = 16, decode_tokens: int = 64, b
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.inference_mode(), op_class_ranges(model):
-        cache = kv_cache.make("raw", cfg, batch, total, dtype=next(model.parameters()).dtype, device=device) \
-            if use_cache else None
+        cache = model.make_cache(batch, total) if use_cache else None
         decode(model, tokens, prompt_len, model(prompt, cache)[:, -1], min(4, decode_tokens), cache)  # warm-up
         if cache is not None:
             cache.reset()

@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 def _write_baseline(paths: list[Path], to: Path) -> int:
     """Replace the baseline at `to` by the runs at `paths`, after showing how each run fares against the
     old baseline and how far the new baseline's runs spread."""
+    from .check import baseline_figures, format_table
     from .check import check as run_check
-    from .check import format_table, gate_time, reference_figures
     from .load import to_frame
 
     runs = [load(p) for p in paths]
@@ -82,17 +82,7 @@ def _write_baseline(paths: list[Path], to: Path) -> int:
                   + (" (differences the new baseline accepts):" if failed else ""))
             if failed:
                 print(format_table(failed))
-    frames = [to_frame([r]) for r in runs]
-    fits, pays = reference_figures(frames, gate_time(*frames))
-    rows = [f"{r.variant} {r.backend} batch={r.p_batch} {r.p_dtype}: cached slope {r.slope_all:.3f} "
-            f"({r.slope_all_min:.3f}-{r.slope_all_max:.3f})" for r in fits.itertuples() if r.p_cache == "raw"] \
-        if not fits.empty else []
-    for r in pays.itertuples() if not pays.empty else []:
-        for column, how in (("speedup_paired", "paired rounds"), ("speedup_fit", "fitted curves")):
-            if getattr(r, f"{column}_runs"):
-                rows.append(f"{r.variant} {r.backend} batch={r.p_batch} {r.p_dtype}: cache speed-up ({how}) "
-                            f"{getattr(r, column):.2f}x ({getattr(r, column + '_min'):.2f}-"
-                            f"{getattr(r, column + '_max'):.2f}x)")
+    rows = baseline_figures([to_frame([r]) for r in runs])
     if rows:
         print(f"reference figures of the new baseline (median and range over {len(runs)} run(s)):")
         print("\n".join(f"  {row}" for row in rows))

@@ -1,8 +1,11 @@
 """The one loader of pytest-benchmark JSON: validates files and turns records into a tidy DataFrame.
 
 No other code knows the JSON shape. One row per benchmark: the machine, the record's study,
-variant, backend, its params (`p_*`) and metrics (`m_*`, nested dicts kept as objects), and the
-timing statistics pytest-benchmark measured (`time_*`, seconds).
+variant, backend (with its family and device type), its params (`p_*`) and metrics (`m_*`, nested
+dicts kept as objects), and the timing statistics pytest-benchmark measured (`time_*`, seconds).
+
+Record schemas: 2 (this archbench) and 1 (before records named the backend's family and device
+type: those come from the backend registry, by the backend's name).
 """
 
 from __future__ import annotations
@@ -13,8 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
-SCHEMA = 1
+SCHEMA = 2  # the record schema this archbench writes
+READABLE_SCHEMAS = (1, 2)
 STAT_FIELDS = ("min", "max", "mean", "stddev", "median", "iqr", "rounds")
+# The time every derived figure uses unless a study says otherwise: the fastest round. Noise on a shared
+# machine only ever adds time, so the minimum is the most repeatable of pytest-benchmark's statistics.
+TIME = "time_min"
 
 
 class ResultsFileError(ValueError):
@@ -61,12 +68,16 @@ def load(path: str | Path) -> Results:
         info = bench.get("extra_info") if isinstance(bench, dict) else None
         if not isinstance(info, dict) or "schema" not in info:
             continue  # a benchmark of someone else's suite: not ours to read
-        if info["schema"] != SCHEMA:
+        if info["schema"] not in READABLE_SCHEMAS:
             raise ResultsFileError(f"{path}: benchmark {i} has record schema {info['schema']!r}; "
-                                   f"this archbench reads schema {SCHEMA}")
+                                   f"this archbench reads schemas {', '.join(map(str, READABLE_SCHEMAS))}")
         for key in ("study", "variant", "backend", "params", "metrics"):
             if key not in info:
                 raise ResultsFileError(f"{path}: benchmark {i} ({bench.get('name')}) record lacks {key!r}")
+        for key in ("params", "metrics"):
+            if not isinstance(info[key], dict):
+                raise ResultsFileError(f"{path}: benchmark {i} ({bench.get('name')}) record's {key!r} is "
+                                       f"{type(info[key]).__name__}, not an object")
         if not isinstance(bench.get("stats"), dict) or "mean" not in bench["stats"]:
             raise ResultsFileError(f"{path}: benchmark {i} ({bench.get('name')}) has no timing stats")
         ours.append(bench)
@@ -119,15 +130,27 @@ def to_frame(results: list[Results]) -> pd.DataFrame:
     for res, label in zip(results, labels, strict=True):
         for bench in res.benchmarks:
             info = bench["extra_info"]
+            family, device_type = _backend_kind(info)
             row = {"machine": label, "source": str(res.path), "name": bench.get("name"),
                    "group": bench.get("group"), "study": info["study"], "variant": info["variant"],
-                   "backend": info["backend"]}
+                   "backend": info["backend"], "backend_family": family, "device_type": device_type}
             row.update({f"p_{k}": v for k, v in info["params"].items()})
             row.update({f"m_{k}": v for k, v in info["metrics"].items()})
             row.update({f"time_{k}": bench["stats"].get(k) for k in STAT_FIELDS})
             row["time_data"] = bench["stats"].get("data")  # every round's seconds, where saved
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _backend_kind(info: dict) -> tuple[str, str | None]:
+    """(family, device type) of a record's backend: its own fields (schema 2), else the registry's entry
+    of that name (schema 1); a name the registry does not know is its own family."""
+    if "backend_family" in info:
+        return info["backend_family"], info.get("device_type")
+    from bench import backends
+
+    known = backends.BACKENDS.get(info["backend"])
+    return (known.family, known.device_type) if known else (info["backend"], None)
 
 
 def _machine_labels(results: list[Results]) -> list[str]:

@@ -14,7 +14,7 @@ from .conftest import tiny_config
 
 @pytest.mark.parametrize(
     ("variant", "tied", "untied"),
-    [("gpt2-small", 124_439_808, 163_037_184),  # REFERENCES.md
+    [("gpt2-small", 124_439_808, 163_037_184),  # docs/references.md
      ("llama-3.2-1b", 1_235_814_400, 1_498_482_688)],
 )
 def test_tying_parameter_table(variant: str, tied: int, untied: int) -> None:
@@ -32,7 +32,7 @@ def test_tying_share_is_negligible_at_70b() -> None:
     saved = count_params(build(cfg, device="meta")) - count_params(build(cfg.replace(tie_weights=True),
                                                                          device="meta"))
     assert saved == 262_144_000
-    assert saved / count_params(build(cfg, device="meta")) < 0.004  # about 0.4% (REFERENCES.md)
+    assert saved / count_params(build(cfg, device="meta")) < 0.004  # about 0.4% (docs/references.md)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.__main__ import parse_args, rebuild_from_records
+from bench.__main__ import parse_args
 from bench.backends import get as get_backend
+from bench.run import rebuild_from_records
+from bench.studies.decode import report as decode_report
 from reports.load import load, to_frame
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,9 +30,12 @@ def test_smoke_preset_writes_results_and_report(tmp_path) -> None:
     df = to_frame([results])
     decode = df[df["study"] == "decode"]
     assert set(decode["p_cache"].dropna()) == {"raw", "none"} and set(decode["backend"]) == {"torch-cpu"}
-    assert {"tq3", "uniform3", "raw-fp32"} <= set(df[df["study"] == "kv_memory"]["p_cache"].dropna())
-    from reports import analysis
-
+    assert set(df["backend_family"]) <= {"torch", "analytic"} and set(decode["device_type"]) == {"cpu"}
+    kinds = df[(df["study"] == "kv_memory") & (df["p_phase"] == "decode")]
+    assert {"tq3", "uniform3", "raw-fp32"} <= set(kinds["p_cache"])  # one kind of each family
+    assert set(kinds["p_cache_family"]) == {"raw", "turboquant", "uniform"}
+    assert (kinds[kinds["p_cache"] == "raw-fp32"]["m_bits_per_coordinate"] == 32.0).all()
+    analysis = decode_report
     rows = analysis.decode_rows(df)
     assert rows["time_norm"].notna().all()  # every decode round has its calibration
     # the uncached rounds at the longest length (32) are paired with a cached run of that length
@@ -46,7 +51,10 @@ def test_smoke_preset_writes_results_and_report(tmp_path) -> None:
     assert (cached["probed_ceiling_Bps"] > 1e8).all() and (cached["probed_fraction"] > 0).all()
     assert not uncached["m_ceiling_before_Bps"].map(len).any()  # uncached rounds are not probed
     assert results.archbench_info["ceilings"]["cpu"]["decode_Bps"] > 0
-    assert (tmp_path / "index.html").read_text().count("data:image/png;base64,") >= 2
+    assert results.archbench_info["backends"]["torch-cpu"]["engine"] == "torch eager"
+    html = (tmp_path / "index.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2 and "could not be built" not in html
+    assert json.loads((tmp_path / "run-config.json").read_text())["preset"] == "smoke"
     check = subprocess.run([sys.executable, "-m", "reports", "check", "--baseline", str(tmp_path / "results.json"),
                             str(tmp_path / "results.json")], cwd=ROOT, capture_output=True, text=True)
     # Against itself every relative gate passes; the absolute slope thresholds are not meaningful on
@@ -57,10 +65,14 @@ def test_smoke_preset_writes_results_and_report(tmp_path) -> None:
     assert "PASS    identical tokens" in check.stdout and "gates passed" in check.stdout
 
 
-def test_a_crash_keeps_what_was_measured(tmp_path) -> None:
+@pytest.mark.parametrize(("signal", "status"), [(None, 3), (9, 128 + 9)])
+def test_a_crash_keeps_what_was_measured(tmp_path, signal, status) -> None:
+    """The worker dies mid-run (an exit, or killed by a signal): the command exits as a shell would say
+    (128 + the signal), and the records measured so far still make results.json and the report."""
+    env = {"ARCHBENCH_TEST_CRASH_AFTER": "3", **({"ARCHBENCH_TEST_CRASH_SIGNAL": str(signal)} if signal else {})}
     proc = _run_bench("--preset", "smoke", "--backend", "torch-cpu", "--out", str(tmp_path), "--",
-                      "-p", "tests.crash_plugin", env={"ARCHBENCH_TEST_CRASH_AFTER": "3"})
-    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+                      "-p", "tests.crash_plugin", env=env)
+    assert proc.returncode == status, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "ended early" in proc.stdout
     results = load(tmp_path / "results.json")
     assert results.partial and len(results.benchmarks) == 3
@@ -82,6 +94,10 @@ def test_rebuild_tolerates_a_line_cut_short(tmp_path) -> None:
         (["--preset", "huge", "--out", "x"], "unknown preset 'huge'; valid names: smoke, quick, standard, full"),
         (["--backend", "tpu", "--out", "x"], "unknown backend 'tpu'; valid names: torch-cpu, torch-cuda"),
         (["--only", "nope", "--out", "x"], "unknown study 'nope'; valid names: decode"),
+        (["--shard", "3/2", "--out", "x"], "--shard '3/2': K must be between 1 and N"),
+        (["--weights", "no/such/checkpoint", "--out", "x"], "--weights no/such/checkpoint: no such directory"),
+        (["--weights", ".", "--out", "x"], "no config.json in it"),
+        (["--out", "README.md"], "--out README.md: exists and is not a directory"),
     ],
 )
 def test_bad_arguments_list_the_valid_values(argv, message, capsys) -> None:
@@ -98,18 +114,27 @@ def test_only_unavailable_backends_is_an_error_with_the_reason(capsys) -> None:
         parse_args(["--backend", "torch-cuda", "--out", "x"])
     assert info.value.code == 2 and f"no requested backend is available here: torch-cuda: {reason}" in \
         capsys.readouterr().err
-    assert parse_args(["--backend", "torch-cuda", "--backend", "torch-cpu", "--out", "x"]).backend == [
-        "torch-cuda", "torch-cpu"]  # one usable backend is enough: the other is skipped with its reason
+    assert parse_args(["--backend", "torch-cuda", "--backend", "torch-cpu", "--out", "x"]).backends == (
+        "torch-cuda", "torch-cpu")  # one usable backend is enough: the other is skipped with its reason
 
 
 def test_pytest_direct_use_skips_unavailable_backend_with_reason(tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "bench/test_decode.py", "--preset", "smoke",
-                           "--backend", "torch-cuda", "--benchmark-disable", "-q", "-rs", "-p", "no:cacheprovider"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    """Plain pytest on a suite: the same validation as `python -m bench` (only unavailable backends is a
+    usage error giving the reason), and an unavailable backend's cases skip with the reason."""
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: nothing to skip")
+
+    def pytest_run(*backends: str) -> subprocess.CompletedProcess:
+        args = [a for b in backends for a in ("--backend", b)]
+        return subprocess.run([sys.executable, "-m", "pytest", "bench/studies/decode/test_decode.py", "--preset",
+                               "smoke", *args, "-k", "torch-cuda", "--benchmark-disable", "-q", "-rs", "-p",
+                               "no:cacheprovider"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+    only = pytest_run("torch-cuda")
+    assert only.returncode == 4 and "no requested backend is available here: torch-cuda:" in only.stderr
+    proc = pytest_run("torch-cuda", "torch-cpu")
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "torch-cuda unavailable" in proc.stdout and " passed" not in proc.stdout
 
@@ -146,7 +171,8 @@ def test_accuracy_studies_run_on_a_checkpoint_given_with_weights(tmp_path) -> No
 
     ckpt = write_byte_level_checkpoint(tmp_path / "my-gpt2")
     out = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "-m", "pytest", "bench/test_kv_cache.py", "bench/test_int8.py", "-q",
+    proc = subprocess.run([sys.executable, "-m", "pytest", "bench/studies/kv/test_kv.py",
+                           "bench/studies/int8/test_int8.py", "-q",
                            "-p", "no:cacheprovider", "--preset", "quick", "--backend", "torch-cpu",
                            "--weights", str(ckpt), "-k", "checkpoint and (raw-fp32 or tq3 or w8a8 or fp32)",
                            f"--benchmark-json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=900)

@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from reports import claims
+from bench import studies
 from reports.build import build_report
+from reports.verdicts import FAILS, HOLDS, MIXED, UNMEASURED, Verdict, scoreboard
 
 M = "Test Machine"
 
@@ -105,8 +106,8 @@ CASES = {  # claim id -> (records for "holds", records for "does not hold")
 }
 
 
-def _judge(claim_id: str, rows: list[dict]) -> claims.Verdict:
-    claim = next(c for c in claims.CLAIMS if c.id == claim_id)
+def _judge(claim_id: str, rows: list[dict]) -> Verdict:
+    claim = next(c for c in studies.all_claims() if c.id == claim_id)
     return claim.judge(pd.DataFrame(rows))
 
 
@@ -114,29 +115,29 @@ def _judge(claim_id: str, rows: list[dict]) -> claims.Verdict:
 def test_verdicts_on_hand_made_records(claim_id: str) -> None:
     holds, fails = CASES[claim_id]
     verdict = _judge(claim_id, holds)
-    assert verdict.status == claims.HOLDS, verdict
+    assert verdict.status == HOLDS, verdict
     assert verdict.figures
     if fails is not None:
-        assert _judge(claim_id, fails).status == claims.FAILS
+        assert _judge(claim_id, fails).status == FAILS
     other_study = [_row("nothing", p_phase="x")]
-    assert _judge(claim_id, other_study).status == claims.UNMEASURED
+    assert _judge(claim_id, other_study).status == UNMEASURED
 
 
 def test_partly_holding_claims_are_mixed() -> None:
-    assert _judge("kv-3bit", _kv(10.8)).status == claims.MIXED  # 4.9x smaller, but +10.8% perplexity
-    assert _judge("int8-size-speed", _int8(0.0, 0.6)).status == claims.MIXED  # smaller, not faster
-    assert _judge("int8-norms", _int8(0.001, 1.0)).status == claims.MIXED  # worse, but slightly
-    assert _judge("kv-linear", _decode(1.0, 1.2)).status == claims.MIXED  # linear cache, flat recompute
-    assert _judge("rope", _positions(3.6)).status == claims.MIXED  # no parameters, but extrapolates worse
-    assert _judge("pre-ln", _norms(False, 0.8)).status == claims.MIXED  # no failures; Pre-LN ends lower
+    assert _judge("kv-3bit", _kv(10.8)).status == MIXED  # 4.9x smaller, but +10.8% perplexity
+    assert _judge("int8-size-speed", _int8(0.0, 0.6)).status == MIXED  # smaller, not faster
+    assert _judge("int8-norms", _int8(0.001, 1.0)).status == MIXED  # worse, but slightly
+    assert _judge("kv-linear", _decode(1.0, 1.2)).status == MIXED  # linear cache, flat recompute
+    assert _judge("rope", _positions(3.6)).status == MIXED  # no parameters, but extrapolates worse
+    assert _judge("pre-ln", _norms(False, 0.8)).status == MIXED  # no failures; Pre-LN ends lower
 
 
 def test_every_claim_is_registered_once_and_covers_the_seed() -> None:
-    ids = [c.id for c in claims.CLAIMS]
+    ids = [c.id for c in studies.all_claims()]
     assert len(ids) == len(set(ids)) == 12
     assert set(CASES) == set(ids)
-    board = claims.scoreboard(pd.DataFrame())
-    assert {r["status"] for r in board} == {claims.UNMEASURED}
+    board = scoreboard(pd.DataFrame(), studies.all_claims())
+    assert {r["status"] for r in board} == {UNMEASURED}
 
 
 def test_report_opens_with_the_scoreboard_per_machine(tmp_path) -> None:

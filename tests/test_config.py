@@ -43,6 +43,6 @@ def test_frozen_and_derived_sizes() -> None:
 
 
 def test_gpt2_small_kv_bytes_per_token() -> None:
-    # REFERENCES.md: GPT-2 small holds 73,728 B per token in fp32.
+    # docs/references.md: GPT-2 small holds 73,728 B per token in fp32.
     gpt2_small = ArchConfig(vocab_size=50257, n_layer=12, n_head=12, d_model=768, max_seq_len=1024)
     assert gpt2_small.kv_bytes_per_token == 73728

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from models import PositionLimitError, build, generate, kv_cache
+from models.attention import causal_attention
 from models.kv_cache import CacheFullError
-from models.layers import RotaryEmbedding, apply_rope, causal_attention
+from models.layers import RotaryEmbedding, apply_rope
 
 from .conftest import ALL_SWITCHES, switch_id, tiny_config
 
@@ -30,7 +31,7 @@ def test_prefill_then_cached_steps_equal_full_forward(switches: dict) -> None:
     with torch.no_grad():
         full = model(idx)  # (B, T, V)
         assert full.abs().max() > 0.5  # a comparison of near-zero logits would prove nothing
-        cache = kv_cache.make("raw", cfg, batch=2, max_len=24)
+        cache = kv_cache.make("raw-fp32", cfg, batch=2, max_len=24)
         prefill = model(idx[:, :7], cache)
         steps = [model(idx[:, t : t + 1], cache) for t in range(7, 20)]
     cached = torch.cat([prefill, *steps], dim=1)
@@ -44,7 +45,7 @@ def test_chunked_appends_and_reference_attention(pos: str) -> None:
     idx = torch.randint(0, model.config.vocab_size, (1, 30))
     with torch.no_grad():
         full = model(idx)
-        cache = kv_cache.make("raw", model.config, batch=1, max_len=30)
+        cache = kv_cache.make("raw-fp32", model.config, batch=1, max_len=30)
         chunks = [model(idx[:, a:b], cache) for a, b in ((0, 5), (5, 6), (6, 17), (17, 30))]
         torch.testing.assert_close(torch.cat(chunks, dim=1), full, atol=1e-5, rtol=0)
         model.set_attention_impl("reference")
@@ -66,7 +67,7 @@ def test_attention_paths_agree_with_grouped_heads_and_offset_queries() -> None:
 
 def test_cache_bytes_reset_and_capacity() -> None:
     cfg = tiny_config(n_kv_head=2)
-    cache = kv_cache.make("raw", cfg, batch=3, max_len=10, dtype=torch.float16)
+    cache = kv_cache.make("raw-fp16", cfg, batch=3, max_len=10)
     per_token = 2 * cfg.n_layer * cfg.kv_heads * cfg.head_dim * 3 * 2  # K and V, layers, heads, hd, batch, fp16
     assert cache.bytes_per_token == per_token and cache.nbytes == per_token * 10
     model = build(cfg, seed=0).eval()
@@ -80,7 +81,7 @@ def test_cache_bytes_reset_and_capacity() -> None:
         cache.reset()
         assert cache.position == 0
         model(torch.zeros(3, 10, dtype=torch.long), cache)
-    with pytest.raises(ValueError, match="allowed values: raw, tq2, tq3, tq4, uniform2"):
+    with pytest.raises(ValueError, match="allowed values: raw-fp32, raw-fp16, raw-bf16, tq2, tq3, tq4, uniform2"):
         kv_cache.make("int3", cfg, batch=1, max_len=4)
 
 
@@ -90,7 +91,7 @@ def test_low_precision_cache_is_close() -> None:
     with torch.no_grad():
         full = model(idx)
         for dtype, tol in ((torch.float16, 2e-2), (torch.bfloat16, 1.5e-1)):
-            cache = kv_cache.make("raw", model.config, batch=1, max_len=16, dtype=dtype)
+            cache = kv_cache.make(kv_cache.raw_kind(dtype), model.config, batch=1, max_len=16)
             stepped = torch.cat([model(idx[:, t : t + 1], cache) for t in range(16)], dim=1)
             err = (stepped - full).abs().max().item()
             assert 0 < err < tol, (dtype, err)  # rounding shows, and stays small
@@ -116,7 +117,7 @@ def test_learned_positions_refuse_beyond_table() -> None:
     model = build(tiny_config(pos="learned", max_seq_len=16), seed=0)
     with pytest.raises(PositionLimitError, match="learned position table holds 16"):
         model(torch.zeros(1, 17, dtype=torch.long))
-    cache = kv_cache.make("raw", model.config, batch=1, max_len=40)
+    cache = kv_cache.make("raw-fp32", model.config, batch=1, max_len=40)
     with torch.no_grad():
         model(torch.zeros(1, 16, dtype=torch.long), cache)
         with pytest.raises(PositionLimitError, match="positions up to 17"):
@@ -138,11 +139,11 @@ def test_greedy_generate_same_with_and_without_cache(switches: dict) -> None:
     assert torch.equal(cached, uncached)
     assert torch.equal(cached[:, :5], prompt)
     with pytest.raises(ValueError, match="use_cache=False"):
-        generate(model, prompt, 3, use_cache=False, cache=kv_cache.make("raw", model.config, 2, 8))
+        generate(model, prompt, 3, use_cache=False, cache=kv_cache.make("raw-fp32", model.config, 2, 8))
 
 
 def test_generate_fills_a_given_cache() -> None:
     model = _random_model()
-    cache = kv_cache.make("raw", model.config, batch=1, max_len=12)
+    cache = kv_cache.make("raw-fp32", model.config, batch=1, max_len=12)
     out = generate(model, torch.tensor([[1, 2, 3]]), 9, cache=cache)
     assert out.shape == (1, 12) and cache.position == 11  # the last token is produced, never fed back

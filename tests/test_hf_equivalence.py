@@ -58,7 +58,7 @@ def _assert_same_logits(hf, ours, vocab: int) -> None:
         expected = hf(idx).logits
         assert expected.abs().max() > 1.0
         torch.testing.assert_close(ours(idx), expected, atol=1e-4, rtol=0)
-        cache = kv_cache.make("raw", ours.config, batch=2, max_len=33)
+        cache = kv_cache.make("raw-fp32", ours.config, batch=2, max_len=33)
         stepped = torch.cat([ours(idx[:, :9], cache), *[ours(idx[:, t : t + 1], cache) for t in range(9, 33)]], 1)
         torch.testing.assert_close(stepped, expected, atol=1e-4, rtol=0)
         # transformers' own cached decode agrees too

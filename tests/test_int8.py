@@ -13,10 +13,11 @@ from models.int8 import (
     Int8OutlierLinear,
     Int8WeightOnlyLinear,
     model_bytes,
+    onnx_unsupported_reason,
     quantize_int8,
     quantize_per_channel,
     quantize_per_token,
-    unsupported_reason,
+    quantize_torch_dynamic,
 )
 
 from .conftest import tiny_config
@@ -144,17 +145,33 @@ def test_bad_input_names_the_valid_choices() -> None:
         quantize_int8(model, "int4")
     with pytest.raises(ValueError, match="valid policies: keep, quantize"):
         quantize_int8(model, "w8a8", "fp16")
-    with pytest.raises(ValueError, match="valid schemes"):
-        unsupported_reason("nf4", "keep", "torch-cpu")
+    with pytest.raises(ValueError, match="valid schemes: ort_dynamic, ort_static"):
+        onnx_unsupported_reason("w8a8", "keep")
+    with pytest.raises(ValueError, match="valid policies: keep, quantize"):
+        quantize_torch_dynamic(model, "fp16")
 
 
-def test_unsupported_combinations_have_reasons() -> None:
-    assert unsupported_reason("w8a8", "quantize", "torch-cuda") is None
-    assert unsupported_reason("torch_dynamic", "keep", "torch-cpu") is None
-    assert "CPU only" in unsupported_reason("torch_dynamic", "keep", "torch-cuda")
-    assert "LayerNormalization" in unsupported_reason("ort_dynamic", "quantize", "onnxruntime")
-    assert unsupported_reason("ort_static", "quantize", "onnxruntime") is None
-    assert "torch module transform" in unsupported_reason("w8a8", "keep", "onnxruntime")
+def test_onnxruntime_quantizers_say_which_norm_policy_they_cannot_apply() -> None:
+    assert "LayerNormalization" in onnx_unsupported_reason("ort_dynamic", "quantize")
+    assert onnx_unsupported_reason("ort_dynamic", "keep") is None
+    assert onnx_unsupported_reason("ort_static", "quantize") is None
+
+
+def test_torch_dynamic_quantizes_the_projections_and_survives_the_backends_copy() -> None:
+    """torch's own dynamic INT8 as a transform: int8 Linear projections (the head kept), close logits, and
+    the same logits after the backend copies it (what the INT8 study runs)."""
+    from bench.backends import reference
+
+    model = build(tiny_config(n_layer=2), seed=0).eval()
+    quantized = quantize_torch_dynamic(model, "quantize")
+    kinds = {type(m).__name__ for m in quantized.modules()}
+    assert "Linear" in kinds and "Int8FakeQuantNorm" in kinds  # the head stays float; norms wrapped
+    assert type(quantized.blocks[0].attn.qkv).__module__.startswith("torch.ao.nn.quantized")
+    idx = torch.randint(0, 61, (2, 12))
+    with torch.no_grad():
+        ref, out = model(idx), quantized(idx)
+        assert 0 < (out - ref).abs().max() < 0.2
+        torch.testing.assert_close(reference("cpu").prepare(quantized)(idx), out, atol=0, rtol=0)
 
 
 def _layer_norm_inputs(path) -> list[str]:

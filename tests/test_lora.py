@@ -23,7 +23,7 @@ from .conftest import tiny_config
 
 def test_scaling_factors() -> None:
     assert lora_scaling(16, 16, rslora=False) == 1.0
-    assert lora_scaling(16, 16, rslora=True) == 4.0  # REFERENCES.md: r=16, alpha=16 -> 1.0 vs 4.0
+    assert lora_scaling(16, 16, rslora=True) == 4.0  # docs/references.md: r=16, alpha=16 -> 1.0 vs 4.0
     with pytest.raises(ValueError, match="positive"):
         lora_scaling(0, 16, rslora=False)
 

@@ -99,11 +99,13 @@ def test_memory_probe_sees_a_cpu_allocation() -> None:
     assert "peak_rss_bytes" in probe.reading.as_metrics()
 
 
-def test_bandwidth_ceiling_is_positive_and_picks_a_layout() -> None:
+def test_bandwidth_ceiling_is_positive_and_the_fastest_read() -> None:
     bw = measure_bandwidth("cpu", nbytes=16 << 20, repeats=2)
     assert bw.copy_Bps > 1e8 and bw.matvec_out_in_Bps > 1e8 and bw.matvec_in_out_Bps > 1e8
-    assert bw.best_layout in ("out_in", "in_out") and bw.decode_Bps == max(bw.read_Bps, bw.matvec_Bps)
-    assert bw.best_layout == ("in_out" if bw.matvec_in_out_Bps > 1.05 * bw.matvec_out_in_Bps else "out_in")
+    assert bw.matvec_Bps == max(bw.matvec_out_in_Bps, bw.matvec_in_out_Bps)
+    assert bw.decode_Bps == max(bw.read_Bps, bw.matvec_Bps)
+    assert set(bw.to_dict()) == {"copy_Bps", "read_Bps", "matvec_out_in_Bps", "matvec_in_out_Bps", "buffer_bytes",
+                                 "decode_Bps"}
 
 
 def test_read_probe_measures_the_read_bandwidth_now() -> None:
@@ -138,81 +140,21 @@ def test_probe_waits_for_a_spinning_thread_to_stop() -> None:
     assert 0.2 < waited < 1.0
 
 
-@pytest.mark.parametrize("layout", ["in_out", "onednn", "gemv"])
-def test_weight_layouts_give_the_same_logits_and_tokens(layout: str) -> None:
+def test_decode_prepares_a_model_once_for_consecutive_cases_and_each_model_keeps_its_weights(monkeypatch) -> None:
     from bench.backends import get
-    from models import generate, kernels
-    from models.layout import onednn_available
+    from bench.studies.decode import test_decode
 
-    if layout == "onednn" and not onednn_available():
-        pytest.skip(f"torch {torch.__version__} has no usable oneDNN linear here")
-    if layout == "gemv" and kernels.unavailable_reason():
-        pytest.skip(kernels.unavailable_reason())
-    model = build(variants.get("gpt2-tiny"), seed=0).eval()
-    prepared = get("torch-cpu").prepare(model, layout=layout)
-    idx = torch.randint(0, 256, (2, 24), generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        torch.testing.assert_close(prepared(idx), model(idx), atol=1e-4, rtol=1e-4)
-        prompt = idx[:1, :8]
-        assert torch.equal(generate(prepared, prompt, 24), generate(prepared, prompt, 24, use_cache=False))
-    with pytest.raises(ValueError, match="allowed values: out_in, in_out, onednn, gemv"):
-        get("torch-cpu").prepare(model, layout="blocked")
-
-
-def test_fastest_layout_times_every_usable_layout_and_picks_the_quickest() -> None:
-    from bench.backends import get
-    from models import kernels
-    from models.layout import onednn_available
-
-    backend = get("torch-cpu")
-    model = build(variants.get("gpt2-tiny"), seed=0).eval()
-    usable = backend.layouts(torch.float32)
-    assert usable[:2] == ("out_in", "in_out") and ("onednn" in usable) == onednn_available()
-    assert ("gemv" in usable) == (kernels.unavailable_reason() is None)
-    assert backend.layouts(torch.bfloat16) == ("out_in", "in_out")  # oneDNN's and our kernel's layouts: fp32 only
-    small, untuned = backend.fastest_layout(model, prefer="in_out")  # 1M parameters: below the tuning size
-    assert small.layout == "in_out" and small.step_s == {}
-    assert any(type(m).__name__ == "InputMajorLinear" for m in untuned.modules())
-    choice, prepared = backend.fastest_layout(model, batch=2, window_s=0.005, repeats=2, min_weight_bytes=0)
-    assert set(choice.step_s) == set(usable) and all(s > 0 for s in choice.step_s.values())
-    kinds = {"out_in": "Linear", "in_out": "InputMajorLinear", "onednn": "OneDnnLinear", "gemv": "RowGemvLinear"}
-    assert type(prepared.blocks[0].attn.qkv).__name__ == kinds[choice.layout]  # the winner, prepared
-
-    def expected(step_s: dict[str, float], prefer: str) -> str:  # the preferred within 3%, else the fastest
-        fastest = min(step_s, key=step_s.get)
-        return prefer if step_s[prefer] <= 1.03 * step_s[fastest] else fastest
-
-    assert choice.layout == expected(choice.step_s, "out_in")  # default preference: the untransformed layout
-    preferred, _ = backend.fastest_layout(model, prefer="in_out", window_s=0.005, repeats=2, min_weight_bytes=0)
-    assert preferred.layout == expected(preferred.step_s, "in_out")
-    # the tuning works on copies: the model keeps its own nn.Linear layers
-    assert sum(type(m) is torch.nn.Linear for m in model.modules()) == 4 * model.config.n_layer + 1
-
-
-def test_layout_is_tuned_once_per_architecture_and_each_model_keeps_its_weights(monkeypatch) -> None:
-    from bench import test_decode
-    from bench.backends import LayoutChoice, TorchBackend, get
-
-    monkeypatch.setattr(test_decode, "_LAYOUT_CHOICES", {})
     monkeypatch.setattr(test_decode, "_LAST_PREPARED", {})
-    tunings = []
-
-    def counted(self, model, **kwargs):  # a tuning that always picks (in, out), counted
-        tunings.append(model)
-        return LayoutChoice("in_out", {"in_out": 1.0}), self.prepare(model, layout="in_out")
-
-    monkeypatch.setattr(TorchBackend, "fastest_layout", counted)
     backend = get("torch-cpu")
     first, second = (build(variants.get("gpt2-tiny"), seed=s).eval() for s in (0, 1))  # same shapes, other weights
-    a, choice_a = test_decode.prepare_or_skip(backend, first, torch.float32)
-    again, _ = test_decode.prepare_or_skip(backend, first, torch.float32)
-    b, choice_b = test_decode.prepare_or_skip(backend, second, torch.float32)
-    assert len(tunings) == 1 and choice_a == choice_b and choice_b.layout == "in_out"  # tuned once, reused
+    a = test_decode.prepare(backend, first, torch.float32)
+    again = test_decode.prepare(backend, first, torch.float32)
+    b = test_decode.prepare(backend, second, torch.float32)
     assert again is a  # consecutive cases share the prepared model
-    assert b is not a and type(b.blocks[0].attn.qkv).__name__ == "InputMajorLinear"
+    assert b is not a and a is not first  # a copy: the model itself is never changed
     idx = torch.arange(8)[None]  # (1, 8)
     with torch.inference_mode():
-        torch.testing.assert_close(b(idx), second(idx), atol=1e-5, rtol=1e-5)  # the second model's weights
+        torch.testing.assert_close(b(idx), second(idx), atol=0, rtol=0)  # eager torch: the model as it is
         assert not torch.allclose(b(idx), first(idx))
 
 
@@ -223,7 +165,7 @@ def test_roofline_gpt2_small_by_hand() -> None:
     # every parameter is streamed each step except the position table (one row is read)
     assert roofline.streamed_params(cfg) == count_params(build(cfg, device="meta")) - 1024 * 768
     step = roofline.decode_step(cfg, position=99)
-    assert step.kv_bytes == 73_728 * 100  # REFERENCES.md: 73,728 B per token in fp32
+    assert step.kv_bytes == 73_728 * 100  # docs/references.md: 73,728 B per token in fp32
     assert step.weight_bytes == 123_653_376 * 4
     assert step.flops == 2 * 123_532_032 + 12 * 12 * 64 * 100 * 4
     bound = roofline.tokens_per_s_bound(step, bandwidth_Bps=step.bytes * 10.0)
@@ -234,18 +176,17 @@ def test_roofline_gpt2_small_by_hand() -> None:
 
 def test_roofline_counts_grouped_kv_heads() -> None:
     cfg = variants.get("llama-2-7b")
-    assert roofline.decode_step(cfg, 0, param_bytes=2, kv_element_bytes=2).kv_bytes == 524_288  # REFERENCES.md
+    assert roofline.decode_step(cfg, 0, param_bytes=2, kv_element_bytes=2).kv_bytes == 524_288  # docs/references.md
 
 
-def test_ceilings_command_prints_each_measured_layout_and_the_decode_ceiling(monkeypatch, capsys) -> None:
+def test_ceilings_command_prints_each_measured_read_and_the_decode_ceiling(monkeypatch, capsys) -> None:
     import profiles.__main__ as cli
     from profiles import ceilings
 
     measured = ceilings.BandwidthCeiling(copy_Bps=20e9, read_Bps=30e9, matvec_out_in_Bps=15e9,
-                                         matvec_in_out_Bps=20e9, buffer_bytes=1 << 28, matvec_onednn_Bps=25e9)
+                                         matvec_in_out_Bps=20e9, buffer_bytes=1 << 28)
     monkeypatch.setattr(ceilings, "measure_bandwidth", lambda device: measured)
     monkeypatch.setattr(ceilings, "measure_matmul", lambda device, dtype: 1e11)
     assert cli.main(["ceilings"]) == 0
     out = capsys.readouterr().out
-    assert "25.0 GB/s (onednn)" in out and "(gemv)" not in out  # not measured: left out, not shown as 0
-    assert "faster plain layout in_out; decode ceiling 30.0 GB/s" in out
+    assert "matvec 15.0 GB/s (out,in) 20.0 GB/s (in,out)" in out and "decode ceiling 30.0 GB/s" in out

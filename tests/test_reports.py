@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from reports import analysis
+from bench.studies.decode import report as decode_report
+from reports import fits
 from reports.__main__ import main as reports_main
 from reports.build import build_report
 from reports.check import check
@@ -30,11 +31,11 @@ def test_fit_loglog_recovers_exponents() -> None:
     rng = np.random.default_rng(0)
     for exponent in (1.0, 2.0):
         times = [3e-4 * t**exponent * (1 + 0.02 * rng.standard_normal()) for t in lengths]
-        fit = analysis.fit_loglog(lengths, times)
+        fit = fits.fit_loglog(lengths, times)
         assert fit.slope == pytest.approx(exponent, abs=0.03) and 0 < fit.stderr < 0.03 and fit.n == 5
-    two = analysis.fit_loglog([10, 20], [1.0, 4.0])
+    two = fits.fit_loglog([10, 20], [1.0, 4.0])
     assert two.slope == pytest.approx(2.0) and np.isnan(two.stderr)
-    assert analysis.upper_half([32, 64, 128, 256, 512]) == [128, 256, 512]
+    assert fits.upper_half([32, 64, 128, 256, 512]) == [128, 256, 512]
 
 
 def test_loader_reads_a_real_file() -> None:
@@ -198,10 +199,10 @@ def _with_pairs(data: dict, speedup: float) -> dict:
 def test_the_speed_up_gate_uses_paired_rounds_where_both_runs_have_them(tmp_path) -> None:
     data = json.loads(SMOKE.read_text())
     base = load(_write(tmp_path, "base.json", _with_pairs(data, 5.0)))
-    pay = analysis.cache_payoff(to_frame([base]))
+    pay = decode_report.cache_payoff(to_frame([base]))
     assert pay["speedup_paired"].to_numpy() == pytest.approx(5.0)
-    assert analysis.median_ratio([1.0, 2.0, 9.0], [0.5, 1.0, 1.0]) == pytest.approx(2.0)  # the median ratio
-    assert np.isnan(analysis.median_ratio([1.0], []))
+    assert fits.median_ratio([1.0, 2.0, 9.0], [0.5, 1.0, 1.0]) == pytest.approx(2.0)  # the median ratio
+    assert np.isnan(fits.median_ratio([1.0], []))
     slower = check(base, load(_write(tmp_path, "slow.json", _with_pairs(data, 3.0))))
     gates = [g for g in slower if g.gate == "cache speed-up"]
     assert gates and all(not g.passed and g.value.endswith("(paired)") for g in gates)
@@ -332,89 +333,30 @@ def test_combined_runs_count_a_study_as_missing_only_when_every_run_missed_it(tm
     assert any(g.gate == "missing" and not g.passed for g in combine([partial, partial]))
 
 
-def test_report_shows_the_tuned_weight_layout_per_model(tmp_path) -> None:
-    data = json.loads(SMOKE.read_text())
-    for bench in data["benchmarks"]:
-        info = bench["extra_info"]
-        if info["study"] == "decode" and info["params"].get("phase") == "decode":
-            info["params"]["weight_layout"] = "onednn"
-            info["metrics"]["layout_step_s"] = {"out_in": 0.004, "in_out": 0.003, "onednn": 0.002}
-    df = to_frame([load(_write(tmp_path, "tuned.json", data))])
-    from reports import analysis
-
-    choices = analysis.layout_choices(df)
-    assert set(choices["variant"]) == {"gpt2-tiny", "llama-tiny"} and set(choices["chosen"]) == {"onednn"}
-    assert list(choices.filter(like="s/step").iloc[0]) == [0.004, 0.003, 0.002]
-    html = build_report([tmp_path / "tuned.json"], tmp_path / "index.html").read_text()
-    assert "Weight layout per model" in html and "onednn ms/step" in html and "2.00" in html
-    assert "Weight layout per model" not in build_report([SMOKE], tmp_path / "old.html").read_text()  # older files
-
-
-def _tuned(data: dict, chosen: str, step_s: dict[str, float]) -> dict:
-    """A copy of `data` whose decode rows say the tuner chose `chosen` after measuring `step_s`."""
-    out = copy.deepcopy(data)
-    for bench in out["benchmarks"]:
-        info = bench["extra_info"]
-        if info["study"] == "decode" and info["params"].get("phase") == "decode":
-            info["params"]["weight_layout"] = chosen
-            info["metrics"]["layout_step_s"] = dict(step_s)
-    return out
-
-
-def test_layout_gates_catch_a_dropped_or_overtaken_layout(tmp_path) -> None:
-    """A layout that won every baseline run, clearly in the median one, must win again on the same
-    machine, and no candidate may drop out; a close race (or a split) gates only the candidates;
-    another machine skips both."""
-    data = json.loads(SMOKE.read_text())
-    clear = {"out_in": 0.004, "onednn": 0.002, "gemv": 0.0015}  # gemv 33% ahead of oneDNN
-    base = [load(_write(tmp_path, f"b{i}.json", _tuned(data, "gemv", clear))) for i in range(2)]
-
-    def layout_gates(chosen: str, step_s: dict[str, float], baseline=base, machine: str | None = None) -> dict:
-        run = _tuned(data, chosen, step_s)
-        if machine:
-            run["machine_info"]["archbench"]["profile"]["cpu_model"] = machine
-        gates = check(baseline, load(_write(tmp_path, "run.json", run)))
-        return {(g.gate, g.subject): g for g in gates if "layout" in g.gate}
-
-    same = layout_gates("gemv", {"out_in": 0.0041, "onednn": 0.0019, "gemv": 0.0016})
-    assert len(same) == 4 and all(g.passed for g in same.values())  # gpt2-tiny and llama-tiny, two gates each
-    tiny = ("decode layout", "gpt2-tiny torch-cpu batch=1")
-    assert "won all 2 baseline runs by 33%-33%, median 33%" in same[tiny].limit
-
-    overtaken = layout_gates("onednn", {"out_in": 0.004, "onednn": 0.002, "gemv": 0.0026})  # gemv got slower
-    assert [g.passed for (gate, _), g in overtaken.items() if gate == "decode layout"] == [False, False]
-    assert all(g.passed for (gate, _), g in overtaken.items() if gate == "decode layouts")
-
-    dropped = layout_gates("onednn", {"out_in": 0.004, "onednn": 0.002})  # gemv no longer a candidate
-    assert not any(g.passed for g in dropped.values())
-    assert "includes gemv, onednn, out_in" in dropped[("decode layouts", "gpt2-tiny torch-cpu batch=1")].limit
-
-    close = [load(_write(tmp_path, "c.json", _tuned(data, "gemv", {"onednn": 0.00158, "gemv": 0.0015})))]
-    race = layout_gates("onednn", {"onednn": 0.0015, "gemv": 0.00152}, baseline=close)  # a 5% race may flip
-    assert {gate for gate, _ in race} == {"decode layouts"} and all(g.passed for g in race.values())
-    narrow = close + base  # one tuning at 5%, two at 33%: gemv still won every run, by 33% in the median one
-    kept = layout_gates("onednn", {"out_in": 0.004, "onednn": 0.002, "gemv": 0.0026}, baseline=narrow)
-    assert not kept[tiny].passed and "won all 3 baseline runs by 5%-33%, median 33%" in kept[tiny].limit
-    split = [close[0], load(_write(tmp_path, "o.json", _tuned(data, "onednn", {"onednn": 0.0015, "gemv": 0.0016})))]
-    assert tiny not in layout_gates("onednn", clear, baseline=split)  # two winners: candidates only
-
-    elsewhere = layout_gates("onednn", {"onednn": 0.002}, machine="Another CPU")
-    assert [(g.gate, g.passed) for g in elsewhere.values()] == [("decode layout", True)]
-    assert "skipped" in next(iter(elsewhere.values())).value
-    assert not any("layout" in g.gate for g in check(load(SMOKE), load(SMOKE)))  # results without tuning
+def test_committed_samples_and_baselines_of_the_old_schema_still_load_build_and_check(tmp_path) -> None:
+    """Files written before records named their backend's family (schema 1), with the weight layouts of the
+    archbench of that time, load (family and device type from the backend registry), build and check."""
+    root = Path(__file__).parent.parent / "reports"
+    samples = sorted((root / "samples").glob("*/results.json"))
+    old = [p for p in samples if json.loads(p.read_text())["benchmarks"][0]["extra_info"]["schema"] == 1]
+    for path in [*old, SMOKE]:
+        df = to_frame([load(path)])
+        known = df[df["backend"].isin(["torch-cpu", "torch-cuda", "onnxruntime"])]
+        assert set(known["backend_family"]) <= {"torch", "onnxruntime"} and known["device_type"].notna().all()
+        html = build_report([path], tmp_path / f"{path.parent.name}.html").read_text()
+        assert "could not be built" not in html and 'id="decode"' in html
+    assert reports_main(["check", "--baseline", str(SMOKE), str(SMOKE)]) == 0
 
 
 def test_decode_targets_are_judged_from_the_measured_figures(tmp_path) -> None:
-    from reports import analysis
-
     sample = Path(__file__).parent.parent / "reports" / "samples" / "cpu-amd-epyc-2core-quick" / "results.json"
     data = json.loads(sample.read_text())  # a real quick run: GPT-2 124M on torch-cpu and onnxruntime
     for bench in data["benchmarks"]:  # this test judges against the session's ceiling: no probes
         for key in ("ceiling_before_Bps", "ceiling_after_Bps"):
             bench["extra_info"].get("metrics", {}).pop(key, None)
     df = to_frame([load(_write(tmp_path, "studies.json", data))])
-    targets = analysis.decode_targets(df)
-    rows = analysis.decode_rows(df)
+    targets = decode_report.decode_targets(df)
+    rows = decode_report.decode_rows(df)
     cached = rows[(rows["variant"] == "gpt2-small") & (rows["p_cache"] == "raw") & (rows["backend"] == "torch-cpu")]
     assert not cached.empty
     fraction = float(cached["bandwidth_fraction"].median())
@@ -427,7 +369,7 @@ def test_decode_targets_are_judged_from_the_measured_figures(tmp_path) -> None:
             for key in ("min", "max", "mean", "median"):
                 bench["stats"][key] /= 10
             bench["stats"]["data"] = [t / 10 for t in bench["stats"].get("data") or []]
-    faster = analysis.decode_targets(to_frame([load(_write(tmp_path, "faster.json", data))]))
+    faster = decode_report.decode_targets(to_frame([load(_write(tmp_path, "faster.json", data))]))
     assert faster[(faster["backend"] == "torch-cpu") & faster["target"].str.contains("ceiling")]["met"].all()
     html = build_report([tmp_path / "studies.json"], tmp_path / "index.html").read_text()
     assert "Targets: gpt2-small, fp32, batch 1, on the CPU" in html
@@ -442,8 +384,6 @@ def _gpt2_small_cached(data: dict):
 
 
 def test_targets_use_the_ceiling_probed_beside_each_round(tmp_path) -> None:
-    from reports import analysis
-
     sample = Path(__file__).parent.parent / "reports" / "samples" / "cpu-amd-epyc-2core-quick" / "results.json"
     data = json.loads(sample.read_text())
     expected = {}
@@ -460,13 +400,13 @@ def test_targets_use_the_ceiling_probed_beside_each_round(tmp_path) -> None:
         expected[key] = per_round[len(per_round) // 2] if len(per_round) % 2 else \
             (per_round[len(per_round) // 2 - 1] + per_round[len(per_round) // 2]) / 2
     assert expected
-    rows = analysis.decode_rows(to_frame([load(_write(tmp_path, "probed.json", data))]))
+    rows = decode_report.decode_rows(to_frame([load(_write(tmp_path, "probed.json", data))]))
     cached = rows[(rows["variant"] == "gpt2-small") & (rows["p_cache"] == "raw")]
     for r in cached.itertuples():
         assert r.probed_fraction == pytest.approx(expected[(r.backend, r.p_decode_tokens)])
         assert r.probed_ceiling_Bps == pytest.approx(r.m_ceiling_Bps * 5 / 8)
         assert r.probed_fraction > r.bandwidth_fraction  # a slower moment: a lower ceiling to compare with
-    targets = analysis.decode_targets(to_frame([load(tmp_path / "probed.json")]))
+    targets = decode_report.decode_targets(to_frame([load(tmp_path / "probed.json")]))
     row = targets[(targets["backend"] == "torch-cpu") & targets["target"].str.contains("ceiling")].iloc[0]
     torch_fraction = float(cached[cached["backend"] == "torch-cpu"]["probed_fraction"].median())
     assert "probed beside each round" in row["target"] and row["measured"].startswith(f"{torch_fraction:.0%}")
@@ -476,28 +416,28 @@ def test_targets_use_the_ceiling_probed_beside_each_round(tmp_path) -> None:
     # a probe list that does not match the rounds is not used: the session's ceiling judges instead
     for bench in _gpt2_small_cached(data):
         bench["extra_info"]["metrics"]["ceiling_after_Bps"].pop()
-    rows = analysis.decode_rows(to_frame([load(_write(tmp_path, "short.json", data))]))
+    rows = decode_report.decode_rows(to_frame([load(_write(tmp_path, "short.json", data))]))
     assert rows[(rows["variant"] == "gpt2-small") & (rows["p_cache"] == "raw")]["probed_fraction"].isna().all()
-    targets = analysis.decode_targets(to_frame([load(tmp_path / "short.json")]))
+    targets = decode_report.decode_targets(to_frame([load(tmp_path / "short.json")]))
     assert not targets["target"].str.contains("probed").any()
 
 
-def test_peer_table_gives_the_ratio_and_the_layout_ours_ran_in(tmp_path) -> None:
+def test_peer_table_gives_the_ratio_on_each_engine(tmp_path) -> None:
     data = json.loads(SMOKE.read_text())
     decode = next(b for b in data["benchmarks"] if b["extra_info"]["study"] == "decode"
                   and b["extra_info"]["params"].get("phase") == "decode")
     peers = []
-    for impl, seconds, layout in (("archbench", 0.5, "gemv"), ("transformers", 0.8, "transformers")):
+    for impl, seconds in (("archbench", 0.5), ("transformers", 0.8)):
         bench = copy.deepcopy(decode)
         bench["name"] = bench["fullname"] = f"test_peer[{impl}]"
         bench["stats"].update(min=seconds, max=seconds, mean=seconds, median=seconds, data=[seconds])
         bench["extra_info"]["params"] = {"phase": "peer", "impl": impl, "cache": "raw", "decode_tokens": 32,
-                                         "prompt_tokens": 16, "batch": 1, "dtype": "fp32", "weight_layout": layout}
+                                         "prompt_tokens": 16, "batch": 1, "dtype": "fp32"}
         bench["extra_info"]["metrics"] = {"tokens_identical": True, "tokens_sha1": "x"}
         peers.append(bench)
     data["benchmarks"] += peers
     path = _write(tmp_path, "peers.json", data)
-    p = analysis.peers(to_frame([load(path)]))
-    assert len(p) == 1 and p["ratio"].iloc[0] == pytest.approx(0.8 / 0.5) and p["ours_layout"].iloc[0] == "gemv"
+    p = decode_report.peers(to_frame([load(path)]))
+    assert len(p) == 1 and p["ratio"].iloc[0] == pytest.approx(0.8 / 0.5) and p["device_type"].iloc[0] == "cpu"
     html = build_report([path], tmp_path / "index.html").read_text()
-    assert "archbench weight layout" in html and "<td>gemv</td>" in html
+    assert "archbench vs transformers (same weights, same engine, greedy)" in html and "1.60x" in html

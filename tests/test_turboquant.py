@@ -1,4 +1,4 @@
-"""TurboQuant against REFERENCES.md: Lloyd-Max tables, distortion, inner products, packing, bytes, caches."""
+"""TurboQuant against docs/references.md: Lloyd-Max tables, distortion, inner products, packing, bytes, caches."""
 
 import math
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from models import build, kv_cache
-from models.layers import causal_attention
+from models.attention import causal_attention
 from models.turboquant import (
     TurboQuantizer,
     lloyd_max_gaussian,
@@ -19,7 +19,7 @@ from models.turboquant import (
 
 from .conftest import tiny_config
 
-# REFERENCES.md: Lloyd-Max for N(0, 1), positive half (levels, thresholds) and MSE
+# docs/references.md: Lloyd-Max for N(0, 1), positive half (levels, thresholds) and MSE
 LLOYD_MAX = {
     1: ([0.797885], [0], 0.363380),
     2: ([0.452780, 1.510418], [0, 0.981599], 0.117482),
@@ -27,7 +27,7 @@ LLOYD_MAX = {
     4: ([0.128395, 0.388048, 0.656759, 0.942340, 1.256231, 1.618046, 2.069017, 2.732590],
         [0, 0.258222, 0.522404, 0.799550, 1.099286, 1.437139, 1.843532, 2.400803], 0.009501),
 }
-# REFERENCES.md: Monte Carlo MSE for unit vectors with a dense QR rotation (tolerance ~3%)
+# docs/references.md: Monte Carlo MSE for unit vectors with a dense QR rotation (tolerance ~3%)
 MSE_UNIT = {64: (0.358, 0.1145, 0.0334, 0.0092), 128: (0.361, 0.116, 0.0340, 0.0093)}
 PAPER_MSE = (0.36, 0.117, 0.03, 0.009)
 
@@ -178,7 +178,7 @@ def test_cache_bytes_are_exact() -> None:
     cfg = tiny_config(n_layer=3, n_head=4, d_model=256, n_kv_head=2)  # head_dim 64
     tq = kv_cache.make("tq3", cfg, batch=2, max_len=100)
     assert tq.bytes_per_token == 2 * 3 * 2 * 2 * 26  # K and V, layers, batch, kv heads, 26 B per vector
-    raw16 = kv_cache.make("raw", cfg, batch=2, max_len=100, dtype=torch.float16)
+    raw16 = kv_cache.make("raw-fp16", cfg, batch=2, max_len=100)
     assert raw16.bytes_per_token / tq.bytes_per_token == pytest.approx(4.92, abs=0.01)
     codebook = sum(b.numel() * b.element_size() for b in tq.quantizer.buffers())
     assert tq.nbytes == tq.bytes_per_token * 100 + codebook  # codes, norms and the rotation: every byte held
@@ -230,7 +230,7 @@ def test_tq3_decode_on_a_trained_model_stays_close_to_raw() -> None:
     model = train(arch, TrainConfig(steps=150, batch_size=32, seq_len=64, eval_windows=8), progress=False).model
     windows = corpus.eval_windows(corpus.load().tokens("val"), 64, 32)[:, :-1]
     with torch.no_grad():
-        raw = model(windows, kv_cache.make("raw", arch, 32, 64))
+        raw = model(windows, kv_cache.make("raw-fp32", arch, 32, 64))
         tq = model(windows, kv_cache.make("tq3", arch, 32, 64))
     log_p, log_q = F.log_softmax(raw, -1), F.log_softmax(tq, -1)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean().item()

@@ -1,4 +1,4 @@
-"""Named variants and exact parameter counts (REFERENCES.md figures), counted on the meta device."""
+"""Named variants and exact parameter counts (docs/references.md figures), counted on the meta device."""
 
 import pytest
 import torch

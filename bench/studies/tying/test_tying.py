@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import pytest
 
+from bench import backends, harness
+from bench.studies.tying import STUDY
 from models import build, count_params, variants
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    sweeps = metafunc.config.archbench_preset.tying
+    sweeps = harness.sweep(metafunc.config, STUDY) or ()
     if "tying_params_case" in metafunc.fixturenames:
         cases = [(s, v) for s in sweeps for v in s.variants]
         metafunc.parametrize("tying_params_case", cases, ids=[v for _, v in cases])
@@ -36,7 +38,7 @@ def test_tying_params(benchmark, record, tying_params_case) -> None:
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
     saved = counts["untied"] - counts["tied"]
     assert saved == cfg.vocab_size * cfg.d_model
-    record("tying", variant, "analytic", params={"phase": "params", "native_tied": cfg.tie_weights},
+    record("tying", variant, harness.ANALYTIC, params={"phase": "params", "native_tied": cfg.tie_weights},
            metrics={"tied_params": counts["tied"], "untied_params": counts["untied"], "saved_params": saved,
                     "saved_share_of_untied": saved / counts["untied"],
                     "saved_share_of_tied": saved / counts["tied"]})
@@ -53,7 +55,7 @@ def test_tying_quality(benchmark, record, tying_quality_case) -> None:
     benchmark.pedantic(lambda: result.update(run=reference_model(cfg, tc, progress=False)), rounds=1,
                        warmup_rounds=0)
     run = result["run"]
-    record("tying", sweep.base, "torch-cpu",
+    record("tying", sweep.base, backends.reference("cpu"),
            params={"phase": "quality", "tied": tied, "steps": sweep.train_steps, "batch": sweep.batch_size,
                    "seq_len": sweep.seq_len},
            metrics={"params": count_params(run.model), "val_bpb": run.val_bits_per_byte,

@@ -19,59 +19,58 @@ import math
 import subprocess
 import sys
 from functools import cache
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.conftest import accuracy_sources, backend_fixture, eval_set, selected_backends, synced
-from bench.presets import KVAccuracySweep, KVMemorySweep
+from bench import backends, harness
+from bench.run import ROOT
+from bench.studies.kv import STUDY, KVAccuracySweep, KVMemorySweep, KVSweeps
 from models import build, count_params, generate, kv_cache, variants
 from models.corpus import NATS_TO_BITS
 from models.generate import decode
 from profiles.memory import MemoryProbe
 
-ROOT = Path(__file__).resolve().parent.parent
-RAW_DTYPES = {"raw-fp32": torch.float32, "raw-fp16": torch.float16, "raw-bf16": torch.bfloat16}
-CAPACITY_VARIANTS = ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-2-7b", "llama-3-8b", "llama-2-70b")
-BUDGETS_GIB = (8, 24, 80)
+RAW_FP32, RAW_FP16 = kv_cache.raw_kind(torch.float32), kv_cache.raw_kind(torch.float16)
 
 
-def _make(kind: str, cfg, batch: int, max_len: int, device: torch.device):
-    if kind in RAW_DTYPES:
-        return kv_cache.make("raw", cfg, batch, max_len, dtype=RAW_DTYPES[kind], device=device)
-    return kv_cache.make(kind, cfg, batch, max_len, device=device)
+def _sweeps(config: pytest.Config) -> KVSweeps:
+    return harness.sweep(config, STUDY) or KVSweeps()
 
 
-def _bits(kind: str) -> int:
-    return {"raw-fp32": 32, "raw-fp16": 16, "raw-bf16": 16}.get(kind) or int(kind[-1])
+def _peak_backends(config: pytest.Config) -> list[backends.Backend]:
+    """One backend per device type among those that take archbench's cache kinds: the probe runs in a fresh
+    eager process, so a second engine on the same device would measure the same thing again."""
+    by_device: dict[str, backends.Backend] = {}
+    for backend in harness.selected_backends(config, backends.CACHE_KINDS):
+        by_device.setdefault(backend.device_type, backend)
+    return list(by_device.values())
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    preset = metafunc.config.archbench_preset
+    sweeps = _sweeps(metafunc.config)
     if "kv_memory_case" in metafunc.fixturenames:
-        torch_backends = [b for b in selected_backends(metafunc.config) if b.startswith("torch")]
-        cases = [(s, backend, kind, length, batch) for s in preset.kv_memory for backend in torch_backends
-                 for kind in s.kinds for length in s.lengths for batch in s.batches]
+        usable = [b.name for b in harness.selected_backends(metafunc.config, backends.CACHE_KINDS)]
+        cases = [(s, backend, kind, length, batch) for s in sweeps.memory for backend in usable
+                 for kind in (s.kinds or kv_cache.representative_kinds()) for length in s.lengths
+                 for batch in s.batches]
         metafunc.parametrize("kv_memory_case", cases,
                              ids=[f"{s.variant}-{b}-{k}-T{t}-B{n}" for s, b, k, t, n in cases])
     if "kv_peak_case" in metafunc.fixturenames:
-        torch_backends = [b for b in selected_backends(metafunc.config) if b.startswith("torch")]
-        cases = [(s, backend, kind, length) for s in preset.kv_memory for backend in torch_backends
+        cases = [(s, backend.name, kind, length) for s in sweeps.memory for backend in _peak_backends(metafunc.config)
                  for kind in s.probe_kinds for length in s.probe_lengths]
         metafunc.parametrize("kv_peak_case", cases,
                              ids=[f"{s.variant}-{b}-{k}-T{t}-B{s.probe_batch}" for s, b, k, t in cases])
     if "kv_accuracy_case" in metafunc.fixturenames:
-        cases = [(s, source, kind) for s in preset.kv_accuracy for source in accuracy_sources(metafunc.config)
-                 for kind in s.kinds]
+        cases = [(s, source, kind) for s in sweeps.accuracy for source in harness.accuracy_sources(metafunc.config)
+                 for kind in (s.kinds or kv_cache.kinds())]
         metafunc.parametrize("kv_accuracy_case", cases,
                              ids=[f"{s.reference if src == 'reference' else src}-{k}" for s, src, k in cases])
     if "kv_capacity_variant" in metafunc.fixturenames:
-        names = list(CAPACITY_VARIANTS) if preset.kv_memory else []
-        metafunc.parametrize("kv_capacity_variant", names)
+        metafunc.parametrize("kv_capacity_variant", list(sweeps.capacity_variants))
     if "kv_quantize_bits" in metafunc.fixturenames:
-        metafunc.parametrize("kv_quantize_bits", [1, 2, 3, 4] if preset.kv_memory else [])
+        metafunc.parametrize("kv_quantize_bits", list(sweeps.quantize_bits))
 
 
 @cache
@@ -86,42 +85,43 @@ def _sha1(tokens: torch.Tensor) -> str:
 def test_kv_memory(benchmark, record, kv_memory_case) -> None:
     sweep, backend_name, kind, length, batch = kv_memory_case
     sweep: KVMemorySweep
-    backend = backend_fixture(backend_name)
+    backend = harness.available_or_skip(backends.get(backend_name))
     cfg = variants.get(sweep.variant)
     total = sweep.prompt_len + length
-    model = backend.prepare(_cpu_model(sweep.variant))
-    device = backend.device
+    model = harness.prepare_or_skip(backend, _cpu_model(sweep.variant))
+    device = backend.input_device
+    spec = kv_cache.spec(kind)
     prompt = torch.randint(0, cfg.vocab_size, (batch, sweep.prompt_len),
                            generator=torch.Generator().manual_seed(7)).to(device)
     tokens = torch.zeros(batch, total, dtype=torch.long, device=device)
     tokens[:, : sweep.prompt_len] = prompt
     with MemoryProbe(device) as alloc_probe:
-        cache_obj = _make(kind, cfg, batch, total, device)
+        cache_obj = kv_cache.make(kind, cfg, batch, total, device=device)
 
     def prefill():
         cache_obj.reset()
-        return (synced(model, device)(prompt, cache_obj)[:, -1],), {}
+        return (harness.synced(model, device)(prompt, cache_obj)[:, -1],), {}
 
     with torch.inference_mode():
         reference = generate(model, prompt, length)  # raw fp32 greedy tokens
         (logits,), _ = prefill()
         decode(model, tokens, sweep.prompt_len, logits, length, cache_obj)  # warm, and the tokens to compare
         agreement = float((tokens[:, sweep.prompt_len:] == reference[:, sweep.prompt_len:]).float().mean())
-        if kind == "raw-fp32":
+        if kind == RAW_FP32:
             assert agreement == 1.0
-        benchmark.pedantic(synced(lambda lg: decode(model, tokens, sweep.prompt_len, lg, length, cache_obj), device),
-                           setup=prefill, rounds=sweep.rounds, warmup_rounds=0)
+        benchmark.pedantic(harness.synced(lambda lg: decode(model, tokens, sweep.prompt_len, lg, length, cache_obj),
+                                          device), setup=prefill, rounds=sweep.rounds, warmup_rounds=0)
         with MemoryProbe(device) as probe:
             (logits,), _ = prefill()
             decode(model, tokens, sweep.prompt_len, logits, length, cache_obj)
-    bits = _bits(kind)
-    record("kv_memory", sweep.variant, backend_name,
-           params={"phase": "decode", "cache": kind, "bits": bits, "decode_tokens": length,
-                   "prompt_tokens": sweep.prompt_len, "batch": batch, "max_len": total},
+    record("kv_memory", sweep.variant, backend,
+           params={"phase": "decode", "cache": kind, "cache_family": spec.family, "bits": spec.code_bits,
+                   "decode_tokens": length, "prompt_tokens": sweep.prompt_len, "batch": batch, "max_len": total},
            metrics={"kv_bytes": cache_obj.nbytes, "bytes_per_token": cache_obj.bytes_per_token,
-                    "raw_fp16_bytes_per_token": kv_cache.bytes_per_token("raw", cfg, batch, torch.float16),
-                    "raw_fp32_bytes_per_token": kv_cache.bytes_per_token("raw", cfg, batch, torch.float32),
-                    "weight_bytes": count_params(model) * 4, "greedy_agreement": agreement,
+                    "bits_per_coordinate": cache_obj.bits_per_coordinate,
+                    "raw_fp16_bytes_per_token": kv_cache.bytes_per_token(RAW_FP16, cfg, batch),
+                    "raw_fp32_bytes_per_token": kv_cache.bytes_per_token(RAW_FP32, cfg, batch),
+                    "weight_bytes": count_params(_cpu_model(sweep.variant)) * 4, "greedy_agreement": agreement,
                     "tokens_sha1": _sha1(tokens), "alloc": alloc_probe.reading.as_metrics(),
                     **probe.reading.as_metrics()})
 
@@ -138,8 +138,8 @@ def test_kv_quantize(benchmark, record, kv_quantize_bits: int) -> None:
         err = (tq.dequantize(tq.quantize(unit)) - unit).pow(2).sum(-1).mean().item()
         assert err == pytest.approx(tq.expected_mse, rel=0.05)  # correct before timed
         benchmark.pedantic(lambda: tq.quantize(x), rounds=5, warmup_rounds=1)
-    record("kv_memory", "turboquant", "torch-cpu",
-           params={"phase": "quantize", "cache": f"tq{kv_quantize_bits}", "bits": kv_quantize_bits, "vectors": 65_536,
+    record("kv_memory", "turboquant", backends.reference("cpu"),
+           params={"phase": "quantize", "quantizer": "turboquant", "bits": kv_quantize_bits, "vectors": 65_536,
                    "head_dim": 64},
            metrics={"relative_mse": err, "expected_mse": tq.expected_mse, "lower_bound": 4.0**-kv_quantize_bits,
                     "upper_bound": 3**0.5 * 3.141592653589793 / 2 * 4.0**-kv_quantize_bits,
@@ -150,7 +150,7 @@ def test_kv_peak(benchmark, record, kv_peak_case) -> None:
     """Peak memory growth of filling a cache and decoding over it, each in a fresh Python process:
     resident set on the CPU (phase `rss`), the CUDA allocator's peak and NVML's delta on a GPU (`vram`)."""
     sweep, backend_name, kind, length = kv_peak_case
-    backend = backend_fixture(backend_name)
+    backend = harness.available_or_skip(backends.get(backend_name))
     result: dict = {}
 
     def run() -> None:
@@ -169,37 +169,42 @@ def test_kv_peak(benchmark, record, kv_peak_case) -> None:
         metrics.update(nvml_delta_bytes=result["nvml_delta_bytes"])
     else:
         metrics.update(peak_rss_delta_bytes=result["peak_delta_bytes"])
-    record("kv_memory", sweep.variant, backend_name,
-           params={"phase": "vram" if cuda else "rss", "cache": kind, "bits": _bits(kind), "tokens": length,
+    spec = kv_cache.spec(kind)
+    record("kv_memory", sweep.variant, backend,
+           params={"phase": "vram" if cuda else "rss", "cache": kind, "cache_family": spec.family,
+                   "bits": spec.code_bits, "tokens": length,
                    "batch": sweep.probe_batch, "pos": result["pos"], "measure": result["measure"],
                    **({"device_name": result["device_name"]} if cuda else {})},
            metrics=metrics)
 
 
-def test_kv_capacity(benchmark, record, kv_capacity_variant: str) -> None:
+def test_kv_capacity(benchmark, record, pytestconfig, kv_capacity_variant: str) -> None:
     """Bytes per token of every kind, where the cache outgrows the weights, the longest context per budget."""
+    sweeps = _sweeps(pytestconfig)
     cfg = variants.get(kv_capacity_variant)
-    kinds = ("raw-fp32", "raw-fp16", "tq4", "tq3", "tq2", "uniform3")
+    kinds = sweeps.capacity_kinds or tuple(kv_cache.kinds())
     per_token: dict[str, int] = {}
 
     def compute() -> None:
         for kind in kinds:
-            dtype = RAW_DTYPES.get(kind, torch.float32)
-            per_token[kind] = kv_cache.bytes_per_token("raw" if kind in RAW_DTYPES else kind, cfg, 1, dtype)
+            per_token[kind] = kv_cache.bytes_per_token(kind, cfg)
 
     benchmark.pedantic(compute, rounds=1, warmup_rounds=0)
-    # checked against the formula of REFERENCES.md and, where this machine can hold it, an allocated cache
-    assert per_token["raw-fp32"] == 2 * cfg.n_layer * cfg.kv_heads * cfg.head_dim * 4
+    # checked against the formula (docs/references.md) and, where this machine can hold it, allocated caches
+    if RAW_FP32 in per_token:
+        assert per_token[RAW_FP32] == 2 * cfg.n_layer * cfg.kv_heads * cfg.head_dim * 4
     if cfg.n_layer * cfg.d_model <= 12 * 768:
-        allocated = kv_cache.make("tq3", cfg, 1, 128)
-        assert allocated.bytes_per_token == per_token["tq3"]
+        for kind in kinds:
+            assert kv_cache.make(kind, cfg, 1, 128).bytes_per_token == per_token[kind], kind
     params = count_params(build(cfg, device="meta"))
     weights_fp16 = params * 2
-    capacity = {kind: {str(gib): max(0, (gib * 2**30 - weights_fp16) // b) for gib in BUDGETS_GIB}
+    budgets = sweeps.capacity_budgets_gib
+    capacity = {kind: {str(gib): max(0, (gib * 2**30 - weights_fp16) // b) for gib in budgets}
                 for kind, b in per_token.items()}
-    record("kv_memory", kv_capacity_variant, "analytic",
-           params={"phase": "capacity", "budgets_gib": list(BUDGETS_GIB), "weights": "fp16"},
+    record("kv_memory", kv_capacity_variant, harness.ANALYTIC,
+           params={"phase": "capacity", "budgets_gib": list(budgets), "weights": "fp16"},
            metrics={"params": params, "weight_bytes_fp16": weights_fp16, "bytes_per_token": per_token,
+                    "families": {kind: kv_cache.spec(kind).family for kind in kinds},
                     "outgrows_weights_at_tokens": {k: weights_fp16 // b for k, b in per_token.items()},
                     "max_context_tokens": capacity})
 
@@ -212,8 +217,8 @@ def accuracy_setup(request: pytest.FixtureRequest):
 
     def get(sweep: KVAccuracySweep, source: str):
         if (sweep, source) not in made:
-            evals = eval_set(request.config, source, sweep.reference, sweep.seq_len, sweep.windows)
-            made[sweep, source] = (evals, _evaluate(evals.model, evals.windows, "raw-fp32"))
+            evals = harness.eval_set(request.config, source, sweep.reference, sweep.seq_len, sweep.windows)
+            made[sweep, source] = (evals, _evaluate(evals.model, evals.windows, RAW_FP32))
         return made[sweep, source]
 
     return get
@@ -230,7 +235,7 @@ def _evaluate(model, windows: torch.Tensor, kind: str, batch: int = 8) -> dict:
         with torch.inference_mode():
             for chunk in windows.split(batch):
                 inputs = chunk[:, :-1]
-                cache_obj = _make(kind, model.config, inputs.shape[0], inputs.shape[1], torch.device("cpu"))
+                cache_obj = kv_cache.make(kind, model.config, inputs.shape[0], inputs.shape[1])
                 logits.append(model(inputs, cache_obj).float())
     finally:
         for h in hooks:
@@ -252,17 +257,18 @@ def test_kv_accuracy(benchmark, record, accuracy_setup, kv_accuracy_case) -> Non
     kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean().item()
     top1 = (logits.argmax(-1) == ref.argmax(-1)).float().mean().item()
     layer_error = [float((a - b).norm() / b.norm()) for a, b in zip(result["attn"], raw["attn"], strict=True)]
-    if kind == "raw-fp32":
+    if kind == RAW_FP32:
         assert kl < 1e-9 and top1 == 1.0  # the comparison itself is sound
     to_bpb = targets.numel() / evals.target_bytes * NATS_TO_BITS  # nats per token -> bits per byte
     bpb, raw_bpb = nats * to_bpb, raw_nats * to_bpb
-    record("kv_accuracy", evals.name, "torch-cpu",
-           params={"cache": kind, "bits": _bits(kind), "windows": int(windows.shape[0]), "seq_len": sweep.seq_len,
-                   "source": source},
+    spec = kv_cache.spec(kind)
+    record("kv_accuracy", evals.name, backends.reference("cpu"),
+           params={"cache": kind, "cache_family": spec.family, "bits": spec.code_bits,
+                   "windows": int(windows.shape[0]), "seq_len": sweep.seq_len, "source": source},
            metrics={"bits_per_byte": bpb, "bpb_delta": bpb - raw_bpb,
                     "ppl_delta_pct": (math.exp(nats - raw_nats) - 1) * 100,  # per token
                     "kl_mean_nats": kl, "top1_agreement": top1,
                     "max_abs_logit_delta": float((logits - ref).abs().max()),
                     "layer_rel_error": layer_error,
-                    "bytes_per_token": kv_cache.bytes_per_token("raw" if kind in RAW_DTYPES else kind, model.config, 1,
-                                                                RAW_DTYPES.get(kind, torch.float32))})
+                    "bytes_per_token": spec.bytes_per_token(model.config),
+                    "bits_per_coordinate": spec.bits_per_coordinate(model.config, sweep.seq_len)})

@@ -5,8 +5,9 @@
 - `test_norm_stability`: training at a high learning rate with no warm-up and no clipping, over
   several seeds: the final loss, and whether the run failed: a NaN/inf loss, or a held-out loss
   within 0.1 bits/byte of the byte-frequency (unigram) model, i.e. it learned next to nothing.
-- `test_norm_speed`: LayerNorm vs RMSNorm forward time at several widths: ours, torch.nn.RMSNorm and
-  F.layer_norm on the torch backends, and the exported graph on onnxruntime.
+- `test_norm_speed`: LayerNorm vs RMSNorm forward time at several widths: ours and torch.nn.RMSNorm, on
+  every engine that runs a standalone module (`prepare_module`: eager torch runs it, onnxruntime its
+  exported graph).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from bench.conftest import backend_fixture, selected_backends, synced
+from bench import backends, harness
+from bench.studies.norms import STUDY
 from models import build, corpus, variants
 from models.config import NORM_KINDS
 from models.corpus import random_windows
@@ -29,7 +31,7 @@ FAILED_WITHIN_BITS = 0.1  # a run whose held-out loss ends this close to the uni
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    sweeps = metafunc.config.archbench_preset.norms
+    sweeps = harness.sweep(metafunc.config, STUDY) or ()
     if "norm_gradient_case" in metafunc.fixturenames:
         cases = [(s, init, n, d) for s in sweeps for init in s.inits for n in NORM_KINDS for d in s.depths]
         metafunc.parametrize("norm_gradient_case", cases, ids=[f"{i}-{n}-L{d}" for _, i, n, d in cases])
@@ -37,8 +39,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         cases = [(s, n, seed) for s in sweeps for n in NORM_KINDS for seed in s.stability_seeds]
         metafunc.parametrize("norm_stability_case", cases, ids=[f"{n}-seed{seed}" for _, n, seed in cases])
     if "norm_speed_case" in metafunc.fixturenames:
-        cases = [(s, b, impl, w) for s in sweeps for b in selected_backends(metafunc.config) for impl in NORM_IMPLS
-                 for w in s.widths]
+        usable = [b.name for b in harness.selected_backends(metafunc.config, backends.MODULES)]
+        cases = [(s, b, impl, w) for s in sweeps for b in usable for impl in NORM_IMPLS for w in s.widths]
         metafunc.parametrize("norm_speed_case", cases, ids=[f"{b}-{i}-d{w}" for _, b, i, w in cases])
 
 
@@ -58,7 +60,7 @@ def test_norm_gradients(benchmark, record, norm_gradient_case) -> None:
 
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
     assert all(g > 0 and math.isfinite(g) for g in grads)
-    record("norms", "gpt2-tiny", "torch-cpu",
+    record("norms", "gpt2-tiny", backends.reference("cpu"),
            params={"phase": "gradients", "norm": norm, "depth": depth, "init": init},
            metrics={"mlp_grad_norm_by_layer": grads, "last_over_first": grads[-1] / grads[0]})
 
@@ -78,7 +80,7 @@ def test_norm_stability(benchmark, record, norm_stability_case) -> None:
     final = sum(tail) / len(tail)
     failed = not all(math.isfinite(v) for v in bits) or not math.isfinite(run.val_bits_per_byte) \
         or run.val_bits_per_byte > run.unigram_bits_per_byte - FAILED_WITHIN_BITS
-    record("norms", f"gpt2-tiny-L{sweep.stability_depth}", "torch-cpu",
+    record("norms", f"gpt2-tiny-L{sweep.stability_depth}", backends.reference("cpu"),
            params={"phase": "stability", "norm": norm, "seed": seed, "lr": sweep.stability_lr, "warmup": 0,
                    "grad_clip": 0, "steps": sweep.stability_steps},
            metrics={"train_bpb_curve": [v if math.isfinite(v) else None for v in bits],
@@ -104,34 +106,21 @@ def _norm(impl: str, width: int) -> nn.Module:
     return _TorchRMSNorm(width)
 
 
-def test_norm_speed(benchmark, record, norm_speed_case, tmp_path) -> None:
+def test_norm_speed(benchmark, record, norm_speed_case) -> None:
     sweep, backend_name, impl, width = norm_speed_case
-    backend = backend_fixture(backend_name)
+    backend = harness.available_or_skip(backends.get(backend_name))
     module = _norm(impl, width).eval()
     x = torch.randn(1, sweep.rows, width, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = module(x)
-    if backend_name == "onnxruntime":
-        import onnxruntime as ort
-
-        path = tmp_path / f"{impl}-{width}.onnx"
-        try:
-            torch.onnx.export(module, (x,), str(path), input_names=["x"], output_names=["y"], dynamo=True,
-                              verbose=False)
-        except Exception as exc:  # the exporter's own failure: a skip with its message
-            pytest.skip(f"torch.onnx could not export {impl}: {type(exc).__name__}: {exc}")
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        feed = {"x": x.numpy()}
-        torch.testing.assert_close(torch.from_numpy(session.run(None, feed)[0]), ref, atol=1e-4, rtol=1e-4)
-        benchmark.pedantic(lambda: session.run(None, feed), rounds=20, warmup_rounds=2)
-        ops = sorted({n.op_type for n in __import__("onnx").load(str(path)).graph.node})
-    else:
-        device = backend.device
-        module, xd = module.to(device), x.to(device)
-        with torch.inference_mode():
-            torch.testing.assert_close(module(xd).cpu(), ref, atol=1e-5, rtol=1e-5)
-            benchmark.pedantic(synced(lambda: module(xd), device), rounds=20, warmup_rounds=2)
-        ops = []
-    record("norms", f"width-{width}", backend_name,
+    try:
+        prepared = backend.prepare_module(module, x)
+    except backends.CannotPrepareError as exc:
+        pytest.skip(f"{backend.name} cannot run {impl}: {exc}")
+    with torch.inference_mode():
+        torch.testing.assert_close(prepared.run().cpu(), ref, atol=1e-4, rtol=1e-4)  # correct before timed
+        benchmark.pedantic(harness.synced(prepared.run, torch.device(backend.device_type)), rounds=20,
+                           warmup_rounds=2)
+    record("norms", f"width-{width}", backend,
            params={"phase": "speed", "impl": impl, "width": width, "rows": sweep.rows},
-           metrics={"onnx_ops": ops})
+           metrics={"graph_ops": list(prepared.ops)})

@@ -16,8 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.conftest import backend_fixture, synced
-from bench.presets import LoraSweep
+from bench import backends, harness
+from bench.studies.lora import STUDY, LoraSweep
 from models import build, corpus, variants
 from models.corpus import NATS_TO_BITS
 from models.lora import apply_lora, finetune, lora_parameters, lora_scaling, merge_lora, update_variance
@@ -26,7 +26,7 @@ SCALINGS = {"lora": False, "rslora": True}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    sweeps = metafunc.config.archbench_preset.lora
+    sweeps = harness.sweep(metafunc.config, STUDY) or ()
     if "lora_variance_case" in metafunc.fixturenames:
         cases = [(s, scaling) for s in sweeps for scaling in SCALINGS]
         metafunc.parametrize("lora_variance_case", cases, ids=[c[1] for c in cases])
@@ -51,7 +51,7 @@ def test_lora_variance(benchmark, record, lora_variance_case) -> None:
     logs = torch.log(torch.tensor(sweep.variance_ranks, dtype=torch.float64))
     slope = float(torch.linalg.lstsq(torch.stack([logs, torch.ones_like(logs)], 1),
                                      torch.log(torch.tensor(variances, dtype=torch.float64))[:, None]).solution[0, 0])
-    record("lora", "random-AB", "torch-cpu",
+    record("lora", "random-AB", backends.reference("cpu"),
            params={"phase": "variance", "scaling": scaling, "alpha": sweep.alpha, "dim": sweep.variance_dim,
                    "ranks": list(sweep.variance_ranks)},
            metrics={"variance": variances, "loglog_slope": slope, "expected_slope": 0.0 if SCALINGS[scaling] else -1.0})
@@ -90,7 +90,7 @@ def test_lora_finetune(benchmark, record, lora_finetune_case) -> None:
     losses = [v * NATS_TO_BITS for v in result["losses"]]  # bits per byte
     tail = max(1, len(losses) // 5)
     assert all(v == v for v in losses), "the fine-tune diverged to NaN"
-    record("lora", sweep.reference, "torch-cpu",
+    record("lora", sweep.reference, backends.reference("cpu"),
            params={"phase": "finetune", "scaling": scaling, "rank": rank, "alpha": sweep.alpha, "lr": sweep.lr,
                    "steps": sweep.steps, "batch": sweep.batch_size, "seq_len": sweep.seq_len, "split": "adapt"},
            metrics={"scaling_factor": lora_scaling(rank, sweep.alpha, SCALINGS[scaling]),
@@ -104,7 +104,7 @@ def test_lora_finetune(benchmark, record, lora_finetune_case) -> None:
 def test_lora_overhead(benchmark, record, lora_overhead_case) -> None:
     """Forward of (4, 128) tokens: no adapter, an unmerged adapter on every projection, the same merged."""
     sweep, mode = lora_overhead_case
-    backend = backend_fixture("torch-cpu")
+    backend = harness.available_or_skip(backends.reference("cpu"))
     model = build(variants.get(sweep.overhead_variant), seed=0).eval()
     if mode != "none":
         model = apply_lora(model, sweep.overhead_rank, sweep.alpha)
@@ -115,7 +115,7 @@ def test_lora_overhead(benchmark, record, lora_overhead_case) -> None:
             merge_lora(model)
     idx = torch.randint(0, model.config.vocab_size, (4, 128), generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
-        benchmark.pedantic(synced(lambda: model(idx), backend.device), rounds=5, warmup_rounds=1)
-    record("lora", sweep.overhead_variant, "torch-cpu",
+        benchmark.pedantic(harness.synced(lambda: model(idx), backend.input_device), rounds=5, warmup_rounds=1)
+    record("lora", sweep.overhead_variant, backend,
            params={"phase": "overhead", "mode": mode, "rank": sweep.overhead_rank, "batch": 4, "tokens": 128},
            metrics={"adapter_params": sum(p.numel() for p in lora_parameters(model))})

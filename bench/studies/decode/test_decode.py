@@ -15,15 +15,15 @@ from functools import cache
 import pytest
 import torch
 
-from bench.backends import LayoutChoice
-from bench.conftest import backend_fixture, selected_backends, synced
+from bench import backends, harness
+from bench.studies.decode import STUDY
 from models import GPT, PositionLimitError, build, generate, variants
 from models.generate import decode
 from profiles import roofline
 from profiles.memory import MemoryProbe
 from profiles.timers import DeviceTimer, synchronize
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DTYPES = {name: dtype for dtype, name in backends.DTYPE_NAMES.items()}
 CHECK_STEPS = 16  # steps compared between cache modes before timing (also the warm-up)
 CAL_PROMPT, CAL_STEPS = 4, 16  # the calibration workload timed before every round (see test_decode)
 
@@ -62,11 +62,11 @@ class PeerCase:
 
 def _decode_cases(config: pytest.Config) -> list[DecodeCase]:
     out = []
-    for sweep in config.archbench_preset.decode:
+    sweeps = harness.sweep(config, STUDY)
+    for sweep in sweeps.decode if sweeps else ():
+        usable = harness.selected_backends(config, backends.DECODE, DTYPES[sweep.dtype])
         for variant in sweep.variants:
-            for backend in selected_backends(config):
-                if sweep.backends is not None and backend not in sweep.backends:
-                    continue
+            for backend in (b.name for b in usable if sweep.families is None or b.family in sweep.families):
                 uncached = [t for t in sweep.lengths if not sweep.uncached_max_len or t <= sweep.uncached_max_len]
                 for batch in sweep.batches:
                     for cache_kind in sweep.caches:
@@ -85,8 +85,11 @@ def _prefill_cases(config: pytest.Config) -> list[DecodeCase]:
 
 
 def _peer_cases(config: pytest.Config) -> list[PeerCase]:
-    return [PeerCase(sweep.variant, backend, impl, cache_kind, length, sweep.prompt_len, sweep.rounds)
-            for sweep in config.archbench_preset.peer for backend in selected_backends(config)
+    """Ours and transformers' on every backend that runs both (the peer is a torch model)."""
+    sweeps = harness.sweep(config, STUDY)
+    return [PeerCase(sweep.variant, backend.name, impl, cache_kind, length, sweep.prompt_len, sweep.rounds)
+            for sweep in (sweeps.peer if sweeps else ())
+            for backend in harness.selected_backends(config, backends.TORCH_PEER)
             for cache_kind in sweep.caches for length in sweep.lengths for impl in ("archbench", "transformers")]
 
 
@@ -119,51 +122,23 @@ def _positions_to_trace(prompt_len: int, n_steps: int, count: int) -> list[int]:
     return sorted({round(i * (n_steps - 1) / (count - 1)) for i in range(count)})
 
 
-_LAYOUT_CHOICES: dict[tuple, LayoutChoice] = {}  # (config, backend, dtype, batch) -> the tuned layout
-_LAST_PREPARED: dict = {}  # the model last prepared (inference only: cases may share it), its source and key
+_LAST_PREPARED: dict = {}  # the model last prepared (inference only: consecutive cases share it), and its key
 
 
-def prepare_or_skip(backend, cpu_model: GPT, dtype: torch.dtype, batch: int = 1,
-                    prefer: str | None = None) -> tuple[object, LayoutChoice]:
-    """The model on `backend` in the weight layout that decodes it fastest there (tuned once per
-    architecture, backend, dtype and batch by `TorchBackend.fastest_layout`: speed does not depend on
-    the weights' values, so the peer's loaded copy reuses the choice; `prefer` wins near-ties), and that
-    choice. A model the backend cannot take is a skip carrying the backend's (exporter's, runtime's)
-    message, and the run goes on."""
-    if backend.name == "onnxruntime":
-        from models.onnx_export import ExportError
-
-        try:
-            return backend.prepare(cpu_model, dtype=dtype), LayoutChoice("onnx")
-        except (ExportError, ValueError) as exc:
-            pytest.skip(f"{backend.name} cannot run {cpu_model.config}: {exc}")
-        except Exception as exc:  # onnxruntime failing to load the graph
-            pytest.skip(f"onnxruntime could not load the exported model: {type(exc).__name__}: {exc}")
-    key = (cpu_model.config, backend.name, dtype, batch)
-    prepared = None
-    if key not in _LAYOUT_CHOICES:
-        _LAST_PREPARED.clear()  # one prepared model at a time (GPT-2 774M is 3 GB in fp32)
-        _LAYOUT_CHOICES[key], prepared = backend.fastest_layout(cpu_model, dtype=dtype, batch=batch, prefer=prefer)
-    choice = _LAYOUT_CHOICES[key]
-    prepared_key = (backend.name, dtype, choice.layout)
-    # consecutive cases share a prepared model (prepared once). The source is held and compared by
-    # identity: the same architecture with other weights (the peer's loaded copy) is another model.
-    if _LAST_PREPARED.get("source") is not cpu_model or _LAST_PREPARED.get("key") != prepared_key:
+def prepare(backend: backends.Backend, cpu_model: GPT, dtype: torch.dtype) -> object:
+    """`cpu_model` on `backend` in `dtype`, prepared once for consecutive cases (one prepared model at a
+    time: GPT-2 774M is 3 GB in fp32), or a skip carrying the engine's message. The source model is held
+    and compared by identity: the same architecture with other weights (the peer's) is another model."""
+    key = (backend.name, dtype)
+    if _LAST_PREPARED.get("source") is not cpu_model or _LAST_PREPARED.get("key") != key:
         _LAST_PREPARED.clear()
-        if prepared is None:
-            prepared = backend.prepare(cpu_model, dtype=dtype, layout=choice.layout)
-        _LAST_PREPARED.update(source=cpu_model, key=prepared_key, model=prepared)
-    return _LAST_PREPARED["model"], choice
+        _LAST_PREPARED.update(source=cpu_model, key=key, model=harness.prepare_or_skip(backend, cpu_model, dtype))
+    return _LAST_PREPARED["model"]
 
 
-def attention_impl(model: object) -> str:
-    """The attention a prepared model runs: its impl (sdpa, kernel) for ours in torch, else the runtime's."""
-    return model.blocks[0].attn.impl if isinstance(model, GPT) else "onnxruntime"
-
-
-def test_decode(benchmark, record, ceiling, read_probe, preset, decode_case: DecodeCase) -> None:
+def test_decode(benchmark, record, ceiling, read_probe, pytestconfig, decode_case: DecodeCase) -> None:
     case = decode_case
-    backend = backend_fixture(case.backend)
+    backend = harness.available_or_skip(backends.get(case.backend))
     cfg = variants.get(case.variant)
     total = case.prompt_len + case.decode_tokens
     cpu_model = _cpu_model(case.variant)
@@ -171,10 +146,10 @@ def test_decode(benchmark, record, ceiling, read_probe, preset, decode_case: Dec
         cpu_model.check_positions(total)
     except PositionLimitError as exc:
         pytest.skip(str(exc))
-    bandwidth = ceiling(backend.device)
+    bandwidth = ceiling(torch.device(backend.device_type))
     dtype = DTYPES[case.dtype]
-    model, layout = prepare_or_skip(backend, cpu_model, dtype, case.batch, bandwidth.best_layout)
-    device = backend.device
+    model = prepare(backend, cpu_model, dtype)
+    device = backend.input_device
     prompt = _prompt(cfg.vocab_size, case.batch, case.prompt_len).to(device)
     tokens = torch.zeros(case.batch, total, dtype=torch.long, device=device)  # (B, P + T)
     tokens[:, : case.prompt_len] = prompt
@@ -195,7 +170,7 @@ def test_decode(benchmark, record, ceiling, read_probe, preset, decode_case: Dec
     # The ceiling of each cached round's moment: the machine's read bandwidth probed right before the
     # round and right after it (`ReadProbe`); `reports.analysis` sets each round's bandwidth against the
     # mean of the two, beside the session's ceiling measured once at its start.
-    bandwidth_probe = read_probe(device) if cache is not None else None
+    bandwidth_probe = read_probe(torch.device(backend.device_type)) if cache is not None else None
     ceiling_before: list[float] = []
     ceiling_after: list[float] = []
 
@@ -248,7 +223,8 @@ def test_decode(benchmark, record, ceiling, read_probe, preset, decode_case: Dec
         probe_after_round()
         # One more run, instrumented: per-step latency at a few positions, and memory. Without a cache
         # a step at position p is one forward over p + 1 tokens, so it is timed on its own.
-        trace = set(_positions_to_trace(case.prompt_len, case.decode_tokens, preset.trace_positions))
+        trace = set(_positions_to_trace(case.prompt_len, case.decode_tokens,
+                                        harness.sweep(pytestconfig, STUDY).trace_positions))
         step_latency = {}
         with MemoryProbe(device) as probe:
             if cache is None:
@@ -272,12 +248,11 @@ def test_decode(benchmark, record, ceiling, read_probe, preset, decode_case: Dec
                                            param_bytes=param_bytes, kv_element_bytes=param_bytes)
     else:  # every step streams the weights once (activations ignored)
         bytes_read = case.decode_tokens * roofline.streamed_params(cfg) * param_bytes
-    record("decode", case.variant, case.backend,
+    record("decode", case.variant, backend,
            params={"phase": "decode", "cache": case.cache, "decode_tokens": case.decode_tokens,
                    "prompt_tokens": case.prompt_len, "batch": case.batch, "dtype": case.dtype,
-                   "weight_layout": layout.layout, "pos": cfg.pos, "norm": cfg.norm},
-           metrics={"kv_bytes": cache.nbytes if cache is not None else 0, "layout_step_s": layout.step_s,
-                    "attention": attention_impl(model),
+                   "pos": cfg.pos, "norm": cfg.norm},
+           metrics={"kv_bytes": cache.nbytes if cache is not None else 0,
                     "weight_bytes": roofline.streamed_params(cfg) * param_bytes,
                     "bytes_read": bytes_read, "ceiling_Bps": bandwidth.decode_Bps,
                     "step_latency_s": step_latency, "tokens_sha1": _sha1(tokens), "calibration_s": calibration,
@@ -289,7 +264,7 @@ def test_decode(benchmark, record, ceiling, read_probe, preset, decode_case: Dec
 def test_prefill(benchmark, record, ceiling, prefill_case: DecodeCase) -> None:
     """One forward over a prompt of `decode_tokens` tokens, filling a fresh cache."""
     case = prefill_case
-    backend = backend_fixture(case.backend)
+    backend = harness.available_or_skip(backends.get(case.backend))
     cfg = variants.get(case.variant)
     cpu_model = _cpu_model(case.variant)
     try:
@@ -297,9 +272,9 @@ def test_prefill(benchmark, record, ceiling, prefill_case: DecodeCase) -> None:
     except PositionLimitError as exc:
         pytest.skip(str(exc))
     dtype = DTYPES[case.dtype]
-    bandwidth = ceiling(backend.device)  # on first use: the device warmed up and its ceiling recorded
-    model, layout = prepare_or_skip(backend, cpu_model, dtype, case.batch, bandwidth.best_layout)
-    prompt = _prompt(cfg.vocab_size, case.batch, case.decode_tokens).to(backend.device)
+    ceiling(torch.device(backend.device_type))  # on first use: the device warmed up and its ceiling recorded
+    model = prepare(backend, cpu_model, dtype)
+    prompt = _prompt(cfg.vocab_size, case.batch, case.decode_tokens).to(backend.input_device)
     cache = model.make_cache(case.batch, case.decode_tokens)
 
     def setup() -> tuple[tuple, dict]:
@@ -309,25 +284,26 @@ def test_prefill(benchmark, record, ceiling, prefill_case: DecodeCase) -> None:
     with torch.inference_mode():
         torch.testing.assert_close(model(prompt, cache), model(prompt), atol=1e-4, rtol=1e-4)  # correct first
         cache.reset()
-        benchmark.pedantic(synced(lambda: model(prompt, cache), backend.device), setup=setup,
+        benchmark.pedantic(harness.synced(lambda: model(prompt, cache), backend.input_device), setup=setup,
                            rounds=max(3, case.rounds), warmup_rounds=1)
-    record("decode", case.variant, case.backend,
+    record("decode", case.variant, backend,
            params={"phase": "prefill", "cache": "raw", "prompt_tokens": case.decode_tokens, "batch": case.batch,
-                   "dtype": case.dtype, "weight_layout": layout.layout, "pos": cfg.pos, "norm": cfg.norm},
+                   "dtype": case.dtype, "pos": cfg.pos, "norm": cfg.norm},
            metrics={"kv_bytes": cache.nbytes})
 
 
 @pytest.fixture(scope="module")
-def peer_models(request: pytest.FixtureRequest):
+def peer_models(pytestconfig: pytest.Config):
     """transformers' GPT2LMHeadModel (random seeded, or --weights) and ours loaded from it, per variant."""
     transformers = pytest.importorskip("transformers", reason="transformers is needed for the peer comparison")
+    from bench.plugin import run_config
     from models import load_hf
 
     made = {}
 
     def get(variant: str):
         if variant not in made:
-            weights = request.config.getoption("--weights")
+            weights = run_config(pytestconfig).weights
             if weights:
                 hf = transformers.GPT2LMHeadModel.from_pretrained(weights, local_files_only=True)
             else:
@@ -347,13 +323,11 @@ def peer_models(request: pytest.FixtureRequest):
 def test_peer(benchmark, record, ceiling, peer_models, peer_case: PeerCase) -> None:
     """Greedy generate of the same tokens by ours and by transformers, prefill included in both."""
     case = peer_case
-    backend = backend_fixture(case.backend)
+    backend = harness.available_or_skip(backends.get(case.backend))
     hf_cpu, ours_cpu = peer_models(case.variant)
-    device = backend.device
-    bandwidth = ceiling(device)  # on first use: the device warmed up and its ceiling recorded
-    ours, layout = prepare_or_skip(backend, ours_cpu, torch.float32, prefer=bandwidth.best_layout)
-    if backend.name == "onnxruntime" and case.impl == "transformers":
-        pytest.skip("transformers runs on torch; its onnxruntime peer is our exported graph")
+    device = backend.input_device
+    ceiling(torch.device(backend.device_type))  # on first use: the device warmed up and its ceiling recorded
+    ours = prepare(backend, ours_cpu, torch.float32)
     hf = hf_cpu.to(device)
     prompt = _prompt(ours.config.vocab_size, 1, case.prompt_len).to(device)
     use_cache = case.cache == "raw"
@@ -370,10 +344,9 @@ def test_peer(benchmark, record, ceiling, peer_models, peer_case: PeerCase) -> N
         ours_tokens, hf_tokens = run_ours(), run_hf()  # the first calls double as warm-up
         identical = bool(torch.equal(ours_tokens, hf_tokens))
         assert identical, "archbench and transformers generated different tokens from the same weights"
-        benchmark.pedantic(synced(run_ours if case.impl == "archbench" else run_hf, device), rounds=case.rounds,
-                           warmup_rounds=0)
-    record("decode", case.variant, case.backend,
+        benchmark.pedantic(harness.synced(run_ours if case.impl == "archbench" else run_hf, device),
+                           rounds=case.rounds, warmup_rounds=0)
+    record("decode", case.variant, backend,
            params={"phase": "peer", "impl": case.impl, "cache": case.cache, "decode_tokens": case.decode_tokens,
-                   "prompt_tokens": case.prompt_len, "batch": 1, "dtype": "fp32",
-                   "weight_layout": layout.layout if case.impl == "archbench" else "transformers"},
+                   "prompt_tokens": case.prompt_len, "batch": 1, "dtype": "fp32"},
            metrics={"tokens_identical": identical, "tokens_sha1": _sha1(ours_tokens)})

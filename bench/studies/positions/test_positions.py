@@ -1,7 +1,8 @@
 """Positional embeddings: learned (GPT-2), sinusoidal (2017), RoPE.
 
 - `test_position_params`: parameters each scheme adds, at GPT-2 small's shape (exact, meta device).
-- `test_position_speed`: prefill and cached decode time of one model per scheme (only `pos` differs).
+- `test_position_speed`: prefill and cached decode time of one model per scheme (only `pos` differs), on
+  every engine that decodes.
 - `test_position_extrapolation`: one small model per scheme trained at context L on the same budget,
   evaluated at L, 2L and 4L; learned positions have no embedding past their table, which the record
   shows with the model's own error rather than a crash.
@@ -13,8 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench.conftest import backend_fixture, selected_backends, synced
-from bench.presets import PositionSweep
+from bench import backends, harness
+from bench.studies.positions import STUDY, PositionSweep
 from models import PositionLimitError, build, corpus, count_params, variants
 from models.config import POS_KINDS
 from models.corpus import NATS_TO_BITS
@@ -22,14 +23,13 @@ from models.generate import decode
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    sweeps = metafunc.config.archbench_preset.positions
+    sweeps = harness.sweep(metafunc.config, STUDY) or ()
     if "position_params_case" in metafunc.fixturenames:
         metafunc.parametrize("position_params_case", [(s, p) for s in sweeps for p in POS_KINDS],
                              ids=[p for _ in sweeps for p in POS_KINDS])
     if "position_speed_case" in metafunc.fixturenames:
-        torch_backends = [b for b in selected_backends(metafunc.config) if b.startswith("torch")]
-        cases = [(s, b, p, phase) for s in sweeps for b in torch_backends for p in POS_KINDS
-                 for phase in ("prefill", "decode")]
+        usable = [b.name for b in harness.selected_backends(metafunc.config, backends.DECODE)]
+        cases = [(s, b, p, phase) for s in sweeps for b in usable for p in POS_KINDS for phase in ("prefill", "decode")]
         metafunc.parametrize("position_speed_case", cases, ids=[f"{b}-{p}-{ph}" for _, b, p, ph in cases])
     if "position_extrapolation_case" in metafunc.fixturenames:
         metafunc.parametrize("position_extrapolation_case", [(s, p) for s in sweeps for p in POS_KINDS],
@@ -37,27 +37,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def test_position_params(benchmark, record, position_params_case) -> None:
-    _, pos = position_params_case
+    sweep, pos = position_params_case
     counts: dict = {}
+    base = variants.get(sweep.params_variant)
 
     def run() -> None:
-        cfg = variants.get("gpt2-small").replace(pos=pos)
+        cfg = base.replace(pos=pos)
         model = build(cfg, device="meta")
         counts["total"] = count_params(model)
         counts["position"] = sum(p.numel() for n, p in model.named_parameters() if n.startswith("pos_emb"))
 
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
-    assert counts["position"] == (1024 * 768 if pos == "learned" else 0)  # REFERENCES.md: 786,432
-    record("positions", "gpt2-small", "analytic", params={"phase": "params", "pos": pos},
+    # docs/references.md: GPT-2 small's learned table is 1024 x 768 = 786,432 parameters
+    assert counts["position"] == (base.max_seq_len * base.d_model if pos == "learned" else 0)
+    record("positions", sweep.params_variant, harness.ANALYTIC, params={"phase": "params", "pos": pos},
            metrics={"params": counts["total"], "position_params": counts["position"]})
 
 
 def test_position_speed(benchmark, record, position_speed_case) -> None:
     sweep, backend_name, pos, phase = position_speed_case
-    backend = backend_fixture(backend_name)
+    backend = harness.available_or_skip(backends.get(backend_name))
     cfg = variants.get(sweep.speed_variant).replace(pos=pos)
-    model = backend.prepare(build(cfg, seed=0).eval())
-    device = backend.device
+    model = harness.prepare_or_skip(backend, build(cfg, seed=0).eval())
+    device = backend.input_device
     gen = torch.Generator().manual_seed(0)
     with torch.inference_mode():
         if phase == "prefill":
@@ -68,7 +70,8 @@ def test_position_speed(benchmark, record, position_speed_case) -> None:
                 cache.reset()
                 return (), {}
 
-            benchmark.pedantic(synced(lambda: model(idx, cache), device), setup=setup, rounds=5, warmup_rounds=1)
+            benchmark.pedantic(harness.synced(lambda: model(idx, cache), device), setup=setup, rounds=5,
+                               warmup_rounds=1)
             tokens = sweep.speed_prefill
         else:
             prompt = torch.randint(0, cfg.vocab_size, (1, 16), generator=gen).to(device)
@@ -79,12 +82,12 @@ def test_position_speed(benchmark, record, position_speed_case) -> None:
 
             def setup():
                 cache.reset()
-                return (synced(model, device)(prompt, cache)[:, -1],), {}
+                return (harness.synced(model, device)(prompt, cache)[:, -1],), {}
 
-            benchmark.pedantic(synced(lambda lg: decode(model, seq, 16, lg, sweep.speed_decode, cache), device),
+            benchmark.pedantic(harness.synced(lambda lg: decode(model, seq, 16, lg, sweep.speed_decode, cache), device),
                                setup=setup, rounds=5, warmup_rounds=1)
             tokens = sweep.speed_decode
-    record("positions", sweep.speed_variant, backend_name, params={"phase": phase, "pos": pos, "tokens": tokens},
+    record("positions", sweep.speed_variant, backend, params={"phase": phase, "pos": pos, "tokens": tokens},
            metrics={})
 
 
@@ -122,7 +125,7 @@ def test_position_extrapolation(benchmark, record, position_extrapolation_case) 
             "bits_per_byte_within_train_len": nats[:, : sweep.train_len].mean().item() * NATS_TO_BITS,
             "bits_per_byte_beyond_train_len": beyond.mean().item() * NATS_TO_BITS if beyond.numel() else None,
         }
-    record("positions", f"{sweep.base}-L{sweep.train_len}", "torch-cpu",
+    record("positions", f"{sweep.base}-L{sweep.train_len}", backends.reference("cpu"),
            params={"phase": "extrapolation", "pos": pos, "train_len": sweep.train_len, "steps": sweep.steps,
                    "batch": sweep.batch_size, "factors": list(sweep.eval_factors)},
            metrics={"by_length": by_length, "train_seconds": result["trained"].seconds,

@@ -1,0 +1,117 @@
+"""Helpers the suites share: their sweep, the backends that can run a case, skips with reasons, device
+synchronised callables, and the evaluation sets of the accuracy studies."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import torch
+
+from bench import backends
+from bench.plugin import run_config
+from bench.study import Study
+from profiles.timers import synchronize
+
+T = TypeVar("T")
+ANALYTIC = "analytic"  # the backend label of records that count rather than run (parameters, bytes)
+
+
+def sweep(config: pytest.Config, study: Study) -> Any | None:
+    """What `study` runs in this run's preset (None: nothing)."""
+    return study.sweep(run_config(config).preset)
+
+
+def selected_backends(config: pytest.Config, feature: str = backends.DECODE,
+                      dtype: torch.dtype = torch.float32) -> list[backends.Backend]:
+    """The run's backends (every registered one unless --backend chose) that support `feature` in `dtype`.
+    Unavailable ones are included: their cases skip with the reason."""
+    chosen = [backends.get(name) for name in run_config(config).backend_names()]
+    return [b for b in chosen if b.supports(dtype, feature) is None]
+
+
+def reference_backend(config: pytest.Config, device_type: str = "cpu") -> backends.Backend | None:
+    """The reference backend of `device_type` (eager torch) if this run selected it, else None."""
+    ref = backends.reference(device_type)
+    return ref if ref.name in run_config(config).backend_names() else None
+
+
+def available_or_skip(backend: backends.Backend) -> backends.Backend:
+    """`backend`, or a pytest skip naming why it is unavailable here."""
+    reason = backend.unavailable_reason()
+    if reason:
+        pytest.skip(f"{backend.name} unavailable: {reason}")
+    return backend
+
+
+def prepare_or_skip(backend: backends.Backend, model: torch.nn.Module, dtype: torch.dtype = torch.float32) -> Any:
+    """`backend.prepare(model, dtype)`, or a skip carrying the engine's message when it cannot take it."""
+    try:
+        return backend.prepare(model, dtype)
+    except backends.CannotPrepareError as exc:
+        pytest.skip(f"{backend.name} cannot run {getattr(model, 'config', type(model).__name__)}: {exc}")
+
+
+def synced(fn: Callable[..., T], device: torch.device) -> Callable[..., T]:
+    """`fn` followed by a device synchronisation: what pytest-benchmark's wall clock times must include
+    (CUDA kernels run asynchronously; without it a round would time only their launches)."""
+
+    def call(*args: object, **kwargs: object) -> T:
+        out = fn(*args, **kwargs)
+        synchronize(device)
+        return out
+
+    return call
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A model and the held-out windows its accuracy is measured on."""
+
+    model: torch.nn.Module
+    windows: torch.Tensor  # (n, seq_len + 1) token ids
+    target_bytes: int  # text bytes the targets (tokens 1.. of each window) cover: bits per byte = bits / this
+    name: str  # the variant column of records: the reference variant, or "checkpoint:<directory name>"
+
+
+def accuracy_sources(config: pytest.Config) -> list[str]:
+    """`reference` (the trained byte-level model) and, with --weights, `checkpoint` (the user's real model)."""
+    return ["reference", "checkpoint"] if run_config(config).weights else ["reference"]
+
+
+@functools.cache
+def _eval_set(source: str, reference: str, weights: str | None, seq_len: int, count: int) -> EvalSet:
+    from models import corpus
+    from models.hf import load_hf, load_tokenizer, tokenized_windows
+
+    if source == "checkpoint":
+        windows, nbytes = tokenized_windows(load_tokenizer(weights), corpus.text("val"), seq_len, count)
+        return EvalSet(load_hf(weights).eval(), windows, nbytes, f"checkpoint:{Path(weights).name}")
+    from models.reference import reference_model
+
+    windows = corpus.eval_windows(corpus.load().tokens("val"), seq_len, count)
+    return EvalSet(reference_model(reference, progress=False).model.eval(), windows,
+                   windows[:, 1:].numel(), reference)
+
+
+def eval_set(config: pytest.Config, source: str, reference: str, seq_len: int, count: int) -> EvalSet:
+    """The model and windows of an accuracy study for `source` (see `accuracy_sources`), made once per run."""
+    return _eval_set(source, reference, run_config(config).weights, seq_len, count)
+
+
+def calibration_windows(config: pytest.Config, source: str, seq_len: int, count: int) -> torch.Tensor:
+    """`count` training windows (never the validation ones) of `source` as (count, seq_len) token ids."""
+    from models import corpus
+
+    if source == "checkpoint":
+        from models.hf import load_tokenizer, tokenized_windows
+
+        text = corpus.text("train", max_bytes=400 * seq_len * count)  # enough tokens for the windows
+        windows, _ = tokenized_windows(load_tokenizer(run_config(config).weights), text, seq_len, count)
+    else:
+        windows = corpus.eval_windows(corpus.load().tokens("train"), seq_len, count)
+    return windows[:, :-1]

@@ -1,0 +1,271 @@
+"""One validated run configuration, and running it: pytest-benchmark over the chosen studies, then the report.
+
+`validate` is the only place a run's arguments are checked: `python -m bench` calls it on its command
+line, and the pytest plugin (`bench.plugin`) on pytest's options when the suites are run with plain
+pytest. `run` runs the suites in this process with the validated `RunConfig` handed to the plugin;
+`finish` turns what was measured into `results.json` (rebuilt from the records when a run ended early)
+and `index.html`. `python -m bench.run CONFIG.json` is the worker `python -m bench` starts, so that a
+crash of the measured engines cannot take the report down with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS, RECORDS, REPORT, CONFIG = "results.json", "records.jsonl", "index.html", "run-config.json"
+
+
+class ConfigError(ValueError):
+    """An argument of a run that cannot be used; the message names it and the allowed values."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one run is asked to do, validated (`validate`)."""
+
+    preset: str = "quick"
+    studies: tuple[str, ...] = ()  # study names; () = every registered study
+    backends: tuple[str, ...] = ()  # backend names; () = every registered backend
+    weights: str | None = None  # a local transformers checkpoint directory (--weights)
+    shard: tuple[int, int] | None = None  # (K, N): shard K of N
+    out: str | None = None  # output directory (results.json, records.jsonl, index.html)
+    pytest_args: tuple[str, ...] = ()  # extra pytest arguments
+
+    def study_names(self) -> list[str]:
+        from bench import studies
+
+        return list(self.studies) or list(studies.STUDIES)
+
+    def backend_names(self) -> list[str]:
+        from bench import backends
+
+        return list(self.backends) or list(backends.BACKENDS)
+
+    @property
+    def out_dir(self) -> Path:
+        if self.out is None:
+            raise ConfigError("this run has no output directory (--out)")
+        return Path(self.out)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> RunConfig:
+        data = json.loads(text)
+        data["shard"] = tuple(data["shard"]) if data.get("shard") else None
+        for key in ("studies", "backends", "pytest_args"):
+            data[key] = tuple(data.get(key) or ())
+        return cls(**data)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`K/N` -> (K, N), 1 <= K <= N; a bad value names the expected form."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text!r}: expected K/N with whole numbers, e.g. 1/4") from None
+    if not 1 <= k <= n:
+        raise ConfigError(f"--shard {text!r}: K must be between 1 and N")
+    return k, n
+
+
+def validate(preset: str = "quick", studies: list[str] | tuple[str, ...] | None = None,
+             backends: list[str] | tuple[str, ...] | None = None, weights: str | None = None,
+             shard: str | tuple[int, int] | None = None, out: str | Path | None = None,
+             pytest_args: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """A RunConfig from a run's arguments, each checked before any work starts; ConfigError otherwise."""
+    from bench import backends as backend_registry
+    from bench import presets
+    from bench import studies as study_registry
+
+    try:
+        presets.get(preset)
+        for name in studies or ():
+            study_registry.get(name)
+        for name in backends or ():
+            backend_registry.get(name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if backends:
+        reasons = {name: backend_registry.get(name).unavailable_reason() for name in backends}
+        if all(reasons.values()):  # nothing could run: say why now rather than after a run of skips
+            raise ConfigError("no requested backend is available here: "
+                              + "; ".join(f"{name}: {why}" for name, why in reasons.items()))
+    if weights is not None:
+        folder = Path(weights)
+        if not folder.is_dir():
+            raise ConfigError(f"--weights {weights}: no such directory (give a local transformers checkpoint "
+                              "directory: config.json, weights and tokenizer files)")
+        if not (folder / "config.json").is_file():
+            raise ConfigError(f"--weights {weights}: no config.json in it; it does not look like a transformers "
+                              "checkpoint directory")
+        weights = str(folder.resolve())
+    if isinstance(shard, str):
+        shard = parse_shard(shard)
+    if out is not None:
+        out_path = Path(out)
+        if out_path.exists() and not out_path.is_dir():
+            raise ConfigError(f"--out {out}: exists and is not a directory")
+        out = str(out_path.resolve())
+    return RunConfig(preset=preset, studies=tuple(dict.fromkeys(studies or ())),
+                     backends=tuple(dict.fromkeys(backends or ())), weights=weights, shard=shard, out=out,
+                     pytest_args=tuple(pytest_args))
+
+
+def train_references(config: RunConfig) -> None:
+    """Train (or load) every reference model the chosen studies' sweeps need, here, where the progress bar
+    shows; the suites then load them from the cache."""
+    from bench import studies
+    from models.reference import reference_model
+
+    needed: set[str] = set()
+    for name in config.study_names():
+        study = studies.get(name)
+        sweep = study.sweep(config.preset)
+        if sweep is not None:
+            needed |= set(study.references(sweep))
+    for variant in sorted(needed):
+        result = reference_model(variant, progress=True)
+        state = "loaded from the cache" if result.from_cache else f"trained in {result.seconds:.0f} s"
+        print(f"archbench: reference model {variant} {state}: {result.val_bits_per_byte:.3f} bits/byte "
+              f"on held-out files (unigram {result.unigram_bits_per_byte:.3f})", flush=True)
+
+
+class ProvidedConfig:
+    """A pytest plugin object that hands the validated RunConfig to `bench.plugin` (no options re-parsed)."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.run_config = config
+
+
+def run(config: RunConfig) -> int:
+    """Train the references, then run the chosen studies' suites under pytest-benchmark in this process,
+    writing records as they are measured and pytest-benchmark's JSON at the end; pytest's exit code."""
+    import pytest
+
+    from bench import studies
+
+    out = config.out_dir
+    suites = [str(studies.get(name).suite) for name in config.study_names()
+              if studies.get(name).sweep(config.preset) is not None]
+    if not suites:
+        print(f"archbench: no chosen study runs in preset {config.preset!r}", file=sys.stderr)
+        return 5
+    train_references(config)
+    args = [*suites, "-p", "bench.plugin", "-p", "no:cacheprovider", "-q", "-rs", "--rootdir", str(ROOT),
+            f"--benchmark-json={out / RESULTS}", "--benchmark-columns=mean,stddev,rounds",
+            "--benchmark-sort=fullname", *config.pytest_args]
+    try:
+        return int(pytest.main(args, plugins=[ProvidedConfig(config)]))
+    except KeyboardInterrupt:
+        return 130
+
+
+def rebuild_from_records(records: Path, results: Path) -> int:
+    """Write `results` in pytest-benchmark's JSON shape from the JSON-lines records; returns the count."""
+    machine_info: dict = {}
+    benchmarks = []
+    for line in records.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            break  # a line cut short by the crash: everything before it is intact
+        if "machine_info" in item:
+            machine_info = item["machine_info"]
+        elif "benchmark" in item:
+            benchmarks.append(item["benchmark"])
+    payload = {"machine_info": machine_info, "commit_info": {}, "benchmarks": benchmarks,
+               "datetime": None, "version": None, "archbench_partial": True}
+    results.write_text(json.dumps(payload, indent=1))
+    return len(benchmarks)
+
+
+INTERRUPTED = 2  # pytest's exit code when a run was interrupted (Ctrl-C)
+
+
+def _ended_early(code: int) -> bool:
+    """Whether a run's exit status means it stopped before its end: interrupted, or killed by a signal."""
+    return code == INTERRUPTED or code >= 128
+
+
+def _mark_partial(results: Path) -> int:
+    """Flag a complete-looking results file of an interrupted run as partial; returns its benchmark count."""
+    data = json.loads(results.read_text())
+    data["archbench_partial"] = True
+    results.write_text(json.dumps(data, indent=1))
+    return len(data.get("benchmarks") or [])
+
+
+def _complete(results: Path) -> bool:
+    """Whether pytest-benchmark finished writing `results` (a crash or an interrupt can leave it empty)."""
+    try:
+        return bool(json.loads(results.read_text()).get("benchmarks") is not None)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def finish(config: RunConfig, code: int) -> int:
+    """results.json (rebuilt from the records when the run ended early) and index.html from a run that
+    exited with `code`; the exit status of the whole run."""
+    from reports.build import build_report
+    from reports.load import ResultsFileError
+
+    out = config.out_dir
+    results, records, report = out / RESULTS, out / RECORDS, out / REPORT
+    if not _complete(results):  # interrupted, or nothing ran: pytest-benchmark never wrote the file
+        n = rebuild_from_records(records, results) if records.exists() else 0
+        if n == 0:
+            why = (": every benchmark was skipped or deselected (the skip reasons are listed above)"
+                   if code in (0, 5) else f" (exit {code})")
+            print(f"archbench: nothing was measured{why}", file=sys.stderr)
+            return code or 1
+        print(f"archbench: the run ended early (exit {code}); {n} measured records kept in {results}", flush=True)
+    elif _ended_early(code):  # pytest-benchmark wrote what was measured before the interrupt
+        n = _mark_partial(results)
+        print(f"archbench: the run ended early (exit {code}); {n} measured records kept in {results}", flush=True)
+    try:
+        build_report([results], report)
+    except ResultsFileError as exc:  # nothing measured (every benchmark skipped): say so, no traceback
+        print(f"archbench: no report written: {exc}", file=sys.stderr)
+        return code or 1
+    print(f"archbench: wrote {results} and {report}", flush=True)
+    return code
+
+
+def prepare_out(config: RunConfig) -> Path:
+    """Create the output directory and write the run's configuration into it; returns the config file."""
+    out = config.out_dir
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / RESULTS
+    if results.exists():
+        results.unlink()  # never mistake an older run's file for this one's
+    path = out / CONFIG
+    path.write_text(config.to_json())
+    return path
+
+
+def run_and_report(config: RunConfig) -> int:
+    """`run` then `finish`, all in this process (for embedding, and for studies registered at run time)."""
+    prepare_out(config)
+    return finish(config, run(config))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The worker: run the RunConfig saved at argv[0] (written by `python -m bench`)."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bench.run RUN-CONFIG.json (written by python -m bench)", file=sys.stderr)
+        return 2
+    return run(RunConfig.from_json(Path(args[0]).read_text()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The report page's building blocks, for every study's report half: sections, tables, figures (seaborn,
+embedded as base64 PNG so the page is self-contained), cell formatting and shared plot helpers."""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed, before pyplot is imported
+import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
+import pandas as pd
+
+
+@dataclass
+class Figure:
+    title: str
+    png_base64: str
+    caption: str
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    note: str = ""  # how to read it, shown under the table
+
+
+@dataclass
+class Section:
+    """One study's part of the report (its anchor is what claims link to)."""
+
+    anchor: str
+    title: str
+    intro: str
+    figures: list[Figure] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add_figures(self, df: pd.DataFrame,
+                    specs: Iterable[tuple[str, Callable[[pd.DataFrame], str | None], str]]) -> None:
+        """Render each (title, figure function, caption); a function with nothing to draw adds nothing."""
+        for title, make, caption in specs:
+            png = make(df)
+            if png:
+                self.figures.append(Figure(title, png, caption))
+
+
+def fmt(value: object, digits: int = 3) -> str:
+    """Human-readable cell text (numbers with `digits` significant digits)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e7 or abs(value) < 1e-3):
+            return f"{value:.{digits - 1}e}"
+        if abs(value) >= 10 ** digits:
+            return f"{value:,.0f}"
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def fmt_bytes(value: float | None) -> str:
+    """Bytes in binary units (B, KiB, MiB...)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{int(value)} B"
+        value /= 1024
+    return str(value)
+
+
+def study_rows(df: pd.DataFrame, study: str, phase: str | None = None) -> pd.DataFrame:
+    """Rows of one record study (and one phase of it, when given), copied."""
+    if df.empty or "study" not in df:
+        return pd.DataFrame()
+    d = df[df["study"] == study].copy()
+    if phase is not None and not d.empty:
+        d = d[d["p_phase"] == phase] if "p_phase" in d else d.iloc[0:0]
+    return d.reset_index(drop=True)
+
+
+def to_png_base64(fig: plt.Figure) -> str:
+    """Encode a matplotlib figure as base64 PNG and close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def length_axis(ax: plt.Axes, lengths: list[int]) -> None:
+    """A log x axis with plain labels at the measured lengths (no overlapping powers of ten)."""
+    ticks = sorted({int(v) for v in lengths})
+    ax.set_xticks(ticks)
+    ax.xaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(mticker.NullFormatter())
+    ax.tick_params(axis="x", labelrotation=45 if len(ticks) > 6 else 0)
+
+
+def facet_grid(n_panels: int, height: float) -> tuple[plt.Figure, list[plt.Axes]]:
+    """A figure of up to three panels a row; returns the first `n_panels` axes (the rest hidden)."""
+    cols = min(3, max(1, n_panels))
+    rows = -(-n_panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, height * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n_panels:]:
+        ax.set_visible(False)
+    return fig, flat[:n_panels]
