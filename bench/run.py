@@ -268,4 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run as `python -m bench.run`, this file is `__main__`; the plugin knows the classes of `bench.run`
+    from bench.run import main as worker_main
+
+    sys.exit(worker_main())

@@ -9,7 +9,7 @@ from models.corpus import random_windows
 from models.init import mlp_gradient_norms, xavier_init_
 from models.layers import RMSNorm
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 
 @pytest.mark.parametrize(

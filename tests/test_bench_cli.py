@@ -167,7 +167,7 @@ def test_ctrl_c_mid_run_keeps_the_records_and_writes_the_report(tmp_path) -> Non
 def test_accuracy_studies_run_on_a_checkpoint_given_with_weights(tmp_path) -> None:
     """--weights: the KV-cache and INT8 accuracy studies measure the user's checkpoint too, through its
     own tokenizer, and say so in their records."""
-    from .conftest import write_byte_level_checkpoint
+    from .helpers import write_byte_level_checkpoint
 
     ckpt = write_byte_level_checkpoint(tmp_path / "my-gpt2")
     out = tmp_path / "results.json"

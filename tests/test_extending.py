@@ -39,7 +39,7 @@ def test_registering_twice_is_an_error(registered) -> None:
 
 
 def test_toy_kind_is_a_cache_kind_like_any_other(registered) -> None:
-    from .conftest import tiny_config
+    from .helpers import tiny_config
 
     cfg = tiny_config(d_model=64, n_head=4)
     assert TOY_KIND.kind in kv_cache.representative_kinds()  # its family's one kind: the smoke preset runs it

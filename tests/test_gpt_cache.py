@@ -8,7 +8,7 @@ from models.attention import causal_attention
 from models.kv_cache import CacheFullError
 from models.layers import RotaryEmbedding, apply_rope
 
-from .conftest import ALL_SWITCHES, switch_id, tiny_config
+from .helpers import ALL_SWITCHES, switch_id, tiny_config
 
 
 def _random_model(**switches):

@@ -131,7 +131,7 @@ def test_bad_checkpoints(tmp_path) -> None:
 def test_checkpoint_tokenizer_windows_count_the_bytes_they_cover(tmp_path) -> None:
     from models.hf import CheckpointError, load_tokenizer, tokenized_windows
 
-    from .conftest import write_byte_level_checkpoint
+    from .helpers import write_byte_level_checkpoint
 
     path = write_byte_level_checkpoint(tmp_path / "ckpt")
     tokenizer = load_tokenizer(path)

@@ -20,7 +20,7 @@ from models.int8 import (
     quantize_torch_dynamic,
 )
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 
 def test_round_trip_within_half_a_step_per_channel() -> None:

@@ -18,7 +18,7 @@ from models.lora import (
     update_variance,
 )
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 
 def test_scaling_factors() -> None:

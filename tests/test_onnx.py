@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from models import build, generate
+from models.kv_base import KVCache
 from models.onnx_export import ExportError, OrtModel, export, input_names, output_names
 
-from .conftest import ALL_SWITCHES, switch_id, tiny_config
+from .helpers import ALL_SWITCHES, switch_id, tiny_config
 
 onnx = pytest.importorskip("onnx", reason="onnx is needed to export")
 pytest.importorskip("onnxruntime", reason="onnxruntime runs the exported graphs")
@@ -49,6 +50,9 @@ def test_onnxruntime_equals_torch_for_every_switch(switches, export_dir) -> None
             torch.testing.assert_close(step, expected[:, t : t + 1], atol=1e-4, rtol=0)
             assert all(s == (2, model.config.kv_heads, t + 1, model.config.head_dim)
                        for s in ort_model.present_shapes(cache))  # grew by exactly one
+        # the past keeps the one cache protocol: every byte it holds is the raw fp32 cache's for 12 tokens
+        assert isinstance(cache, KVCache) and cache.position == 12
+        assert cache.nbytes == model.make_cache(2, 12).nbytes == 12 * cache.bytes_per_token
         prompt = idx[:1, :5]
         assert torch.equal(generate(ort_model, prompt, 64), generate(model, prompt, 64))
 

@@ -17,7 +17,7 @@ from models.turboquant import (
     unpack_codes,
 )
 
-from .conftest import tiny_config
+from .helpers import tiny_config
 
 # docs/references.md: Lloyd-Max for N(0, 1), positive half (levels, thresholds) and MSE
 LLOYD_MAX = {
