@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from models import GPT, Decoder
+from models.registry import Registry
 
 DECODE = "decode"
 CACHE_KINDS = "cache-kinds"
@@ -245,27 +246,22 @@ class OnnxRuntimeBackend:
                 "graph_optimization_level": "ORT_ENABLE_ALL", "opset": OPSET, "threads": torch.get_num_threads()}
 
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (
+BACKENDS: Registry[Backend] = Registry("backend", {b.name: b for b in (
     TorchBackend("torch-cpu", "cpu"),
     TorchBackend("torch-cuda", "cuda"),
     OnnxRuntimeBackend("onnxruntime", "cpu"),
     OnnxRuntimeBackend("onnxruntime-cuda", "cuda"),
-)}
+)})
 
 
 def register(backend: Backend) -> Backend:
     """Add a backend at run time (a name already taken raises ValueError); returns it."""
-    if backend.name in BACKENDS:
-        raise ValueError(f"backend {backend.name!r} is already registered")
-    BACKENDS[backend.name] = backend
-    return backend
+    return BACKENDS.register(backend.name, backend)
 
 
 def get(name: str) -> Backend:
     """The backend called `name` (exact match); a miss lists the valid names."""
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; valid names: {', '.join(BACKENDS)}")
-    return BACKENDS[name]
+    return BACKENDS.lookup(name)
 
 
 def reference(device_type: str = "cpu") -> Backend:

@@ -9,6 +9,7 @@ options through the same `bench.run.validate`.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -122,20 +123,28 @@ def read_probe() -> Iterator[Callable[[torch.device], ceilings.ReadProbe]]:
     probes.clear()
 
 
+def _fields(value: object) -> dict:
+    """A record's params or metrics as a dict: a study's record dataclass by its fields, a mapping as it is."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return dict(value)
+
+
 @pytest.fixture
 def record(benchmark, request: pytest.FixtureRequest) -> Iterator[Callable[..., None]]:
     """`record(study, variant, backend, params, metrics)`: put one archbench record into
     `benchmark.extra_info` (`backend` a Backend, or a label such as "analytic" for counts that run on no
-    engine); it is appended to the run's records file when the test ends."""
+    engine; `params` and `metrics` a study's record dataclasses, `records.py` in its folder, or dicts);
+    it is appended to the run's records file when the test ends."""
     holder: dict = {}
 
-    def _record(study: str, variant: str, backend: backends.Backend | str, params: dict, metrics: dict) -> None:
+    def _record(study: str, variant: str, backend: backends.Backend | str, params: object, metrics: object) -> None:
         if isinstance(backend, str):
             name, family, device_type = backend, backend, None
         else:
             name, family, device_type = backend.name, backend.family, backend.device_type
         rec = {"schema": SCHEMA, "study": study, "variant": variant, "backend": name, "backend_family": family,
-               "device_type": device_type, "params": params, "metrics": metrics}
+               "device_type": device_type, "params": _fields(params), "metrics": _fields(metrics)}
         benchmark.extra_info.update(rec)
         holder["record"] = rec
 

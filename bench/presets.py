@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from models.registry import Registry
+
 
 @dataclass(frozen=True)
 class Preset:
@@ -13,18 +15,16 @@ class Preset:
     description: str
 
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (
+PRESETS: Registry[Preset] = Registry("preset", {p.name: p for p in (
     Preset("smoke", "seconds: every study's harness end to end on tiny models (the tests use it)"),
     Preset("quick", "minutes on a laptop CPU: tiny models to 512 tokens, GPT-2 124M at short lengths, every study "
                     "reduced"),
     Preset("standard", "tens of minutes on a CPU: tiny and mini models to 2048 tokens at batch 1 and 8, the "
                        "architecture studies at full size"),
     Preset("full", "for a GPU: GPT-2 124M to 774M, tiny models to 8192 tokens, KV-cache memory at 16k-64k tokens"),
-)}
+)})
 
 
 def get(name: str) -> Preset:
     """The preset called `name`; a miss lists the valid names."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; valid names: {', '.join(PRESETS)}")
-    return PRESETS[name]
+    return PRESETS.lookup(name)

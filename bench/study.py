@@ -1,8 +1,9 @@
 """What a study is: one folder under `bench/studies/` and one line in its registry.
 
-A study holds its sweep per preset, its pytest-benchmark suite, its report half (frames, figures, a
-report section and summary lines) and its judge half (claims and regression gates). `reports/` loops
-over the registry and knows no study by name.
+A study holds its sweep per preset (`__init__.py`), its record fields (`records.py`: a params and a
+metrics dataclass per kind of record), its pytest-benchmark suite (`test_<name>.py`), its report half
+(`report.py`: frames, figures, a report section and summary lines) and its judge half (`judge.py`:
+claims and regression gates). `reports/` loops over the registry and knows no study by name.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from .config import ArchConfig
 from .kv_base import AttendingCache, BufferedKVCache, CacheFullError, KVCache
 from .quantized_cache import TurboQuantKVCache, UniformKVCache
 from .raw_cache import RawKVCache
+from .registry import Registry
 
 __all__ = ["CACHE_SPECS", "AttendingCache", "BufferedKVCache", "CacheFullError", "CacheSpec", "KVCache",
            "RawKVCache", "bits_per_coordinate", "bytes_per_token", "kinds", "make", "raw_kind", "register",
@@ -93,7 +94,7 @@ def _uniform(bits: int) -> CacheSpec:
                      "scale and offset (options: group, chunk)")
 
 
-CACHE_SPECS: dict[str, CacheSpec] = {s.kind: s for s in (
+CACHE_SPECS: Registry[CacheSpec] = Registry("KV cache kind", {s.kind: s for s in (
     _raw("raw-fp32", torch.float32),
     _raw("raw-fp16", torch.float16),
     _raw("raw-bf16", torch.bfloat16),
@@ -103,22 +104,17 @@ CACHE_SPECS: dict[str, CacheSpec] = {s.kind: s for s in (
     _uniform(2),
     _uniform(3),
     _uniform(4),
-)}
+)})
 
 
 def register(new: CacheSpec) -> CacheSpec:
     """Add a kind at run time (a name already taken raises ValueError); returns it."""
-    if new.kind in CACHE_SPECS:
-        raise ValueError(f"KV cache kind {new.kind!r} is already registered")
-    CACHE_SPECS[new.kind] = new
-    return new
+    return CACHE_SPECS.register(new.kind, new)
 
 
 def spec(kind: str) -> CacheSpec:
     """The spec of `kind` (exact name); a miss raises ValueError listing every kind."""
-    if kind not in CACHE_SPECS:
-        raise ValueError(f"unknown KV cache kind {kind!r}; allowed values: {', '.join(CACHE_SPECS)}")
-    return CACHE_SPECS[kind]
+    return CACHE_SPECS.lookup(kind)
 
 
 def kinds(family: str | None = None) -> list[str]:

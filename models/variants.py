@@ -10,12 +10,13 @@ counting on the meta device (`models.build(cfg, device="meta")`). Parameter coun
 from __future__ import annotations
 
 from .config import ArchConfig
+from .registry import Registry
 
 _GPT2 = dict(pos="learned", norm="pre_ln", tie_weights=True, mlp="gelu", bias=True, gelu_approximate="tanh")
 _LLAMA = dict(pos="rope", norm="pre_rms", tie_weights=False, mlp="swiglu", bias=False)
 _VASWANI = dict(pos="sinusoidal", norm="post_ln", tie_weights=True, mlp="gelu", bias=True, gelu_approximate="none")
 
-VARIANTS: dict[str, ArchConfig] = {
+VARIANTS: Registry[ArchConfig] = Registry("variant", {
     "gpt2-tiny": ArchConfig(vocab_size=256, n_layer=4, n_head=4, d_model=128, max_seq_len=1024, **_GPT2),  # 957,184
     "gpt2-mini": ArchConfig(vocab_size=256, n_layer=6, n_head=8, d_model=256, max_seq_len=1024, **_GPT2),  # 5,066,752
     "gpt2-small": ArchConfig(vocab_size=50257, n_layer=12, n_head=12, d_model=768, max_seq_len=1024, **_GPT2),  # 124,439,808
@@ -32,14 +33,12 @@ VARIANTS: dict[str, ArchConfig] = {
     "vaswani-tiny": ArchConfig(vocab_size=256, n_layer=4, n_head=4, d_model=128, max_seq_len=1024, **_VASWANI),  # 825,856
     "vaswani-mini": ArchConfig(vocab_size=256, n_layer=6, n_head=8, d_model=256, max_seq_len=1024, **_VASWANI),  # 4,804,096
     "vaswani-base": ArchConfig(vocab_size=37000, n_layer=6, n_head=8, d_model=512, d_ff=2048, max_seq_len=512, **_VASWANI),  # 37,858,304
-}
+})
 
 
 def get(name: str) -> ArchConfig:
     """The config named `name` (exact match); a miss raises ValueError listing every valid name."""
-    if name not in VARIANTS:
-        raise ValueError(f"unknown variant {name!r}; valid names: {', '.join(VARIANTS)}")
-    return VARIANTS[name]
+    return VARIANTS.lookup(name)
 
 
 def names(family: str | None = None) -> list[str]:

@@ -47,7 +47,8 @@ def environment_rows(results: list[Results]) -> tuple[list[str], list[list[str]]
         cells = []
         for r in results:
             engine = (r.archbench_info.get("backends") or {}).get(name)
-            cells.append(", ".join(f"{k} {v}" for k, v in engine.items()) if engine else "–")
+            cells.append(", ".join(f"{k} {v}" for k, v in engine.items() if k not in ("family", "device_type"))
+                         if engine else "–")
         rows.append([f"engine {name}", *cells])
     rows.append(["preset", *[fmt(r.archbench_info.get("preset")) for r in results]])
     rows.append(["complete run", *["no (rebuilt from records after an early end)" if r.partial else "yes"

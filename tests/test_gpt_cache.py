@@ -81,7 +81,7 @@ def test_cache_bytes_reset_and_capacity() -> None:
         cache.reset()
         assert cache.position == 0
         model(torch.zeros(3, 10, dtype=torch.long), cache)
-    with pytest.raises(ValueError, match="allowed values: raw-fp32, raw-fp16, raw-bf16, tq2, tq3, tq4, uniform2"):
+    with pytest.raises(ValueError, match="valid names: raw-fp32, raw-fp16, raw-bf16, tq2, tq3, tq4, uniform2"):
         kv_cache.make("int3", cfg, batch=1, max_len=4)
 
 

@@ -106,7 +106,7 @@ def test_every_cache_kind_keeps_the_protocol_and_counts_its_bits() -> None:
         assert cache.bytes_per_token == spec.bytes_per_token(cfg, 2)  # the meta-device count is exact
         assert cache.bits_per_coordinate == pytest.approx(spec.bits_per_coordinate(cfg, 64, 2))
         assert cache.bits_per_coordinate >= spec.code_bits  # metadata only ever adds
-    with pytest.raises(ValueError, match="allowed values: raw-fp32, raw-fp16, raw-bf16, tq2"):
+    with pytest.raises(ValueError, match="valid names: raw-fp32, raw-fp16, raw-bf16, tq2"):
         kv_cache.spec("int3")
     assert kv_cache.raw_kind(torch.bfloat16) == "raw-bf16"
     assert kv_cache.representative_kinds() == ["raw-fp32", "tq3", "uniform3"]

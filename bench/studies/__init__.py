@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from bench.study import Study
+from models.registry import Registry
 
 from . import decode, int8, kv, lora, norms, positions, tying
 
-STUDIES: dict[str, Study] = {s.name: s for s in (
+STUDIES: Registry[Study] = Registry("study", {s.name: s for s in (
     decode.STUDY,  # decode time vs length with and without a KV cache; engines side by side; transformers
     kv.STUDY,  # KV cache kinds: exact bytes, peak memory, speed and accuracy
     int8.STUDY,  # INT8 schemes with norms kept or quantized: accuracy, size, speed
@@ -14,22 +15,17 @@ STUDIES: dict[str, Study] = {s.name: s for s in (
     positions.STUDY,  # learned, sinusoidal and rotary positions
     norms.STUDY,  # Post-LN, Pre-LN, Pre-RMSNorm
     tying.STUDY,  # tied vs untied output head
-)}
+)})
 
 
 def register(study: Study) -> Study:
     """Add a study at run time (a name already taken raises ValueError); returns it."""
-    if study.name in STUDIES:
-        raise ValueError(f"study {study.name!r} is already registered")
-    STUDIES[study.name] = study
-    return study
+    return STUDIES.register(study.name, study)
 
 
 def get(name: str) -> Study:
     """The study called `name` (exact match); a miss lists the valid names."""
-    if name not in STUDIES:
-        raise ValueError(f"unknown study {name!r}; valid names: {', '.join(STUDIES)}")
-    return STUDIES[name]
+    return STUDIES.lookup(name)
 
 
 def all_claims() -> list:

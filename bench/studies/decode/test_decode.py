@@ -9,7 +9,7 @@ weights beside ours.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import cache
 
 import pytest
@@ -17,6 +17,14 @@ import torch
 
 from bench import backends, harness
 from bench.studies.decode import STUDY
+from bench.studies.decode.records import (
+    DecodeMetrics,
+    DecodeParams,
+    PeerMetrics,
+    PeerParams,
+    PrefillMetrics,
+    PrefillParams,
+)
 from models import GPT, PositionLimitError, build, generate, variants
 from models.generate import decode
 from profiles import roofline
@@ -249,16 +257,14 @@ def test_decode(benchmark, record, ceiling, read_probe, pytestconfig, decode_cas
     else:  # every step streams the weights once (activations ignored)
         bytes_read = case.decode_tokens * roofline.streamed_params(cfg) * param_bytes
     record("decode", case.variant, backend,
-           params={"phase": "decode", "cache": case.cache, "decode_tokens": case.decode_tokens,
-                   "prompt_tokens": case.prompt_len, "batch": case.batch, "dtype": case.dtype,
-                   "pos": cfg.pos, "norm": cfg.norm},
-           metrics={"kv_bytes": cache.nbytes if cache is not None else 0,
-                    "weight_bytes": roofline.streamed_params(cfg) * param_bytes,
-                    "bytes_read": bytes_read, "ceiling_Bps": bandwidth.decode_Bps,
-                    "step_latency_s": step_latency, "tokens_sha1": _sha1(tokens), "calibration_s": calibration,
-                    "paired_cached_s": paired_cached, "ceiling_before_Bps": ceiling_before,
-                    "ceiling_after_Bps": ceiling_after,
-                    **probe.reading.as_metrics()})
+           params=DecodeParams(cache=case.cache, decode_tokens=case.decode_tokens, prompt_tokens=case.prompt_len,
+                               batch=case.batch, dtype=case.dtype, pos=cfg.pos, norm=cfg.norm),
+           metrics=asdict(DecodeMetrics(
+               kv_bytes=cache.nbytes if cache is not None else 0,
+               weight_bytes=roofline.streamed_params(cfg) * param_bytes, bytes_read=bytes_read,
+               ceiling_Bps=bandwidth.decode_Bps, step_latency_s=step_latency,
+               tokens_sha1=_sha1(tokens), calibration_s=calibration, paired_cached_s=paired_cached,
+               ceiling_before_Bps=ceiling_before, ceiling_after_Bps=ceiling_after)) | probe.reading.as_metrics())
 
 
 def test_prefill(benchmark, record, ceiling, prefill_case: DecodeCase) -> None:
@@ -287,9 +293,9 @@ def test_prefill(benchmark, record, ceiling, prefill_case: DecodeCase) -> None:
         benchmark.pedantic(harness.synced(lambda: model(prompt, cache), backend.input_device), setup=setup,
                            rounds=max(3, case.rounds), warmup_rounds=1)
     record("decode", case.variant, backend,
-           params={"phase": "prefill", "cache": "raw", "prompt_tokens": case.decode_tokens, "batch": case.batch,
-                   "dtype": case.dtype, "pos": cfg.pos, "norm": cfg.norm},
-           metrics={"kv_bytes": cache.nbytes})
+           params=PrefillParams(prompt_tokens=case.decode_tokens, batch=case.batch, dtype=case.dtype, pos=cfg.pos,
+                                norm=cfg.norm),
+           metrics=PrefillMetrics(kv_bytes=cache.nbytes))
 
 
 @pytest.fixture(scope="module")
@@ -347,6 +353,6 @@ def test_peer(benchmark, record, ceiling, peer_models, peer_case: PeerCase) -> N
         benchmark.pedantic(harness.synced(run_ours if case.impl == "archbench" else run_hf, device),
                            rounds=case.rounds, warmup_rounds=0)
     record("decode", case.variant, backend,
-           params={"phase": "peer", "impl": case.impl, "cache": case.cache, "decode_tokens": case.decode_tokens,
-                   "prompt_tokens": case.prompt_len, "batch": 1, "dtype": "fp32"},
-           metrics={"tokens_identical": identical, "tokens_sha1": _sha1(ours_tokens)})
+           params=PeerParams(impl=case.impl, cache=case.cache, decode_tokens=case.decode_tokens,
+                             prompt_tokens=case.prompt_len),
+           metrics=PeerMetrics(tokens_identical=identical, tokens_sha1=_sha1(ours_tokens)))

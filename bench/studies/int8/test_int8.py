@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from bench import backends, harness
 from bench.studies.int8 import SCHEMES, STUDY, Int8Sweep
+from bench.studies.int8.records import Int8Metrics, Int8Params, SensitivityMetrics, SensitivityParams
 from models import build, generate, variants
 from models.corpus import NATS_TO_BITS
 from models.generate import decode
@@ -213,18 +214,17 @@ def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path, pytestconf
         benchmark.pedantic(harness.synced(lambda lg: decode(model, tokens, 16, lg, steps, cache_obj), device),
                            setup=setup, rounds=sweep.rounds, warmup_rounds=0)
     record("int8", evals.name, backend,
-           params={"scheme": case.scheme, "norms": case.norms, "windows": int(windows.shape[0]),
-                   "seq_len": sweep.seq_len, "decode_tokens": steps, "batch": 1, "source": case.source},
-           metrics={"bits_per_byte": vs_backend["bits_per_byte"],
-                    "bpb_delta": vs_backend["bits_per_byte"] - fp32_bpb,
-                    "bpb_delta_vs_torch_fp32": vs_torch["bits_per_byte"] - torch_fp32_bpb,
-                    "kl_mean_nats": vs_backend["kl_mean_nats"], "top1_agreement": vs_backend["top1_agreement"],
-                    "max_abs_logit_delta": vs_backend["max_abs_logit_delta"],
-                    "kl_vs_torch_fp32_nats": vs_torch["kl_mean_nats"],
-                    "top1_vs_torch_fp32": vs_torch["top1_agreement"], "model_bytes": nbytes,
-                    # the quantized layers alone: int8 weights plus scales, against the same weights in fp32
-                    "quantized_weights_bytes": int8_elements + scale_bytes,
-                    "quantized_weights_fp32_bytes": int8_elements * 4})
+           params=Int8Params(scheme=case.scheme, norms=case.norms, windows=int(windows.shape[0]),
+                             seq_len=sweep.seq_len, decode_tokens=steps, batch=1, source=case.source),
+           metrics=Int8Metrics(bits_per_byte=vs_backend["bits_per_byte"],
+                               bpb_delta=vs_backend["bits_per_byte"] - fp32_bpb,
+                               bpb_delta_vs_torch_fp32=vs_torch["bits_per_byte"] - torch_fp32_bpb,
+                               kl_mean_nats=vs_backend["kl_mean_nats"], top1_agreement=vs_backend["top1_agreement"],
+                               max_abs_logit_delta=vs_backend["max_abs_logit_delta"],
+                               kl_vs_torch_fp32_nats=vs_torch["kl_mean_nats"],
+                               top1_vs_torch_fp32=vs_torch["top1_agreement"], model_bytes=nbytes,
+                               quantized_weights_bytes=int8_elements + scale_bytes,
+                               quantized_weights_fp32_bytes=int8_elements * 4))
 
 
 def test_int8_sensitivity(benchmark, record, int8_sensitivity_case, pytestconfig: pytest.Config) -> None:
@@ -241,9 +241,9 @@ def test_int8_sensitivity(benchmark, record, int8_sensitivity_case, pytestconfig
                        warmup_rounds=0)
     stats = _compare(result["logits"], ref, windows[:, 1:], evals.target_bytes)
     assert stats["kl_mean_nats"] > 0.0, f"quantizing {name} changed nothing"
+    baseline_bpb = _compare(ref, ref, windows[:, 1:], evals.target_bytes)["bits_per_byte"]
     record("int8", evals.name, backends.reference("cpu"),
-           params={"phase": "sensitivity", "scheme": sweep.sensitivity_scheme, "module": name,
-                   "kind": "norm" if is_norm else "linear", "windows": sweep.sensitivity_windows},
-           metrics={"kl_mean_nats": stats["kl_mean_nats"], "top1_agreement": stats["top1_agreement"],
-                    "bpb_delta": stats["bits_per_byte"]
-                    - _compare(ref, ref, windows[:, 1:], evals.target_bytes)["bits_per_byte"]})
+           params=SensitivityParams(scheme=sweep.sensitivity_scheme, module=name, kind="norm" if is_norm else "linear",
+                                    windows=sweep.sensitivity_windows),
+           metrics=SensitivityMetrics(kl_mean_nats=stats["kl_mean_nats"], top1_agreement=stats["top1_agreement"],
+                                      bpb_delta=stats["bits_per_byte"] - baseline_bpb))

@@ -18,6 +18,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import asdict
 from functools import cache
 
 import pytest
@@ -27,12 +28,25 @@ import torch.nn.functional as F
 from bench import backends, harness
 from bench.run import ROOT
 from bench.studies.kv import STUDY, KVAccuracySweep, KVMemorySweep, KVSweeps
+from bench.studies.kv.records import (
+    AccuracyMetrics,
+    AccuracyParams,
+    CacheDecodeMetrics,
+    CacheDecodeParams,
+    CapacityMetrics,
+    CapacityParams,
+    PeakMetrics,
+    PeakParams,
+    QuantizeMetrics,
+    QuantizeParams,
+)
 from models import build, count_params, generate, kv_cache, variants
 from models.corpus import NATS_TO_BITS
 from models.generate import decode
 from profiles.memory import MemoryProbe
 
 RAW_FP32, RAW_FP16 = kv_cache.raw_kind(torch.float32), kv_cache.raw_kind(torch.float16)
+PAPER_MSE = {1: 0.36, 2: 0.117, 3: 0.03, 4: 0.009}  # TurboQuant's distortion of unit vectors (docs/references.md)
 
 
 def _sweeps(config: pytest.Config) -> KVSweeps:
@@ -115,15 +129,15 @@ def test_kv_memory(benchmark, record, kv_memory_case) -> None:
             (logits,), _ = prefill()
             decode(model, tokens, sweep.prompt_len, logits, length, cache_obj)
     record("kv_memory", sweep.variant, backend,
-           params={"phase": "decode", "cache": kind, "cache_family": spec.family, "bits": spec.code_bits,
-                   "decode_tokens": length, "prompt_tokens": sweep.prompt_len, "batch": batch, "max_len": total},
-           metrics={"kv_bytes": cache_obj.nbytes, "bytes_per_token": cache_obj.bytes_per_token,
-                    "bits_per_coordinate": cache_obj.bits_per_coordinate,
-                    "raw_fp16_bytes_per_token": kv_cache.bytes_per_token(RAW_FP16, cfg, batch),
-                    "raw_fp32_bytes_per_token": kv_cache.bytes_per_token(RAW_FP32, cfg, batch),
-                    "weight_bytes": count_params(_cpu_model(sweep.variant)) * 4, "greedy_agreement": agreement,
-                    "tokens_sha1": _sha1(tokens), "alloc": alloc_probe.reading.as_metrics(),
-                    **probe.reading.as_metrics()})
+           params=CacheDecodeParams(cache=kind, cache_family=spec.family, bits=spec.code_bits, decode_tokens=length,
+                                    prompt_tokens=sweep.prompt_len, batch=batch, max_len=total),
+           metrics=asdict(CacheDecodeMetrics(
+               kv_bytes=cache_obj.nbytes, bytes_per_token=cache_obj.bytes_per_token,
+               bits_per_coordinate=cache_obj.bits_per_coordinate,
+               raw_fp16_bytes_per_token=kv_cache.bytes_per_token(RAW_FP16, cfg, batch),
+               raw_fp32_bytes_per_token=kv_cache.bytes_per_token(RAW_FP32, cfg, batch),
+               weight_bytes=count_params(_cpu_model(sweep.variant)) * 4, greedy_agreement=agreement,
+               tokens_sha1=_sha1(tokens), alloc=alloc_probe.reading.as_metrics())) | probe.reading.as_metrics())
 
 
 def test_kv_quantize(benchmark, record, kv_quantize_bits: int) -> None:
@@ -139,11 +153,10 @@ def test_kv_quantize(benchmark, record, kv_quantize_bits: int) -> None:
         assert err == pytest.approx(tq.expected_mse, rel=0.05)  # correct before timed
         benchmark.pedantic(lambda: tq.quantize(x), rounds=5, warmup_rounds=1)
     record("kv_memory", "turboquant", backends.reference("cpu"),
-           params={"phase": "quantize", "quantizer": "turboquant", "bits": kv_quantize_bits, "vectors": 65_536,
-                   "head_dim": 64},
-           metrics={"relative_mse": err, "expected_mse": tq.expected_mse, "lower_bound": 4.0**-kv_quantize_bits,
-                    "upper_bound": 3**0.5 * 3.141592653589793 / 2 * 4.0**-kv_quantize_bits,
-                    "paper_mse": {1: 0.36, 2: 0.117, 3: 0.03, 4: 0.009}[kv_quantize_bits]})
+           params=QuantizeParams(bits=kv_quantize_bits, vectors=65_536, head_dim=64),
+           metrics=QuantizeMetrics(relative_mse=err, expected_mse=tq.expected_mse, lower_bound=4.0**-kv_quantize_bits,
+                                   upper_bound=3**0.5 * math.pi / 2 * 4.0**-kv_quantize_bits,
+                                   paper_mse=PAPER_MSE[kv_quantize_bits]))
 
 
 def test_kv_peak(benchmark, record, kv_peak_case) -> None:
@@ -164,18 +177,13 @@ def test_kv_peak(benchmark, record, kv_peak_case) -> None:
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
     assert result["peak_delta_bytes"] >= result["cache_nbytes"] * (0.5 if backend.device_type == "cpu" else 1.0)
     cuda = backend.device_type == "cuda"
-    metrics = {"peak_delta_bytes": result["peak_delta_bytes"], "kv_bytes": result["cache_nbytes"]}
-    if cuda:
-        metrics.update(nvml_delta_bytes=result["nvml_delta_bytes"])
-    else:
-        metrics.update(peak_rss_delta_bytes=result["peak_delta_bytes"])
     spec = kv_cache.spec(kind)
     record("kv_memory", sweep.variant, backend,
-           params={"phase": "vram" if cuda else "rss", "cache": kind, "cache_family": spec.family,
-                   "bits": spec.code_bits, "tokens": length,
-                   "batch": sweep.probe_batch, "pos": result["pos"], "measure": result["measure"],
-                   **({"device_name": result["device_name"]} if cuda else {})},
-           metrics=metrics)
+           params=PeakParams(phase="vram" if cuda else "rss", cache=kind, cache_family=spec.family, bits=spec.code_bits,
+                             tokens=length, batch=sweep.probe_batch, pos=result["pos"], measure=result["measure"],
+                             device_name=result.get("device_name")),
+           metrics=PeakMetrics(peak_delta_bytes=result["peak_delta_bytes"], kv_bytes=result["cache_nbytes"],
+                               nvml_delta_bytes=result.get("nvml_delta_bytes")))
 
 
 def test_kv_capacity(benchmark, record, pytestconfig, kv_capacity_variant: str) -> None:
@@ -201,12 +209,11 @@ def test_kv_capacity(benchmark, record, pytestconfig, kv_capacity_variant: str) 
     budgets = sweeps.capacity_budgets_gib
     capacity = {kind: {str(gib): max(0, (gib * 2**30 - weights_fp16) // b) for gib in budgets}
                 for kind, b in per_token.items()}
-    record("kv_memory", kv_capacity_variant, harness.ANALYTIC,
-           params={"phase": "capacity", "budgets_gib": list(budgets), "weights": "fp16"},
-           metrics={"params": params, "weight_bytes_fp16": weights_fp16, "bytes_per_token": per_token,
-                    "families": {kind: kv_cache.spec(kind).family for kind in kinds},
-                    "outgrows_weights_at_tokens": {k: weights_fp16 // b for k, b in per_token.items()},
-                    "max_context_tokens": capacity})
+    record("kv_memory", kv_capacity_variant, harness.ANALYTIC, params=CapacityParams(budgets_gib=list(budgets)),
+           metrics=CapacityMetrics(params=params, weight_bytes_fp16=weights_fp16, bytes_per_token=per_token,
+                                   families={kind: kv_cache.spec(kind).family for kind in kinds},
+                                   outgrows_weights_at_tokens={k: weights_fp16 // b for k, b in per_token.items()},
+                                   max_context_tokens=capacity))
 
 
 @pytest.fixture(scope="module")
@@ -263,12 +270,11 @@ def test_kv_accuracy(benchmark, record, accuracy_setup, kv_accuracy_case) -> Non
     bpb, raw_bpb = nats * to_bpb, raw_nats * to_bpb
     spec = kv_cache.spec(kind)
     record("kv_accuracy", evals.name, backends.reference("cpu"),
-           params={"cache": kind, "cache_family": spec.family, "bits": spec.code_bits,
-                   "windows": int(windows.shape[0]), "seq_len": sweep.seq_len, "source": source},
-           metrics={"bits_per_byte": bpb, "bpb_delta": bpb - raw_bpb,
-                    "ppl_delta_pct": (math.exp(nats - raw_nats) - 1) * 100,  # per token
-                    "kl_mean_nats": kl, "top1_agreement": top1,
-                    "max_abs_logit_delta": float((logits - ref).abs().max()),
-                    "layer_rel_error": layer_error,
-                    "bytes_per_token": spec.bytes_per_token(model.config),
-                    "bits_per_coordinate": spec.bits_per_coordinate(model.config, sweep.seq_len)})
+           params=AccuracyParams(cache=kind, cache_family=spec.family, bits=spec.code_bits,
+                                 windows=int(windows.shape[0]), seq_len=sweep.seq_len, source=source),
+           metrics=AccuracyMetrics(bits_per_byte=bpb, bpb_delta=bpb - raw_bpb,
+                                   ppl_delta_pct=(math.exp(nats - raw_nats) - 1) * 100,  # per token
+                                   kl_mean_nats=kl, top1_agreement=top1,
+                                   max_abs_logit_delta=float((logits - ref).abs().max()), layer_rel_error=layer_error,
+                                   bytes_per_token=spec.bytes_per_token(model.config),
+                                   bits_per_coordinate=spec.bits_per_coordinate(model.config, sweep.seq_len)))

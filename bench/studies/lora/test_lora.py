@@ -18,6 +18,14 @@ import torch.nn.functional as F
 
 from bench import backends, harness
 from bench.studies.lora import STUDY, LoraSweep
+from bench.studies.lora.records import (
+    FinetuneMetrics,
+    FinetuneParams,
+    OverheadMetrics,
+    OverheadParams,
+    VarianceMetrics,
+    VarianceParams,
+)
 from models import build, corpus, variants
 from models.corpus import NATS_TO_BITS
 from models.lora import apply_lora, finetune, lora_parameters, lora_scaling, merge_lora, update_variance
@@ -52,9 +60,10 @@ def test_lora_variance(benchmark, record, lora_variance_case) -> None:
     slope = float(torch.linalg.lstsq(torch.stack([logs, torch.ones_like(logs)], 1),
                                      torch.log(torch.tensor(variances, dtype=torch.float64))[:, None]).solution[0, 0])
     record("lora", "random-AB", backends.reference("cpu"),
-           params={"phase": "variance", "scaling": scaling, "alpha": sweep.alpha, "dim": sweep.variance_dim,
-                   "ranks": list(sweep.variance_ranks)},
-           metrics={"variance": variances, "loglog_slope": slope, "expected_slope": 0.0 if SCALINGS[scaling] else -1.0})
+           params=VarianceParams(scaling=scaling, alpha=sweep.alpha, dim=sweep.variance_dim,
+                                 ranks=list(sweep.variance_ranks)),
+           metrics=VarianceMetrics(variance=variances, loglog_slope=slope,
+                                   expected_slope=0.0 if SCALINGS[scaling] else -1.0))
 
 
 @cache
@@ -91,14 +100,13 @@ def test_lora_finetune(benchmark, record, lora_finetune_case) -> None:
     tail = max(1, len(losses) // 5)
     assert all(v == v for v in losses), "the fine-tune diverged to NaN"
     record("lora", sweep.reference, backends.reference("cpu"),
-           params={"phase": "finetune", "scaling": scaling, "rank": rank, "alpha": sweep.alpha, "lr": sweep.lr,
-                   "steps": sweep.steps, "batch": sweep.batch_size, "seq_len": sweep.seq_len, "split": "adapt"},
-           metrics={"scaling_factor": lora_scaling(rank, sweep.alpha, SCALINGS[scaling]),
-                    "adapter_params": sum(p.numel() for p in lora_parameters(model)),
-                    "train_bpb_curve": losses, "final_train_bpb": sum(losses[-tail:]) / tail,
-                    "eval_bpb_before": before, "eval_bpb_after": after,
-                    "grad_norm_curve": result["grad_norms"],
-                    "mean_grad_norm": sum(result["grad_norms"]) / len(result["grad_norms"])})
+           params=FinetuneParams(scaling=scaling, rank=rank, alpha=sweep.alpha, lr=sweep.lr, steps=sweep.steps,
+                                 batch=sweep.batch_size, seq_len=sweep.seq_len),
+           metrics=FinetuneMetrics(scaling_factor=lora_scaling(rank, sweep.alpha, SCALINGS[scaling]),
+                                   adapter_params=sum(p.numel() for p in lora_parameters(model)),
+                                   train_bpb_curve=losses, final_train_bpb=sum(losses[-tail:]) / tail,
+                                   eval_bpb_before=before, eval_bpb_after=after, grad_norm_curve=result["grad_norms"],
+                                   mean_grad_norm=sum(result["grad_norms"]) / len(result["grad_norms"])))
 
 
 def test_lora_overhead(benchmark, record, lora_overhead_case) -> None:
@@ -117,5 +125,5 @@ def test_lora_overhead(benchmark, record, lora_overhead_case) -> None:
     with torch.inference_mode():
         benchmark.pedantic(harness.synced(lambda: model(idx), backend.input_device), rounds=5, warmup_rounds=1)
     record("lora", sweep.overhead_variant, backend,
-           params={"phase": "overhead", "mode": mode, "rank": sweep.overhead_rank, "batch": 4, "tokens": 128},
-           metrics={"adapter_params": sum(p.numel() for p in lora_parameters(model))})
+           params=OverheadParams(mode=mode, rank=sweep.overhead_rank, batch=4, tokens=128),
+           metrics=OverheadMetrics(adapter_params=sum(p.numel() for p in lora_parameters(model))))

@@ -20,6 +20,14 @@ from torch import nn
 
 from bench import backends, harness
 from bench.studies.norms import STUDY
+from bench.studies.norms.records import (
+    GradientsMetrics,
+    GradientsParams,
+    SpeedMetrics,
+    SpeedParams,
+    StabilityMetrics,
+    StabilityParams,
+)
 from models import build, corpus, variants
 from models.config import NORM_KINDS
 from models.corpus import random_windows
@@ -61,8 +69,8 @@ def test_norm_gradients(benchmark, record, norm_gradient_case) -> None:
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
     assert all(g > 0 and math.isfinite(g) for g in grads)
     record("norms", "gpt2-tiny", backends.reference("cpu"),
-           params={"phase": "gradients", "norm": norm, "depth": depth, "init": init},
-           metrics={"mlp_grad_norm_by_layer": grads, "last_over_first": grads[-1] / grads[0]})
+           params=GradientsParams(norm=norm, depth=depth, init=init),
+           metrics=GradientsMetrics(mlp_grad_norm_by_layer=grads, last_over_first=grads[-1] / grads[0]))
 
 
 def test_norm_stability(benchmark, record, norm_stability_case) -> None:
@@ -81,12 +89,11 @@ def test_norm_stability(benchmark, record, norm_stability_case) -> None:
     failed = not all(math.isfinite(v) for v in bits) or not math.isfinite(run.val_bits_per_byte) \
         or run.val_bits_per_byte > run.unigram_bits_per_byte - FAILED_WITHIN_BITS
     record("norms", f"gpt2-tiny-L{sweep.stability_depth}", backends.reference("cpu"),
-           params={"phase": "stability", "norm": norm, "seed": seed, "lr": sweep.stability_lr, "warmup": 0,
-                   "grad_clip": 0, "steps": sweep.stability_steps},
-           metrics={"train_bpb_curve": [v if math.isfinite(v) else None for v in bits],
-                    "final_train_bpb": final if math.isfinite(final) else None,
-                    "val_bpb": run.val_bits_per_byte if math.isfinite(run.val_bits_per_byte) else None,
-                    "unigram_bpb": run.unigram_bits_per_byte, "failed": failed})
+           params=StabilityParams(norm=norm, seed=seed, lr=sweep.stability_lr, steps=sweep.stability_steps),
+           metrics=StabilityMetrics(train_bpb_curve=[v if math.isfinite(v) else None for v in bits],
+                                    final_train_bpb=final if math.isfinite(final) else None,
+                                    val_bpb=run.val_bits_per_byte if math.isfinite(run.val_bits_per_byte) else None,
+                                    unigram_bpb=run.unigram_bits_per_byte, failed=failed))
 
 
 class _TorchRMSNorm(nn.Module):
@@ -122,5 +129,5 @@ def test_norm_speed(benchmark, record, norm_speed_case) -> None:
         benchmark.pedantic(harness.synced(prepared.run, torch.device(backend.device_type)), rounds=20,
                            warmup_rounds=2)
     record("norms", f"width-{width}", backend,
-           params={"phase": "speed", "impl": impl, "width": width, "rows": sweep.rows},
-           metrics={"graph_ops": list(prepared.ops)})
+           params=SpeedParams(impl=impl, width=width, rows=sweep.rows),
+           metrics=SpeedMetrics(graph_ops=list(prepared.ops)))

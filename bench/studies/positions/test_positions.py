@@ -16,6 +16,14 @@ import torch.nn.functional as F
 
 from bench import backends, harness
 from bench.studies.positions import STUDY, PositionSweep
+from bench.studies.positions.records import (
+    ExtrapolationMetrics,
+    ExtrapolationParams,
+    ParamsMetrics,
+    ParamsParams,
+    SpeedMetrics,
+    SpeedParams,
+)
 from models import PositionLimitError, build, corpus, count_params, variants
 from models.config import POS_KINDS
 from models.corpus import NATS_TO_BITS
@@ -50,8 +58,8 @@ def test_position_params(benchmark, record, position_params_case) -> None:
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
     # docs/references.md: GPT-2 small's learned table is 1024 x 768 = 786,432 parameters
     assert counts["position"] == (base.max_seq_len * base.d_model if pos == "learned" else 0)
-    record("positions", sweep.params_variant, harness.ANALYTIC, params={"phase": "params", "pos": pos},
-           metrics={"params": counts["total"], "position_params": counts["position"]})
+    record("positions", sweep.params_variant, harness.ANALYTIC, params=ParamsParams(pos=pos),
+           metrics=ParamsMetrics(params=counts["total"], position_params=counts["position"]))
 
 
 def test_position_speed(benchmark, record, position_speed_case) -> None:
@@ -87,8 +95,8 @@ def test_position_speed(benchmark, record, position_speed_case) -> None:
             benchmark.pedantic(harness.synced(lambda lg: decode(model, seq, 16, lg, sweep.speed_decode, cache), device),
                                setup=setup, rounds=5, warmup_rounds=1)
             tokens = sweep.speed_decode
-    record("positions", sweep.speed_variant, backend, params={"phase": phase, "pos": pos, "tokens": tokens},
-           metrics={})
+    record("positions", sweep.speed_variant, backend, params=SpeedParams(phase=phase, pos=pos, tokens=tokens),
+           metrics=SpeedMetrics())
 
 
 def _trained(sweep: PositionSweep, pos: str):
@@ -126,7 +134,7 @@ def test_position_extrapolation(benchmark, record, position_extrapolation_case) 
             "bits_per_byte_beyond_train_len": beyond.mean().item() * NATS_TO_BITS if beyond.numel() else None,
         }
     record("positions", f"{sweep.base}-L{sweep.train_len}", backends.reference("cpu"),
-           params={"phase": "extrapolation", "pos": pos, "train_len": sweep.train_len, "steps": sweep.steps,
-                   "batch": sweep.batch_size, "factors": list(sweep.eval_factors)},
-           metrics={"by_length": by_length, "train_seconds": result["trained"].seconds,
-                    "val_bpb_at_train_len": result["trained"].val_bits_per_byte})
+           params=ExtrapolationParams(pos=pos, train_len=sweep.train_len, steps=sweep.steps, batch=sweep.batch_size,
+                                      factors=list(sweep.eval_factors)),
+           metrics=ExtrapolationMetrics(by_length=by_length, train_seconds=result["trained"].seconds,
+                                        val_bpb_at_train_len=result["trained"].val_bits_per_byte))

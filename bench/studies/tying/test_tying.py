@@ -11,6 +11,7 @@ import pytest
 
 from bench import backends, harness
 from bench.studies.tying import STUDY
+from bench.studies.tying.records import CountMetrics, CountParams, QualityMetrics, QualityParams
 from models import build, count_params, variants
 
 
@@ -38,10 +39,10 @@ def test_tying_params(benchmark, record, tying_params_case) -> None:
     benchmark.pedantic(run, rounds=1, warmup_rounds=0)
     saved = counts["untied"] - counts["tied"]
     assert saved == cfg.vocab_size * cfg.d_model
-    record("tying", variant, harness.ANALYTIC, params={"phase": "params", "native_tied": cfg.tie_weights},
-           metrics={"tied_params": counts["tied"], "untied_params": counts["untied"], "saved_params": saved,
-                    "saved_share_of_untied": saved / counts["untied"],
-                    "saved_share_of_tied": saved / counts["tied"]})
+    record("tying", variant, harness.ANALYTIC, params=CountParams(native_tied=cfg.tie_weights),
+           metrics=CountMetrics(tied_params=counts["tied"], untied_params=counts["untied"], saved_params=saved,
+                                saved_share_of_untied=saved / counts["untied"],
+                                saved_share_of_tied=saved / counts["tied"]))
 
 
 def test_tying_quality(benchmark, record, tying_quality_case) -> None:
@@ -56,8 +57,7 @@ def test_tying_quality(benchmark, record, tying_quality_case) -> None:
                        warmup_rounds=0)
     run = result["run"]
     record("tying", sweep.base, backends.reference("cpu"),
-           params={"phase": "quality", "tied": tied, "steps": sweep.train_steps, "batch": sweep.batch_size,
-                   "seq_len": sweep.seq_len},
-           metrics={"params": count_params(run.model), "val_bpb": run.val_bits_per_byte,
-                    "unigram_bpb": run.unigram_bits_per_byte, "train_seconds": run.seconds,
-                    "from_cache": run.from_cache})
+           params=QualityParams(tied=tied, steps=sweep.train_steps, batch=sweep.batch_size, seq_len=sweep.seq_len),
+           metrics=QualityMetrics(params=count_params(run.model), val_bpb=run.val_bits_per_byte,
+                                  unigram_bpb=run.unigram_bits_per_byte, train_seconds=run.seconds,
+                                  from_cache=run.from_cache))

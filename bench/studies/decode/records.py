@@ -1,0 +1,71 @@
+"""The decode study's record fields: what each benchmark chose (params) and measured besides its time
+(metrics), with units in the names. The report half reads them as `p_<field>` and `m_<field>` columns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DecodeParams:
+    """T greedy steps timed after an untimed prefill of the prompt."""
+
+    cache: str  # none (each step recomputes the whole prefix) | raw (the model's own KV cache)
+    decode_tokens: int  # T: tokens decoded after the prompt
+    prompt_tokens: int
+    batch: int
+    dtype: str  # fp32 | fp16 | bf16
+    pos: str  # the model's positional embedding
+    norm: str  # the model's norm placement
+    phase: str = "decode"
+
+
+@dataclass(frozen=True)
+class DecodeMetrics:
+    kv_bytes: int  # every byte the cache held (0 without one)
+    weight_bytes: int  # weights streamed per step
+    bytes_read: int  # weights and cache read over the T steps (the roofline's bytes)
+    ceiling_Bps: float  # the session's read ceiling on the device
+    step_latency_s: dict[str, float]  # position -> seconds of one step there (device synchronised)
+    tokens_sha1: str  # hash of every token decoded (cached and uncached runs must agree)
+    calibration_s: list[float]  # per round: the fixed workload timed just before it
+    paired_cached_s: list[float]  # per uncached round at the longest length: the cached run beside it
+    ceiling_before_Bps: list[float]  # per cached round: the read bandwidth probed right before it
+    ceiling_after_Bps: list[float]  # ... and right after it
+
+
+@dataclass(frozen=True)
+class PrefillParams:
+    """One forward over the prompt filling a fresh cache."""
+
+    prompt_tokens: int
+    batch: int
+    dtype: str
+    pos: str
+    norm: str
+    cache: str = "raw"
+    phase: str = "prefill"
+
+
+@dataclass(frozen=True)
+class PrefillMetrics:
+    kv_bytes: int
+
+
+@dataclass(frozen=True)
+class PeerParams:
+    """Greedy generate, prefill included, by ours or by transformers on the same weights and engine."""
+
+    impl: str  # archbench | transformers
+    cache: str  # raw | none
+    decode_tokens: int
+    prompt_tokens: int
+    batch: int = 1
+    dtype: str = "fp32"
+    phase: str = "peer"
+
+
+@dataclass(frozen=True)
+class PeerMetrics:
+    tokens_identical: bool  # ours and transformers' tokens are the same
+    tokens_sha1: str

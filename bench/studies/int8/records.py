@@ -1,0 +1,51 @@
+"""The INT8 study's record fields (params chosen, metrics measured besides time; units in the names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Int8Params:
+    """One scheme and norm policy on one engine: accuracy, size, and cached decode timed."""
+
+    scheme: str  # fp32 or a scheme of SCHEMES
+    norms: str  # keep | quantize
+    windows: int
+    seq_len: int
+    decode_tokens: int
+    batch: int
+    source: str  # reference | checkpoint
+
+
+@dataclass(frozen=True)
+class Int8Metrics:
+    bits_per_byte: float
+    bpb_delta: float  # against the same engine's fp32 model
+    bpb_delta_vs_torch_fp32: float
+    kl_mean_nats: float  # against the same engine's fp32 model
+    top1_agreement: float
+    max_abs_logit_delta: float
+    kl_vs_torch_fp32_nats: float
+    top1_vs_torch_fp32: float
+    model_bytes: int  # every byte the model holds (packed int8 weights included)
+    quantized_weights_bytes: int  # the quantized layers: int8 weights plus scales
+    quantized_weights_fp32_bytes: int  # the same weights in fp32
+
+
+@dataclass(frozen=True)
+class SensitivityParams:
+    """One module quantized alone."""
+
+    scheme: str
+    module: str
+    kind: str  # linear | norm
+    windows: int
+    phase: str = "sensitivity"
+
+
+@dataclass(frozen=True)
+class SensitivityMetrics:
+    kl_mean_nats: float
+    top1_agreement: float
+    bpb_delta: float
