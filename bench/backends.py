@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ class Backend(Protocol):
     family: str  # torch | onnxruntime | ...: backends of one family share an engine
     device_type: str  # cpu | cuda | ...
     reference: bool  # the backend others on its device are compared with (eager torch)
+    fuses_ops: bool  # a compiler or graph optimiser fuses ops (eager torch runs its kernels one by one)
 
     @property
     def input_device(self) -> torch.device: ...
@@ -97,6 +99,7 @@ class TorchBackend:
     device_type: str  # "cpu" | "cuda"
     family: str = "torch"
     reference: bool = True
+    fuses_ops: bool = False
 
     @property
     def input_device(self) -> torch.device:
@@ -142,6 +145,7 @@ class OnnxRuntimeBackend:
     device_type: str  # "cpu" (CPUExecutionProvider) | "cuda" (CUDAExecutionProvider, onnxruntime-gpu)
     family: str = "onnxruntime"
     reference: bool = False
+    fuses_ops: bool = True
 
     @property
     def provider(self) -> str:
@@ -216,7 +220,8 @@ class OnnxRuntimeBackend:
         return self._session(out, model)
 
     def prepare_module(self, module: nn.Module, example: Tensor) -> PreparedModule:
-        """`module` exported alone with torch.onnx (dynamo) and run in a session on `example`."""
+        """`module` exported alone with torch.onnx (dynamo, opset MODULE_OPSET: norms export as onnxruntime's
+        fused LayerNormalization and RMSNormalization) and run in a session on `example`."""
         import tempfile
 
         import onnx
@@ -228,7 +233,7 @@ class OnnxRuntimeBackend:
             path = Path(tmp) / "module.onnx"
             try:
                 torch.onnx.export(copy.deepcopy(module).eval(), (example,), str(path), input_names=["x"],
-                                  output_names=["y"], dynamo=True, verbose=False)
+                                  output_names=["y"], dynamo=True, verbose=False, opset_version=MODULE_OPSET)
             except Exception as exc:  # the exporter's own failure
                 raise CannotPrepareError(f"torch.onnx could not export the module: {type(exc).__name__}: "
                                          f"{exc}") from exc
@@ -246,9 +251,71 @@ class OnnxRuntimeBackend:
                 "graph_optimization_level": "ORT_ENABLE_ALL", "opset": OPSET, "threads": torch.get_num_threads()}
 
 
+MODULE_OPSET = 23  # standalone modules: the opset with RMSNormalization beside LayerNormalization
+
+
+@dataclass(frozen=True)
+class TorchCompileBackend:
+    """torch.compile (inductor, default mode, static shapes) as users run it, for standalone modules. A
+    compiled decode step needs a static KV cache and a tensor position, which archbench's decode does
+    not have yet: this engine supports `MODULES` only, and says so for the rest."""
+
+    name: str
+    device_type: str
+    family: str = "torch"
+    reference: bool = False
+    fuses_ops: bool = True
+
+    @property
+    def input_device(self) -> torch.device:
+        return torch.device(self.device_type)
+
+    def unavailable_reason(self) -> str | None:
+        import shutil
+
+        eager = TorchBackend(self.name, self.device_type).unavailable_reason()
+        if eager:
+            return eager
+        if self.device_type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++")):
+            return "inductor compiles C++ on the CPU and no C++ compiler is on PATH (g++, c++ or $CXX)"
+        return None
+
+    def supports(self, dtype: torch.dtype, feature: str) -> str | None:
+        _check_feature(feature)
+        if dtype not in DTYPE_NAMES:
+            return f"{self.name} runs {', '.join(DTYPE_NAMES.values())}, not {dtype}"
+        if feature != MODULES:
+            return (f"{self.name} compiles standalone modules only: a compiled decode step needs a static KV "
+                    "cache, which archbench's decode does not have yet")
+        return None
+
+    def prepare(self, model: GPT, dtype: torch.dtype = torch.float32) -> Decoder:
+        raise CannotPrepareError(self.supports(dtype, DECODE))
+
+    def prepare_module(self, module: nn.Module, example: Tensor) -> PreparedModule:
+        """`module` compiled by inductor for `example`'s shape (compiled here, on the first call)."""
+        from models.paths import cache_dir
+
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))  # a second run starts fast
+        compiled = torch.compile(copy.deepcopy(module).to(self.input_device).eval(), dynamic=False)
+        x = example.to(self.input_device)
+        try:
+            with torch.inference_mode():
+                compiled(x)
+        except Exception as exc:  # inductor's own failure, e.g. a compiler it cannot run
+            raise CannotPrepareError(f"torch.compile failed: {type(exc).__name__}: {str(exc)[:500]}") from exc
+        return PreparedModule(lambda: compiled(x))
+
+    def settings(self) -> dict:
+        return {"engine": "torch.compile", "backend": "inductor", "mode": "default", "dynamic": False,
+                "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
 BACKENDS: Registry[Backend] = Registry("backend", {b.name: b for b in (
     TorchBackend("torch-cpu", "cpu"),
     TorchBackend("torch-cuda", "cuda"),
+    TorchCompileBackend("torch-compile", "cpu"),
+    TorchCompileBackend("torch-compile-cuda", "cuda"),
     OnnxRuntimeBackend("onnxruntime", "cpu"),
     OnnxRuntimeBackend("onnxruntime-cuda", "cuda"),
 )})

@@ -76,6 +76,16 @@ class EvalSet:
     windows: torch.Tensor  # (n, seq_len + 1) token ids
     target_bytes: int  # text bytes the targets (tokens 1.. of each window) cover: bits per byte = bits / this
     name: str  # the variant column of records: the reference variant, or "checkpoint:<directory name>"
+    description: str  # what a verdict is judged on: the model, its size, head_dim and training
+    unigram_bpb: float  # a byte-frequency model's held-out bits per byte on the same split (the floor to beat)
+
+
+def describe_model(name: str, model: torch.nn.Module, training: str) -> str:
+    """A model in a line for verdicts: name, parameters, head_dim, how it was trained."""
+    from models import count_params
+
+    cfg = model.config
+    return f"{name} ({count_params(model) / 1e6:.2f}M parameters, head_dim {cfg.head_dim}, {training})"
 
 
 def accuracy_sources(config: pytest.Config) -> list[str]:
@@ -88,14 +98,20 @@ def _eval_set(source: str, reference: str, weights: str | None, seq_len: int, co
     from models import corpus
     from models.hf import load_hf, load_tokenizer, tokenized_windows
 
+    data = corpus.load()
+    unigram = corpus.unigram_bits_per_byte(data.tokens("train"), data.tokens("val"))
     if source == "checkpoint":
         windows, nbytes = tokenized_windows(load_tokenizer(weights), corpus.text("val"), seq_len, count)
-        return EvalSet(load_hf(weights).eval(), windows, nbytes, f"checkpoint:{Path(weights).name}")
-    from models.reference import reference_model
+        model, name = load_hf(weights).eval(), f"checkpoint:{Path(weights).name}"
+        return EvalSet(model, windows, nbytes, name, describe_model(name, model, "as loaded"), unigram)
+    from models.reference import TrainConfig, reference_model
 
-    windows = corpus.eval_windows(corpus.load().tokens("val"), seq_len, count)
-    return EvalSet(reference_model(reference, progress=False).model.eval(), windows,
-                   windows[:, 1:].numel(), reference)
+    windows = corpus.eval_windows(data.tokens("val"), seq_len, count)
+    model = reference_model(reference, progress=False).model.eval()
+    tc = TrainConfig()
+    training = f"trained {tc.steps} steps of {tc.batch_size} x {tc.seq_len} bytes of the stdlib corpus"
+    return EvalSet(model, windows, windows[:, 1:].numel(), reference, describe_model(reference, model, training),
+                   unigram)
 
 
 def eval_set(config: pytest.Config, source: str, reference: str, seq_len: int, count: int) -> EvalSet:

@@ -46,6 +46,7 @@ class ArchConfig:
     rope_theta: float = 10000.0  # RoPE base: theta_i = rope_theta ** (-2i / head_dim)
     gelu_approximate: str = "tanh"  # GELU form: tanh (GPT-2's gelu_new) | none (exact erf)
     init_std: float = 0.02  # std of the normal initialisation of weights
+    embed_scale: bool = False  # token embeddings times sqrt(d_model) (Vaswani et al. 2017, section 3.4)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_layer", "n_head", "d_model", "max_seq_len"):
@@ -54,7 +55,7 @@ class ArchConfig:
         _choice("norm", self.norm, NORM_KINDS)
         _choice("mlp", self.mlp, MLP_KINDS)
         _choice("gelu_approximate", self.gelu_approximate, GELU_APPROXIMATIONS)
-        for name in ("tie_weights", "bias"):
+        for name in ("tie_weights", "bias", "embed_scale"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ArchConfig.{name}={getattr(self, name)!r} is not valid; allowed values: True, False")
         if self.d_model % self.n_head:

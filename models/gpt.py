@@ -123,6 +123,8 @@ class GPT(nn.Module):
         self.check_positions(start + T)
         positions = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.tok_emb(idx)  # (B, T, d)
+        if self.config.embed_scale:  # Vaswani et al.: embeddings scaled up to the positional encodings' size
+            x = x * math.sqrt(self.config.d_model)  # (B, T, d)
         if self.pos_emb is not None:
             x = x + self.pos_emb(positions).to(x.dtype)  # (B, T, d)
         rope = self.rope(positions) if self.rope is not None else None  # 2x (T, hd)

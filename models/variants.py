@@ -1,8 +1,9 @@
 """Named configurations. Exact names only; `get` lists the valid ones on a miss.
 
 Families: gpt2 (learned positions, Pre-LN, tied, GELU), llama (RoPE, Pre-RMSNorm, untied, SwiGLU,
-no biases), vaswani (sinusoidal positions, Post-LN, tied, GELU; the 2017 decoder stack with GELU for
-ReLU). The byte-level `-tiny` / `-mini` sizes run anywhere; the 7B- and 70B-class shapes are for
+no biases), vaswani (sinusoidal positions, Post-LN, tied, GELU, embeddings scaled by sqrt(d_model); the
+2017 decoder stack with GELU for ReLU). `gpt2-tiny-hd64` is gpt2-tiny with two heads of 64 (GPT-2's
+head_dim), the accuracy studies' reference. The byte-level `-tiny` / `-mini` sizes run anywhere; the 7B- and 70B-class shapes are for
 counting on the meta device (`models.build(cfg, device="meta")`). Parameter counts are exact
 (`tests/test_variants.py` checks them).
 """
@@ -14,10 +15,12 @@ from .registry import Registry
 
 _GPT2 = dict(pos="learned", norm="pre_ln", tie_weights=True, mlp="gelu", bias=True, gelu_approximate="tanh")
 _LLAMA = dict(pos="rope", norm="pre_rms", tie_weights=False, mlp="swiglu", bias=False)
-_VASWANI = dict(pos="sinusoidal", norm="post_ln", tie_weights=True, mlp="gelu", bias=True, gelu_approximate="none")
+_VASWANI = dict(pos="sinusoidal", norm="post_ln", tie_weights=True, mlp="gelu", bias=True, gelu_approximate="none",
+                embed_scale=True)
 
 VARIANTS: Registry[ArchConfig] = Registry("variant", {
     "gpt2-tiny": ArchConfig(vocab_size=256, n_layer=4, n_head=4, d_model=128, max_seq_len=1024, **_GPT2),  # 957,184
+    "gpt2-tiny-hd64": ArchConfig(vocab_size=256, n_layer=4, n_head=2, d_model=128, max_seq_len=1024, **_GPT2),  # 957,184
     "gpt2-mini": ArchConfig(vocab_size=256, n_layer=6, n_head=8, d_model=256, max_seq_len=1024, **_GPT2),  # 5,066,752
     "gpt2-small": ArchConfig(vocab_size=50257, n_layer=12, n_head=12, d_model=768, max_seq_len=1024, **_GPT2),  # 124,439,808
     "gpt2-medium": ArchConfig(vocab_size=50257, n_layer=24, n_head=16, d_model=1024, max_seq_len=1024, **_GPT2),  # 354,823,168
@@ -29,6 +32,7 @@ VARIANTS: Registry[ArchConfig] = Registry("variant", {
     "llama-2-7b": ArchConfig(vocab_size=32000, n_layer=32, n_head=32, d_model=4096, d_ff=11008, max_seq_len=4096, **_LLAMA),  # 6,738,415,616
     "llama-3-8b": ArchConfig(vocab_size=128256, n_layer=32, n_head=32, n_kv_head=8, d_model=4096, d_ff=14336, max_seq_len=8192, rope_theta=500000.0, **_LLAMA),  # 8,030,261,248
     "mistral-7b": ArchConfig(vocab_size=32000, n_layer=32, n_head=32, n_kv_head=8, d_model=4096, d_ff=14336, max_seq_len=32768, **_LLAMA),  # 7,241,732,096
+    "llama-3-70b": ArchConfig(vocab_size=128256, n_layer=80, n_head=64, n_kv_head=8, d_model=8192, d_ff=28672, max_seq_len=8192, rope_theta=500000.0, **_LLAMA),  # 70,553,706,496
     "llama-2-70b": ArchConfig(vocab_size=32000, n_layer=80, n_head=64, n_kv_head=8, d_model=8192, d_ff=28672, max_seq_len=4096, **_LLAMA),  # 68,976,648,192
     "vaswani-tiny": ArchConfig(vocab_size=256, n_layer=4, n_head=4, d_model=128, max_seq_len=1024, **_VASWANI),  # 825,856
     "vaswani-mini": ArchConfig(vocab_size=256, n_layer=6, n_head=8, d_model=256, max_seq_len=1024, **_VASWANI),  # 4,804,096

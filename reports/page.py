@@ -67,6 +67,11 @@ def fmt(value: object, digits: int = 3) -> str:
     return str(value)
 
 
+def text_or(value: object, default: str) -> str:
+    """A record's text field, or `default` where the record has none (older records, NaN in the frame)."""
+    return value if isinstance(value, str) and value else default
+
+
 def fmt_bytes(value: float | None) -> str:
     """Bytes in binary units (B, KiB, MiB...)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):

@@ -19,6 +19,7 @@ from models import ArchConfig
         ("d_model", 130, "multiple of n_head"),
         ("n_kv_head", 3, "divisor of n_head"),
         ("tie_weights", "yes", "True, False"),
+        ("embed_scale", 1, "True, False"),
         ("norm_eps", 0.0, "positive number"),
     ],
 )

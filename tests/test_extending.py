@@ -58,7 +58,7 @@ def test_toys_run_in_the_smoke_preset_and_appear_in_the_report(registered, tmp_p
     assert {"none", "raw"} <= set(toy_decode["p_cache"])  # decoded with and without a cache, checked against each other
     kinds = df[(df["study"] == "kv_memory") & (df["p_cache"] == "toy-int8")]
     assert set(kinds["backend"]) == {"torch-cpu", "toy-eager"} and set(kinds["p_cache_family"]) == {"absmax"}
-    assert (kinds["m_greedy_agreement"] > 0).all()
+    assert (kinds["m_bits_per_coordinate"] == 8.5).all()  # int8 codes and an fp16 scale per 32-dim vector
     assert set(df[df["study"] == "toy"]["p_width"]) == {64, 1024}
     html = (tmp_path / "index.html").read_text()
     assert "Toy study: softmax time against width" in html and "Softmax takes longer on wider rows." in html

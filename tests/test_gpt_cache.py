@@ -41,7 +41,7 @@ def test_prefill_then_cached_steps_equal_full_forward(switches: dict) -> None:
 
 @pytest.mark.parametrize("pos", ["learned", "sinusoidal", "rope"])
 def test_chunked_appends_and_reference_attention(pos: str) -> None:
-    model = _random_model(pos=pos, n_kv_head=2)
+    model = _random_model(pos=pos, n_kv_head=2, embed_scale=pos == "sinusoidal")
     idx = torch.randint(0, model.config.vocab_size, (1, 30))
     with torch.no_grad():
         full = model(idx)

@@ -57,6 +57,19 @@ def test_onnxruntime_equals_torch_for_every_switch(switches, export_dir) -> None
         assert torch.equal(generate(ort_model, prompt, 64), generate(model, prompt, 64))
 
 
+def test_scaled_embeddings_export_with_the_same_logits(export_dir) -> None:
+    """Vaswani's sqrt(d_model) embedding scale: in the graph, equal logits, and a real change to them."""
+    model = _model(pos="sinusoidal", norm="post_ln", embed_scale=True)
+    ort_model = OrtModel(export(model, export_dir), model.config)
+    idx = torch.randint(0, model.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        expected = model(idx)
+        torch.testing.assert_close(ort_model(idx), expected, atol=1e-4, rtol=0)
+        unscaled = build(model.config.replace(embed_scale=False))
+        unscaled.load_state_dict(model.state_dict())
+        assert (unscaled(idx) - expected).abs().max() > 1e-2
+
+
 def test_grouped_heads_and_uncached_mode(export_dir) -> None:
     model = _model(pos="rope", norm="pre_rms", mlp="swiglu", n_kv_head=2)
     ort_model = OrtModel(export(model, export_dir), model.config)

@@ -85,8 +85,29 @@ def test_every_backend_answers_every_feature() -> None:
             backend.supports(torch.float32, "warp-drive")
     assert backends.reference("cpu").family == "torch" and backends.reference("cpu").supports(
         torch.float32, backends.CACHE_KINDS) is None
-    with pytest.raises(ValueError, match="valid names: torch-cpu, torch-cuda, onnxruntime"):
+    with pytest.raises(ValueError, match="valid names: torch-cpu, torch-cuda, torch-compile"):
         backends.get("tpu")
+
+
+def test_fusing_engines_run_a_norm_layer_like_eager_torch(monkeypatch) -> None:
+    """The engines a fused-against-fused comparison uses: torch.compile and onnxruntime's opset-23 graph (one
+    RMSNormalization op) give eager torch's output; torch.compile without a C++ compiler says why."""
+    from models.layers import RMSNorm
+
+    norm, x = RMSNorm(64, 1e-5).eval(), torch.randn(1, 16, 64)
+    with torch.inference_mode():
+        expected = norm(x)
+        for backend in (b for b in backends.BACKENDS.values() if b.fuses_ops and b.device_type == "cpu"):
+            if backend.unavailable_reason():
+                continue
+            prepared = backend.prepare_module(norm, x)
+            torch.testing.assert_close(prepared.run(), expected, atol=1e-5, rtol=1e-5)
+            assert prepared.ops in ((), ("RMSNormalization",))
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert "no C++ compiler" in backends.get("torch-compile").unavailable_reason()
+    assert "static KV cache" in backends.get("torch-compile").supports(torch.float32, backends.DECODE)
 
 
 def test_an_engine_that_exports_its_graph_says_why_it_cannot_run_module_transforms() -> None:

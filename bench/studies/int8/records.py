@@ -16,6 +16,7 @@ class Int8Params:
     decode_tokens: int
     batch: int
     source: str  # reference | checkpoint
+    model_description: str  # the model judged on: size, head_dim, training
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class Int8Metrics:
     model_bytes: int  # every byte the model holds (packed int8 weights included)
     quantized_weights_bytes: int  # the quantized layers: int8 weights plus scales
     quantized_weights_fp32_bytes: int  # the same weights in fp32
+    window_nats: list[float]  # per held-out window: mean nats per token of this model
+    unigram_bpb: float  # a byte-frequency model on the same split: the floor the model must beat
+    max_abs_linear_input: float  # the fp32 model's largest |x| entering a quantized projection
+    outlier_columns: int  # input columns (over every projection) holding an |x| >= 6, LLM.int8()'s outliers
 
 
 @dataclass(frozen=True)

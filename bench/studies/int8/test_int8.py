@@ -31,6 +31,7 @@ from models.corpus import NATS_TO_BITS
 from models.generate import decode
 from models.int8 import (
     ONNX_SCHEMES,
+    OUTLIER_THRESHOLD,
     model_bytes,
     norm_names,
     onnx_unsupported_reason,
@@ -100,6 +101,38 @@ def _logits(model, windows: torch.Tensor, device: torch.device, batch: int = 8) 
 def _torch_fp32_logits(evals: harness.EvalSet) -> torch.Tensor:
     """Eager torch fp32 on the CPU: the one reference every backend and scheme is also compared with."""
     return _logits(evals.model, evals.windows, torch.device("cpu"))
+
+
+@cache
+def _outliers(evals: harness.EvalSet) -> tuple[float, int]:
+    """The fp32 model's largest |x| entering any quantized projection over the held-out windows, and the
+    number of input columns (summed over the projections) that hold an |x| >= LLM.int8()'s threshold."""
+    largest, columns = 0.0, 0
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
+        def pre(module, args) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).abs()  # (tokens, in)
+            peak = x.amax(0)  # (in,)
+            seen[name] = torch.maximum(seen[name], peak) if name in seen else peak
+        return pre
+
+    handles = [evals.model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in target_names(evals.model)]
+    try:
+        _logits(evals.model, evals.windows, torch.device("cpu"))
+    finally:
+        for h in handles:
+            h.remove()
+    for peak in seen.values():
+        largest = max(largest, float(peak.max()))
+        columns += int((peak >= OUTLIER_THRESHOLD).sum())
+    return largest, columns
+
+
+def _window_nats(logits: torch.Tensor, targets: torch.Tensor) -> list[float]:
+    """Mean nats per token of each window, (n,) as a list."""
+    nats = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none")  # (n * T,)
+    return nats.view(targets.shape).mean(1).tolist()
 
 
 def _compare(logits: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor, target_bytes: int) -> dict:
@@ -213,9 +246,11 @@ def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path, pytestconf
         generate(model, prompt, 8)  # warm
         benchmark.pedantic(harness.synced(lambda lg: decode(model, tokens, 16, lg, steps, cache_obj), device),
                            setup=setup, rounds=sweep.rounds, warmup_rounds=0)
+    peak, outlier_columns = _outliers(evals)
     record("int8", evals.name, backend,
            params=Int8Params(scheme=case.scheme, norms=case.norms, windows=int(windows.shape[0]),
-                             seq_len=sweep.seq_len, decode_tokens=steps, batch=1, source=case.source),
+                             seq_len=sweep.seq_len, decode_tokens=steps, batch=1, source=case.source,
+                             model_description=evals.description),
            metrics=Int8Metrics(bits_per_byte=vs_backend["bits_per_byte"],
                                bpb_delta=vs_backend["bits_per_byte"] - fp32_bpb,
                                bpb_delta_vs_torch_fp32=vs_torch["bits_per_byte"] - torch_fp32_bpb,
@@ -224,7 +259,9 @@ def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path, pytestconf
                                kl_vs_torch_fp32_nats=vs_torch["kl_mean_nats"],
                                top1_vs_torch_fp32=vs_torch["top1_agreement"], model_bytes=nbytes,
                                quantized_weights_bytes=int8_elements + scale_bytes,
-                               quantized_weights_fp32_bytes=int8_elements * 4))
+                               quantized_weights_fp32_bytes=int8_elements * 4,
+                               window_nats=_window_nats(logits, targets), unigram_bpb=evals.unigram_bpb,
+                               max_abs_linear_input=peak, outlier_columns=outlier_columns))
 
 
 def test_int8_sensitivity(benchmark, record, int8_sensitivity_case, pytestconfig: pytest.Config) -> None:

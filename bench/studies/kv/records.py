@@ -28,7 +28,6 @@ class CacheDecodeMetrics:
     raw_fp16_bytes_per_token: int
     raw_fp32_bytes_per_token: int
     weight_bytes: int
-    greedy_agreement: float  # share of tokens equal to the raw fp32 cache's
     tokens_sha1: str
     alloc: dict[str, int]  # the memory the cache's allocation took (profiles.memory.MemoryReading)
 
@@ -104,6 +103,7 @@ class AccuracyParams:
     windows: int
     seq_len: int
     source: str  # reference | checkpoint
+    model_description: str  # the model judged on: size, head_dim, training
 
 
 @dataclass(frozen=True)
@@ -117,3 +117,5 @@ class AccuracyMetrics:
     layer_rel_error: list[float]  # per layer: |a - a_raw| / |a_raw| of the attention output
     bytes_per_token: int
     bits_per_coordinate: float
+    window_nats_delta: list[float]  # per held-out window: mean nats per token through this kind minus raw fp32's
+    unigram_bpb: float  # a byte-frequency model on the same split: the floor the model must beat

@@ -18,10 +18,11 @@ class LoraSweep:
 
     variance_ranks: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
     variance_dim: int = 256
-    ranks: tuple[int, ...] = (2, 16, 128)  # fine-tuning ranks
+    ranks: tuple[int, ...] = (2, 128)  # fine-tuning ranks
     alpha: float = 16.0
-    lr: float = 1e-3
-    steps: int = 40
+    lrs: tuple[float, ...] = (1e-3, 4e-3)  # each (scaling, rank) is judged at its best learning rate of these
+    seeds: tuple[int, ...] = (0, 1, 2)  # adapter initialisation and data order; verdicts pair them by seed
+    steps: int = 30
     batch_size: int = 16
     seq_len: int = 128
     eval_windows: int = 32
@@ -32,7 +33,8 @@ class LoraSweep:
 
 SWEEPS = {
     "quick": (LoraSweep(),),
-    "standard": (LoraSweep(ranks=(2, 8, 32, 128, 512), steps=150, eval_windows=64),),
+    "standard": (LoraSweep(ranks=(2, 8, 32, 128, 512), lrs=(3e-4, 1e-3, 3e-3, 1e-2), seeds=(0, 1, 2, 3, 4), steps=150,
+                           eval_windows=64),),
 }
 
 STUDY = Study(

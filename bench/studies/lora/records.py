@@ -34,6 +34,7 @@ class FinetuneParams:
     steps: int
     batch: int
     seq_len: int
+    seed: int
     split: str = "adapt"
     phase: str = "finetune"
 
@@ -48,6 +49,8 @@ class FinetuneMetrics:
     eval_bpb_after: float
     grad_norm_curve: list[float]  # the adapters' global gradient norm at every step
     mean_grad_norm: float
+    unigram_bpb: float  # a byte-frequency model of the fine-tuning text on its held-out part
+    from_cache: bool  # the outcome of an earlier identical run (models.memo): nothing was trained now
 
 
 @dataclass(frozen=True)

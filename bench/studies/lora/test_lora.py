@@ -39,8 +39,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         cases = [(s, scaling) for s in sweeps for scaling in SCALINGS]
         metafunc.parametrize("lora_variance_case", cases, ids=[c[1] for c in cases])
     if "lora_finetune_case" in metafunc.fixturenames:
-        cases = [(s, scaling, r) for s in sweeps for scaling in SCALINGS for r in s.ranks]
-        metafunc.parametrize("lora_finetune_case", cases, ids=[f"{c[1]}-r{c[2]}" for c in cases])
+        cases = [(s, scaling, r, lr, seed) for s in sweeps for scaling in SCALINGS for r in s.ranks for lr in s.lrs
+                 for seed in s.seeds]
+        metafunc.parametrize("lora_finetune_case", cases,
+                             ids=[f"{c[1]}-r{c[2]}-lr{c[3]:g}-seed{c[4]}" for c in cases])
     if "lora_overhead_case" in metafunc.fixturenames:
         cases = [(s, mode) for s in sweeps for mode in ("none", "unmerged", "merged")]
         metafunc.parametrize("lora_overhead_case", cases, ids=[f"{c[0].overhead_variant}-{c[1]}" for c in cases])
@@ -81,32 +83,47 @@ def _bits_per_byte(model, windows: torch.Tensor) -> float:
 
 
 def test_lora_finetune(benchmark, record, lora_finetune_case) -> None:
-    from models.reference import reference_model
+    import dataclasses
 
-    sweep, scaling, rank = lora_finetune_case
+    from models.memo import memoized
+    from models.reference import TrainConfig, reference_model
+
+    sweep, scaling, rank, lr, seed = lora_finetune_case
     base = reference_model(sweep.reference, progress=False).model.eval()
     train_tokens, eval_windows = _adapt_split(sweep.seq_len, sweep.eval_windows)
-    model = apply_lora(base, rank, sweep.alpha, rslora=SCALINGS[scaling], seed=0)
-    before = _bits_per_byte(model, eval_windows)
+
+    def run() -> dict:
+        model = apply_lora(base, rank, sweep.alpha, rslora=SCALINGS[scaling], seed=seed)
+        before = _bits_per_byte(model, eval_windows)
+        losses, grad_norms = finetune(model, train_tokens, steps=sweep.steps, lr=lr, batch_size=sweep.batch_size,
+                                      seq_len=sweep.seq_len, seed=seed)
+        return {"losses": losses, "grad_norms": grad_norms, "before": before,
+                "after": _bits_per_byte(model, eval_windows),
+                "adapter_params": sum(p.numel() for p in lora_parameters(model))}
+
+    data = corpus.load()
+    payload = {"reference": base.config.to_dict(), "reference_training": dataclasses.asdict(TrainConfig()),
+               "corpus": data.fingerprint, "scaling": scaling, "rank": rank, "alpha": sweep.alpha, "lr": lr,
+               "steps": sweep.steps, "batch": sweep.batch_size, "seq_len": sweep.seq_len, "seed": seed,
+               "eval_windows": sweep.eval_windows}
     result: dict = {}
-
-    def run() -> None:
-        result["losses"], result["grad_norms"] = finetune(model, train_tokens, steps=sweep.steps, lr=sweep.lr,
-                                                          batch_size=sweep.batch_size, seq_len=sweep.seq_len)
-
-    benchmark.pedantic(run, rounds=1, warmup_rounds=0)
-    after = _bits_per_byte(model, eval_windows)
-    losses = [v * NATS_TO_BITS for v in result["losses"]]  # bits per byte
+    benchmark.pedantic(lambda: result.update(zip(("run", "cached"), memoized("lora-finetune", payload, run),
+                                                 strict=True)), rounds=1, warmup_rounds=0)
+    outcome = result["run"]
+    losses = [v * NATS_TO_BITS for v in outcome["losses"]]  # bits per byte
     tail = max(1, len(losses) // 5)
     assert all(v == v for v in losses), "the fine-tune diverged to NaN"
+    cut = int(data.tokens("adapt").numel() * 0.9)
+    unigram = corpus.unigram_bits_per_byte(train_tokens, data.tokens("adapt")[cut:])
     record("lora", sweep.reference, backends.reference("cpu"),
-           params=FinetuneParams(scaling=scaling, rank=rank, alpha=sweep.alpha, lr=sweep.lr, steps=sweep.steps,
-                                 batch=sweep.batch_size, seq_len=sweep.seq_len),
+           params=FinetuneParams(scaling=scaling, rank=rank, alpha=sweep.alpha, lr=lr, steps=sweep.steps,
+                                 batch=sweep.batch_size, seq_len=sweep.seq_len, seed=seed),
            metrics=FinetuneMetrics(scaling_factor=lora_scaling(rank, sweep.alpha, SCALINGS[scaling]),
-                                   adapter_params=sum(p.numel() for p in lora_parameters(model)),
-                                   train_bpb_curve=losses, final_train_bpb=sum(losses[-tail:]) / tail,
-                                   eval_bpb_before=before, eval_bpb_after=after, grad_norm_curve=result["grad_norms"],
-                                   mean_grad_norm=sum(result["grad_norms"]) / len(result["grad_norms"])))
+                                   adapter_params=outcome["adapter_params"], train_bpb_curve=losses,
+                                   final_train_bpb=sum(losses[-tail:]) / tail, eval_bpb_before=outcome["before"],
+                                   eval_bpb_after=outcome["after"], grad_norm_curve=outcome["grad_norms"],
+                                   mean_grad_norm=sum(outcome["grad_norms"]) / len(outcome["grad_norms"]),
+                                   unigram_bpb=unigram, from_cache=result["cached"]))
 
 
 def test_lora_overhead(benchmark, record, lora_overhead_case) -> None:

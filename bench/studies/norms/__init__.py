@@ -18,17 +18,22 @@ class NormSweep:
 
     depths: tuple[int, ...] = (6, 12, 24)
     inits: tuple[str, ...] = ("xavier", "gpt2")
-    stability_lr: float = 1e-2  # Pre-LN still learns here without warm-up on the small model; see the report
-    stability_seeds: tuple[int, ...] = (0,)
-    stability_steps: int = 150
+    # training without clipping: (placement, warm-up steps) arms, each at every learning rate and seed
+    stability_arms: tuple[tuple[str, int], ...] = (("post_ln", 0), ("pre_ln", 0), ("post_ln", 50))
+    stability_lrs: tuple[float, ...] = (1e-2,)
+    stability_seeds: tuple[int, ...] = (0, 1, 2)
+    stability_steps: int = 200
     stability_depth: int = 6
     widths: tuple[int, ...] = (256, 768, 2048, 4096)
     rows: int = 2048  # tokens per norm call (batch x sequence)
+    share_variants: tuple[str, ...] = ("gpt2-small",)  # the norms' share of a decode step (LayerNorm and RMSNorm)
+    share_tokens: int = 32
 
 
 SWEEPS = {
     "quick": (NormSweep(),),
-    "standard": (NormSweep(stability_steps=200, stability_seeds=(0, 1, 2)),),
+    "standard": (NormSweep(stability_arms=(("post_ln", 0), ("pre_ln", 0), ("pre_rms", 0), ("post_ln", 100)),
+                           stability_lrs=(3e-3, 1e-2), stability_seeds=(0, 1, 2, 3, 4), stability_steps=300),),
 }
 
 STUDY = Study(
@@ -39,5 +44,5 @@ STUDY = Study(
     records=("norms",),
     report="bench.studies.norms.report",
     judge="bench.studies.norms.judge",
-    untimed=frozenset({("norms", "stability"), ("norms", "gradients")}),
+    untimed=frozenset({("norms", "stability"), ("norms", "gradients"), ("norms", "share")}),
 )

@@ -29,7 +29,7 @@ class StabilityParams:
     seed: int
     lr: float
     steps: int
-    warmup: int = 0
+    warmup: int  # linear warm-up steps (0: none)
     grad_clip: float = 0
     phase: str = "stability"
 
@@ -41,6 +41,7 @@ class StabilityMetrics:
     val_bpb: float | None
     unigram_bpb: float
     failed: bool  # a non-finite loss, or a held-out loss within 0.1 bits/byte of the unigram model's
+    from_cache: bool  # the outcome of an earlier identical run (models.memo): nothing was trained now
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,25 @@ class SpeedParams:
     impl: str  # layernorm | rmsnorm | torch_rmsnorm
     width: int
     rows: int
+    fused: bool  # the engine fuses ops (a compiler or graph optimiser); eager torch runs them one by one
     phase: str = "speed"
 
 
 @dataclass(frozen=True)
 class SpeedMetrics:
     graph_ops: list[str]  # the op types of the engine's graph, where it has one
+
+
+@dataclass(frozen=True)
+class ShareParams:
+    """A profiled cached decode: how much of a step the norms take."""
+
+    norm: str  # the model's norm placement and kind
+    tokens: int  # decode steps profiled
+    phase: str = "share"
+
+
+@dataclass(frozen=True)
+class ShareMetrics:
+    seconds_by_class: dict[str, float]  # profiled time per op class (attention, mlp, norm, head, embedding)
+    norm_share: float  # the norms' part of the classified time

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
@@ -10,15 +9,26 @@ from reports.load import TIME
 from reports.page import Section, Table, facet_grid, fmt, length_axis, study_rows, to_png_base64
 
 
-def stability(df: pd.DataFrame) -> pd.DataFrame:
-    """Per machine and placement: runs, runs that failed, and the final loss of the others."""
+def stability_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The stability runs, one per arm (placement, warm-up), learning rate and seed; `arm` names it."""
     d = study_rows(df, "norms", "stability")
     if d.empty:
         return d
+    d["p_warmup"] = pd.to_numeric(d["p_warmup"], errors="coerce").fillna(0).astype(int) if "p_warmup" in d else 0
+    d["arm"] = [f"{n} (warm-up {w})" if w else n for n, w in zip(d["p_norm"], d["p_warmup"], strict=True)]
     d["final"] = pd.to_numeric(d["m_final_train_bpb"], errors="coerce")
-    return (d.groupby(["machine", "p_norm"], sort=False)
-            .agg(runs=("p_seed", "count"), failed=("m_failed", "sum"), lr=("p_lr", "first"),
-                 steps=("p_steps", "first"), final_bpb_mean=("final", "mean"), final_bpb_max=("final", "max"),
+    d["val"] = pd.to_numeric(d["m_val_bpb"], errors="coerce")
+    return d
+
+
+def stability(df: pd.DataFrame) -> pd.DataFrame:
+    """Per machine, arm and learning rate: runs, runs that failed, and the losses."""
+    d = stability_rows(df)
+    if d.empty:
+        return d
+    return (d.groupby(["machine", "arm", "p_norm", "p_warmup", "p_lr"], sort=False)
+            .agg(runs=("p_seed", "count"), failed=("m_failed", "sum"), steps=("p_steps", "first"),
+                 final_bpb_mean=("final", "mean"), final_bpb_max=("final", "max"), val_bpb_mean=("val", "mean"),
                  unigram_bpb=("m_unigram_bpb", "first"))
             .reset_index())
 
@@ -42,21 +52,25 @@ def fig_gradients(df: pd.DataFrame) -> str | None:
 
 
 def fig_stability(df: pd.DataFrame) -> str | None:
-    """Training curves at a high learning rate without warm-up, per placement and seed."""
-    d = study_rows(df, "norms", "stability")
+    """Training curves per arm (placement, warm-up) and seed, one panel per learning rate."""
+    d = stability_rows(df)
     if d.empty:
         return None
     d = d[d["machine"] == d["machine"].iloc[0]]
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    colors = dict(zip(sorted(d["p_norm"].unique()), sns.color_palette(), strict=False))
-    for r in d.itertuples():
-        curve = [v if v is not None else float("nan") for v in r.m_train_bpb_curve]
-        ax.plot(range(1, len(curve) + 1), curve, color=colors[r.p_norm], alpha=0.7,
-                label=r.p_norm if r.p_seed == d[d["p_norm"] == r.p_norm]["p_seed"].min() else None)
-    ax.axhline(d["m_unigram_bpb"].iloc[0], ls=":", color="grey", label="unigram (byte frequencies)")
-    ax.set(xlabel="step", ylabel="training loss (bits/byte)",
-           title=f"lr {d['p_lr'].iloc[0]:g}, no warm-up, no clipping; one line per seed")
-    ax.legend(fontsize=8)
+    lrs = sorted(d["p_lr"].unique())
+    fig, axes = facet_grid(len(lrs), 4.0)
+    colors = dict(zip(sorted(d["arm"].unique()), sns.color_palette(), strict=False))
+    for ax, lr in zip(axes, lrs, strict=True):
+        part = d[d["p_lr"] == lr]
+        for arm, g in part.groupby("arm"):
+            for i, r in enumerate(g.itertuples()):
+                curve = [v if v is not None else float("nan") for v in r.m_train_bpb_curve]
+                ax.plot(range(1, len(curve) + 1), curve, color=colors[arm], alpha=0.6, label=arm if i == 0 else None)
+        ax.axhline(part["m_unigram_bpb"].iloc[0], ls=":", color="grey", label="unigram (byte frequencies)")
+        ax.set(xlabel="training step", ylabel="training loss (bits/byte)",
+               title=f"lr {lr:g}, no clipping; one line per seed")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
     return to_png_base64(fig)
 
 
@@ -103,10 +117,11 @@ def section(df: pd.DataFrame) -> Section | None:
               fmt(r.m_mlp_grad_norm_by_layer[-1])] for r in grads.itertuples()]))
     if not stab.empty:
         out.tables.append(Table(
-            "Stability at a high learning rate", ["machine", "placement", "lr", "steps", "runs", "failed",
-                                                  "final loss (mean)", "final loss (worst)", "unigram"],
-            [[r.machine, r.p_norm, fmt(r.lr), fmt(int(r.steps)), fmt(int(r.runs)), fmt(int(r.failed)),
-              fmt(r.final_bpb_mean), fmt(r.final_bpb_max), fmt(r.unigram_bpb)] for r in stab.itertuples()]))
+            "Stability without clipping", ["machine", "arm", "lr", "steps", "runs (seeds)", "failed",
+                                           "final training loss (mean)", "(worst)", "held-out (mean)", "unigram"],
+            [[r.machine, r.arm, fmt(r.p_lr), fmt(int(r.steps)), fmt(int(r.runs)), fmt(int(r.failed)),
+              fmt(r.final_bpb_mean), fmt(r.final_bpb_max), fmt(r.val_bpb_mean), fmt(r.unigram_bpb)]
+             for r in stab.itertuples()]))
     return out
 
 

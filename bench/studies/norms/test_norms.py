@@ -2,16 +2,19 @@
 
 - `test_norm_gradients`: per-layer gradient norms of the MLP weights at initialisation, at depths 6,
   12 and 24, under Xavier initialisation (Xiong et al. 2020's setting) and GPT-2's N(0, 0.02).
-- `test_norm_stability`: training at a high learning rate with no warm-up and no clipping, over
-  several seeds: the final loss, and whether the run failed: a NaN/inf loss, or a held-out loss
-  within 0.1 bits/byte of the byte-frequency (unigram) model, i.e. it learned next to nothing.
+- `test_norm_stability`: training without clipping, Post-LN and Pre-LN without warm-up and Post-LN with
+  it, at each learning rate and seed: the final and held-out loss, and whether the run failed: a
+  NaN/inf loss, or a held-out loss within 0.1 bits/byte of the byte-frequency (unigram) model, i.e. it
+  learned next to nothing. Outcomes are deterministic and cached (`models.memo`).
 - `test_norm_speed`: LayerNorm vs RMSNorm forward time at several widths: ours and torch.nn.RMSNorm, on
-  every engine that runs a standalone module (`prepare_module`: eager torch runs it, onnxruntime its
-  exported graph).
+  every engine that runs a standalone module (`prepare_module`): eager torch as shipped, and the engines
+  that fuse them (torch.compile; onnxruntime's LayerNormalization and RMSNormalization).
+- `test_norm_share`: the norms' share of a profiled cached decode step, with LayerNorm and RMSNorm.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -23,6 +26,8 @@ from bench.studies.norms import STUDY
 from bench.studies.norms.records import (
     GradientsMetrics,
     GradientsParams,
+    ShareMetrics,
+    ShareParams,
     SpeedMetrics,
     SpeedParams,
     StabilityMetrics,
@@ -44,12 +49,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         cases = [(s, init, n, d) for s in sweeps for init in s.inits for n in NORM_KINDS for d in s.depths]
         metafunc.parametrize("norm_gradient_case", cases, ids=[f"{i}-{n}-L{d}" for _, i, n, d in cases])
     if "norm_stability_case" in metafunc.fixturenames:
-        cases = [(s, n, seed) for s in sweeps for n in NORM_KINDS for seed in s.stability_seeds]
-        metafunc.parametrize("norm_stability_case", cases, ids=[f"{n}-seed{seed}" for _, n, seed in cases])
+        cases = [(s, n, w, lr, seed) for s in sweeps for n, w in s.stability_arms for lr in s.stability_lrs
+                 for seed in s.stability_seeds]
+        metafunc.parametrize("norm_stability_case", cases,
+                             ids=[f"{n}-warmup{w}-lr{lr:g}-seed{seed}" for _, n, w, lr, seed in cases])
     if "norm_speed_case" in metafunc.fixturenames:
         usable = [b.name for b in harness.selected_backends(metafunc.config, backends.MODULES)]
         cases = [(s, b, impl, w) for s in sweeps for b in usable for impl in NORM_IMPLS for w in s.widths]
         metafunc.parametrize("norm_speed_case", cases, ids=[f"{b}-{i}-d{w}" for _, b, i, w in cases])
+    if "norm_share_case" in metafunc.fixturenames:
+        cases = [(s, v, n) for s in sweeps for v in s.share_variants for n in ("pre_ln", "pre_rms")]
+        metafunc.parametrize("norm_share_case", cases, ids=[f"{v}-{n}" for _, v, n in cases])
 
 
 def test_norm_gradients(benchmark, record, norm_gradient_case) -> None:
@@ -74,26 +84,37 @@ def test_norm_gradients(benchmark, record, norm_gradient_case) -> None:
 
 
 def test_norm_stability(benchmark, record, norm_stability_case) -> None:
+    from models import corpus
+    from models.memo import memoized
     from models.reference import TrainConfig, train
 
-    sweep, norm, seed = norm_stability_case
+    sweep, norm, warmup, lr, seed = norm_stability_case
     cfg = variants.get("gpt2-tiny").replace(norm=norm, n_layer=sweep.stability_depth, tie_weights=False)
-    tc = TrainConfig(steps=sweep.stability_steps, batch_size=16, seq_len=64, lr=sweep.stability_lr, warmup_steps=0,
+    tc = TrainConfig(steps=sweep.stability_steps, batch_size=16, seq_len=64, lr=lr, warmup_steps=warmup,
                      grad_clip=0.0, seed=seed, eval_windows=32)
+
+    def run() -> dict:
+        trained = train(cfg, tc, progress=False)
+        return {"losses": trained.train_losses, "val_bpb": trained.val_bits_per_byte,
+                "unigram_bpb": trained.unigram_bits_per_byte}
+
+    payload = {"arch": cfg.to_dict(), "train": dataclasses.asdict(tc), "corpus": corpus.load().fingerprint}
     result: dict = {}
-    benchmark.pedantic(lambda: result.update(run=train(cfg, tc, progress=False)), rounds=1, warmup_rounds=0)
-    run = result["run"]
-    bits = [v / math.log(2) for v in run.train_losses]
+    benchmark.pedantic(lambda: result.update(zip(("run", "cached"), memoized("norm-stability", payload, run),
+                                                 strict=True)), rounds=1, warmup_rounds=0)
+    outcome = result["run"]
+    bits = [v / math.log(2) if v is not None else math.nan for v in outcome["losses"]]
     tail = bits[-max(1, len(bits) // 10):]
     final = sum(tail) / len(tail)
-    failed = not all(math.isfinite(v) for v in bits) or not math.isfinite(run.val_bits_per_byte) \
-        or run.val_bits_per_byte > run.unigram_bits_per_byte - FAILED_WITHIN_BITS
+    val = outcome["val_bpb"] if outcome["val_bpb"] is not None else math.nan
+    failed = not all(math.isfinite(v) for v in bits) or not math.isfinite(val) \
+        or val > outcome["unigram_bpb"] - FAILED_WITHIN_BITS
     record("norms", f"gpt2-tiny-L{sweep.stability_depth}", backends.reference("cpu"),
-           params=StabilityParams(norm=norm, seed=seed, lr=sweep.stability_lr, steps=sweep.stability_steps),
+           params=StabilityParams(norm=norm, seed=seed, lr=lr, steps=sweep.stability_steps, warmup=warmup),
            metrics=StabilityMetrics(train_bpb_curve=[v if math.isfinite(v) else None for v in bits],
                                     final_train_bpb=final if math.isfinite(final) else None,
-                                    val_bpb=run.val_bits_per_byte if math.isfinite(run.val_bits_per_byte) else None,
-                                    unigram_bpb=run.unigram_bits_per_byte, failed=failed))
+                                    val_bpb=val if math.isfinite(val) else None,
+                                    unigram_bpb=outcome["unigram_bpb"], failed=failed, from_cache=result["cached"]))
 
 
 class _TorchRMSNorm(nn.Module):
@@ -129,5 +150,22 @@ def test_norm_speed(benchmark, record, norm_speed_case) -> None:
         benchmark.pedantic(harness.synced(prepared.run, torch.device(backend.device_type)), rounds=20,
                            warmup_rounds=2)
     record("norms", f"width-{width}", backend,
-           params=SpeedParams(impl=impl, width=width, rows=sweep.rows),
+           params=SpeedParams(impl=impl, width=width, rows=sweep.rows, fused=backend.fuses_ops),
            metrics=SpeedMetrics(graph_ops=list(prepared.ops)))
+
+
+def test_norm_share(benchmark, record, norm_share_case) -> None:
+    """A cached decode of the model with LayerNorm (pre_ln) and with RMSNorm (pre_rms), profiled on eager
+    torch: what share of a step the norms take, so a norm's speed-up can be weighed."""
+    from profiles.trace import trace_decode
+
+    sweep, variant, norm = norm_share_case
+    backend = harness.available_or_skip(backends.reference("cpu"))
+    model = backend.prepare(build(variants.get(variant).replace(norm=norm), seed=0))
+    result: dict = {}
+    benchmark.pedantic(lambda: result.update(trace_decode(model, decode_tokens=sweep.share_tokens)), rounds=1,
+                       warmup_rounds=0)
+    total = sum(result.values())
+    assert total > 0 and result["norm"] > 0
+    record("norms", variant, backend, params=ShareParams(norm=norm, tokens=sweep.share_tokens),
+           metrics=ShareMetrics(seconds_by_class=dict(result), norm_share=result["norm"] / total))

@@ -19,6 +19,8 @@ class PositionSweep:
     train_len: int = 64  # context trained at (the learned table holds exactly this many positions)
     steps: int = 150
     batch_size: int = 16
+    seeds: tuple[int, ...] = (0, 1, 2)  # every arm is trained once per seed; verdicts pair them by seed
+    sinusoidal_embed_scale: bool = True  # the sinusoidal arm scales its embeddings by sqrt(d_model), as Vaswani
     eval_factors: tuple[int, ...] = (1, 2, 4)  # evaluated at train_len x these
     eval_windows: int = 32
     base: str = "gpt2-tiny"  # shapes of the trained models; only `pos` differs
@@ -30,7 +32,7 @@ class PositionSweep:
 
 SWEEPS = {
     "quick": (PositionSweep(),),
-    "standard": (PositionSweep(steps=400, eval_windows=64),),
+    "standard": (PositionSweep(steps=400, eval_windows=64, seeds=(0, 1, 2, 3, 4)),),
 }
 
 STUDY = Study(

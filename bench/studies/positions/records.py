@@ -42,6 +42,8 @@ class ExtrapolationParams:
     steps: int
     batch: int
     factors: list[int]
+    seed: int
+    embed_scale: bool  # token embeddings scaled by sqrt(d_model)
     phase: str = "extrapolation"
 
 
@@ -50,3 +52,5 @@ class ExtrapolationMetrics:
     by_length: dict[str, dict]  # evaluated length -> bits per byte (all, within, beyond) or the model's error
     train_seconds: float
     val_bpb_at_train_len: float
+    unigram_bpb: float  # a byte-frequency model's held-out bits per byte: the floor an arm must beat
+    from_cache: bool  # the model of an earlier identical run: nothing was trained now

@@ -10,25 +10,33 @@ from reports.load import TIME
 from reports.page import Section, Table, fmt, length_axis, study_rows, to_png_base64
 
 
-def fig_extrapolation(df: pd.DataFrame) -> str | None:
-    """Held-out loss at the trained context and beyond it, per positional scheme."""
+def extrapolation_long(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per machine, scheme, seed and evaluated length: bits per byte over all positions, within and
+    beyond the trained context (lengths a scheme cannot evaluate are left out)."""
     d = study_rows(df, "positions", "extrapolation")
-    if d.empty:
-        return None
     rows = []
     for r in d.itertuples():
         for length, m in r.m_by_length.items():
             if "error" in m:
                 continue
-            rows.append({"scheme": r.p_pos, "length": int(length), "all positions": m["bits_per_byte"],
-                         "positions beyond the trained context": m["bits_per_byte_beyond_train_len"]})
-    if not rows:
+            rows.append({"machine": r.machine, "scheme": r.p_pos, "seed": getattr(r, "p_seed", 0),
+                         "length": int(length), "train_len": int(r.p_train_len), "bpb": m["bits_per_byte"],
+                         "beyond": m.get("bits_per_byte_beyond_train_len")})
+    return pd.DataFrame(rows)
+
+
+def fig_extrapolation(df: pd.DataFrame) -> str | None:
+    """Held-out loss at the trained context and beyond it, per positional scheme (mean over seeds, 95% band)."""
+    d = extrapolation_long(df)
+    if d.empty:
         return None
-    long = pd.DataFrame(rows).melt(["scheme", "length"], var_name="measured over", value_name="bpb").dropna()
+    long = d.rename(columns={"bpb": "all positions", "beyond": "positions beyond the trained context"}).melt(
+        ["machine", "scheme", "seed", "length", "train_len"], var_name="measured over", value_name="value").dropna()
     fig, ax = plt.subplots(figsize=(7, 4))
-    sns.lineplot(data=long, x="length", y="bpb", hue="scheme", style="measured over", marker="o", ax=ax)
+    sns.lineplot(data=long, x="length", y="value", hue="scheme", style="measured over", marker="o", ax=ax,
+                 errorbar=("ci", 95))
     ax.set(xscale="log", xlabel="evaluated context (tokens, log)", ylabel="held-out loss (bits/byte)",
-           title=f"Trained at {int(d['p_train_len'].iloc[0])} tokens (learned: no positions past its table)")
+           title=f"Trained at {int(d['train_len'].iloc[0])} tokens (learned: no positions past its table)")
     length_axis(ax, list(long["length"]))
     return to_png_base64(fig)
 
@@ -57,19 +65,21 @@ def section(df: pd.DataFrame) -> Section | None:
              for r in speed.sort_values(["machine", "backend", "p_phase", "p_pos"]).itertuples()]))
     if not extra.empty:
         lengths = sorted({int(k) for r in extra.itertuples() for k in r.m_by_length})
+        long = extrapolation_long(df)
         rows = []
-        for r in extra.itertuples():
+        for (machine, pos), g in extra.groupby(["machine", "p_pos"], sort=False):
             cells = []
             for length in lengths:
-                m = r.m_by_length.get(str(length), {})
-                if "error" in m:
+                got = long[(long["machine"] == machine) & (long["scheme"] == pos) & (long["length"] == length)]
+                if got.empty:
                     cells.append("not defined (no position past the table)")
                 else:
-                    beyond = m.get("bits_per_byte_beyond_train_len")
-                    cells.append(f"{m['bits_per_byte']:.3f}" + (f" (beyond: {beyond:.3f})" if beyond else ""))
-            rows.append([r.machine, r.p_pos, fmt(int(r.p_train_len)), *cells])
-        out.tables.append(Table("Held-out loss (bits/byte) by evaluated context",
-                                ["machine", "scheme", "trained at", *[f"{n} tokens" for n in lengths]], rows))
+                    beyond = got["beyond"].mean()
+                    cells.append(f"{got['bpb'].mean():.3f}" + (f" (beyond: {beyond:.3f})" if beyond == beyond else ""))
+            rows.append([machine, pos, fmt(int(g["p_train_len"].iloc[0])), fmt(len(g)), *cells])
+        out.tables.append(Table("Held-out loss (bits/byte) by evaluated context, mean over seeds",
+                                ["machine", "scheme", "trained at", "seeds", *[f"{n} tokens" for n in lengths]],
+                                rows))
     return out
 
 

@@ -40,8 +40,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         cases = [(s, b, p, phase) for s in sweeps for b in usable for p in POS_KINDS for phase in ("prefill", "decode")]
         metafunc.parametrize("position_speed_case", cases, ids=[f"{b}-{p}-{ph}" for _, b, p, ph in cases])
     if "position_extrapolation_case" in metafunc.fixturenames:
-        metafunc.parametrize("position_extrapolation_case", [(s, p) for s in sweeps for p in POS_KINDS],
-                             ids=[p for _ in sweeps for p in POS_KINDS])
+        cases = [(s, p, seed) for s in sweeps for p in POS_KINDS for seed in s.seeds]
+        metafunc.parametrize("position_extrapolation_case", cases, ids=[f"{p}-seed{seed}" for _, p, seed in cases])
 
 
 def test_position_params(benchmark, record, position_params_case) -> None:
@@ -99,19 +99,24 @@ def test_position_speed(benchmark, record, position_speed_case) -> None:
            metrics=SpeedMetrics())
 
 
-def _trained(sweep: PositionSweep, pos: str):
+def _arm(sweep: PositionSweep, pos: str):
+    """The arm's config: the base model with only its positions (and the sinusoidal scale) changed."""
+    return variants.get(sweep.base).replace(pos=pos, max_seq_len=sweep.train_len,
+                                            embed_scale=sweep.sinusoidal_embed_scale and pos == "sinusoidal")
+
+
+def _trained(sweep: PositionSweep, pos: str, seed: int):
     from models.reference import TrainConfig, reference_model
 
-    cfg = variants.get(sweep.base).replace(pos=pos, max_seq_len=sweep.train_len)
     tc = TrainConfig(steps=sweep.steps, batch_size=sweep.batch_size, seq_len=sweep.train_len,
-                     warmup_steps=min(30, sweep.steps // 5), eval_windows=sweep.eval_windows)
-    return reference_model(cfg, tc, progress=False)
+                     warmup_steps=min(30, sweep.steps // 5), eval_windows=sweep.eval_windows, seed=seed)
+    return reference_model(_arm(sweep, pos), tc, progress=False)
 
 
 def test_position_extrapolation(benchmark, record, position_extrapolation_case) -> None:
-    sweep, pos = position_extrapolation_case
+    sweep, pos, seed = position_extrapolation_case
     result: dict = {}
-    benchmark.pedantic(lambda: result.update(trained=_trained(sweep, pos)), rounds=1, warmup_rounds=0)
+    benchmark.pedantic(lambda: result.update(trained=_trained(sweep, pos, seed)), rounds=1, warmup_rounds=0)
     model = result["trained"].model.eval()
     val = corpus.load().tokens("val")
     by_length: dict[str, dict] = {}
@@ -135,6 +140,9 @@ def test_position_extrapolation(benchmark, record, position_extrapolation_case) 
         }
     record("positions", f"{sweep.base}-L{sweep.train_len}", backends.reference("cpu"),
            params=ExtrapolationParams(pos=pos, train_len=sweep.train_len, steps=sweep.steps, batch=sweep.batch_size,
-                                      factors=list(sweep.eval_factors)),
+                                      factors=list(sweep.eval_factors), seed=seed,
+                                      embed_scale=_arm(sweep, pos).embed_scale),
            metrics=ExtrapolationMetrics(by_length=by_length, train_seconds=result["trained"].seconds,
-                                        val_bpb_at_train_len=result["trained"].val_bits_per_byte))
+                                        val_bpb_at_train_len=result["trained"].val_bits_per_byte,
+                                        unigram_bpb=result["trained"].unigram_bits_per_byte,
+                                        from_cache=result["trained"].from_cache))

@@ -17,7 +17,7 @@ class TyingSweep:
     """Tied vs untied: exact parameter counts, and quality at equal training budget."""
 
     variants: tuple[str, ...] = ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-3.2-1b",
-                                 "llama-2-7b", "mistral-7b", "llama-3-8b", "llama-2-70b")
+                                 "llama-2-7b", "mistral-7b", "llama-3-8b", "llama-2-70b", "llama-3-70b")
     train_steps: int = 150
     batch_size: int = 16
     seq_len: int = 64
