@@ -135,7 +135,8 @@ def test_kv_memory(benchmark, record, kv_memory_case) -> None:
                bits_per_coordinate=cache_obj.bits_per_coordinate,
                raw_fp16_bytes_per_token=kv_cache.bytes_per_token(RAW_FP16, cfg, batch),
                raw_fp32_bytes_per_token=kv_cache.bytes_per_token(RAW_FP32, cfg, batch),
-               weight_bytes=count_params(_cpu_model(sweep.variant)) * 4, tokens_sha1=_sha1(tokens), alloc=alloc_probe.reading.as_metrics())) | probe.reading.as_metrics())
+               weight_bytes=count_params(_cpu_model(sweep.variant)) * 4, tokens_sha1=_sha1(tokens),
+               alloc=alloc_probe.reading.as_metrics())) | probe.reading.as_metrics())
 
 
 def test_kv_quantize(benchmark, record, kv_quantize_bits: int) -> None:
