@@ -10,6 +10,9 @@ variance is 1/d. We solve Lloyd-Max for that exact density at the quantizer's di
 for its Gaussian limit N(0, 1/d): the two agree closely at d = 64 or 128, but the exact density is
 what the rotation produces at every d, small head dimensions included. `lloyd_max_gaussian` solves
 the N(0, 1) case, which docs/references.md tabulates, so the solver itself can be checked.
+
+`QJLSketch` is the paper's second stage (TurboQuant_prod): a 1-bit sketch sign(S r) of a residual r
+with S a seeded Gaussian matrix, plus |r|, from which <y, r> is estimated without bias.
 """
 
 from __future__ import annotations
@@ -213,3 +216,37 @@ class TurboQuantizer(nn.Module):
         """Reconstruct (..., dim) fp32 vectors from `quantize`'s result."""
         codes = unpack_codes(q.codes, q.bits, q.dim)  # (..., dim)
         return self.unrotate(self.dequantize_rotated(codes)) * q.norms.float()[..., None]
+
+
+def gaussian_matrix(dim: int, seed: int) -> Tensor:
+    """A seeded (dim, dim) matrix of independent N(0, 1) entries (QJL's projection S)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(dim, dim, generator=generator, dtype=torch.float64).float()
+
+
+class QJLSketch(nn.Module):
+    """Quantized Johnson-Lindenstrauss: r -> (sign(S r), |r|), one bit per coordinate plus a norm.
+
+    For any y, |r| sqrt(pi/2) / dim <S y, sign(S r)> is an unbiased estimate of <y, r> over the draw of S
+    (E[sign(<s, r>) <s, y>] = sqrt(2/pi) <y, r> / |r| for a Gaussian row s), with variance at most
+    pi/(2 dim) |y|^2 |r|^2.
+    """
+
+    def __init__(self, dim: int, seed: int = 1) -> None:
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("projection", gaussian_matrix(dim, seed), persistent=False)  # (dim, dim): S
+
+    def signs(self, r: Tensor) -> Tensor:
+        """sign(S r) of r (..., dim) as 0/1 codes (1: positive), ready for `pack_codes(codes, 1)`."""
+        return (r.float() @ self.projection.T > 0).to(torch.int64)  # (..., dim)
+
+    def project(self, y: Tensor) -> Tensor:
+        """S y for queries y (..., dim): computed once per query, then dotted with every stored sketch."""
+        return y.float() @ self.projection.T  # (..., dim)
+
+    def inner_products(self, projected: Tensor, codes: Tensor, norms: Tensor) -> Tensor:
+        """Estimates of <y, r> (..., n) from `project(y)` (..., m, dim), sketches `codes` (..., n, dim) and
+        residual norms (..., n): |r| sqrt(pi/2) / dim <S y, sign(S r)>."""
+        signs = codes.float() * 2 - 1  # (..., n, dim) in {-1, +1}
+        return projected @ signs.transpose(-1, -2) * norms.float()[..., None, :] * math.sqrt(math.pi / 2) / self.dim

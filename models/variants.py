@@ -2,8 +2,8 @@
 
 Families: gpt2 (learned positions, Pre-LN, tied, GELU), llama (RoPE, Pre-RMSNorm, untied, SwiGLU,
 no biases), vaswani (sinusoidal positions, Post-LN, tied, GELU, embeddings scaled by sqrt(d_model); the
-2017 decoder stack with GELU for ReLU). `gpt2-tiny-hd64` is gpt2-tiny with two heads of 64 (GPT-2's
-head_dim), the accuracy studies' reference. The byte-level `-tiny` / `-mini` sizes run anywhere; the 7B- and 70B-class shapes are for
+2017 decoder stack with GELU for ReLU). `gpt2-tiny-hd64` and `gpt2-mini-hd64` have heads of 64 (GPT-2's
+head_dim): the accuracy studies' reference models. The byte-level `-tiny` / `-mini` sizes run anywhere; the 7B- and 70B-class shapes are for
 counting on the meta device (`models.build(cfg, device="meta")`). Parameter counts are exact
 (`tests/test_variants.py` checks them).
 """
@@ -21,6 +21,7 @@ _VASWANI = dict(pos="sinusoidal", norm="post_ln", tie_weights=True, mlp="gelu", 
 VARIANTS: Registry[ArchConfig] = Registry("variant", {
     "gpt2-tiny": ArchConfig(vocab_size=256, n_layer=4, n_head=4, d_model=128, max_seq_len=1024, **_GPT2),  # 957,184
     "gpt2-tiny-hd64": ArchConfig(vocab_size=256, n_layer=4, n_head=2, d_model=128, max_seq_len=1024, **_GPT2),  # 957,184
+    "gpt2-mini-hd64": ArchConfig(vocab_size=256, n_layer=6, n_head=4, d_model=256, max_seq_len=1024, **_GPT2),  # 5,066,752
     "gpt2-mini": ArchConfig(vocab_size=256, n_layer=6, n_head=8, d_model=256, max_seq_len=1024, **_GPT2),  # 5,066,752
     "gpt2-small": ArchConfig(vocab_size=50257, n_layer=12, n_head=12, d_model=768, max_seq_len=1024, **_GPT2),  # 124,439,808
     "gpt2-medium": ArchConfig(vocab_size=50257, n_layer=24, n_head=16, d_model=1024, max_seq_len=1024, **_GPT2),  # 354,823,168

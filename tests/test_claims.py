@@ -128,6 +128,39 @@ def test_kv_claims() -> None:
     assert _status("kv-3bit-peak", _capacity()) == UNMEASURED
 
 
+def _matched(tq_gain: list[float], key_group: int = 32, raw_bpb: float = 2.5, kinds=("tq3", "tq3.5")) -> list[dict]:
+    """uniform3 at 3.75 bits; tq3 at 3.25 and tq3.5 at 3.75: TurboQuant's loss is uniform's minus `tq_gain`
+    window by window (nats per token)."""
+    uniform = [0.02, 0.03, 0.025, 0.035]
+    base = dict(p_windows=4, p_seq_len=128, p_model_description="gpt2-tiny-hd64 (trained)", m_unigram_bpb=4.47,
+                m_bits_per_byte=raw_bpb, m_ppl_delta_pct=0.0)
+    rows = [_row("kv_accuracy", "gpt2-tiny-hd64", p_cache="raw-fp32", p_bits=32, m_marginal_bits=32.0,
+                 m_window_nats_delta=[0.0] * 4, **base),
+            _row("kv_accuracy", "gpt2-tiny-hd64", p_cache="uniform3", p_bits=3, m_marginal_bits=3.75,
+                 p_exact_key_group=32, m_window_nats_delta=uniform, **base)]
+    for kind, bits, extra in (("tq3", 3.25, 0.02), ("tq3.5", 3.75, 0.0)):
+        if kind in kinds:
+            rows.append(_row("kv_accuracy", "gpt2-tiny-hd64", p_cache=kind, p_bits=bits - 0.25,
+                             m_marginal_bits=bits, p_exact_key_group=key_group,
+                             m_window_nats_delta=[u - g + extra for u, g in zip(uniform, tq_gain, strict=True)],
+                             **base))
+    return rows
+
+
+def test_matched_bits_claim() -> None:
+    assert _status("kv-matched-bits", _matched([0.01, 0.012, 0.011, 0.009])) == HOLDS
+    assert _status("kv-matched-bits", _matched([-0.01, -0.012, -0.011, -0.009])) == FAILS
+    assert _status("kv-matched-bits", _matched([0.01, -0.01, 0.012, -0.013])) == INCONCLUSIVE
+    holds = _judge("kv-matched-bits", _matched([0.01, 0.012, 0.011, 0.009]))[0]
+    assert "3.75 bits" in holds.figures and holds.model == "gpt2-tiny-hd64 (trained)" and holds.n == 4
+    unbracketed = _judge("kv-matched-bits", _matched([0.01] * 4, kinds=("tq3",)))[0]  # only below uniform3's bits
+    assert unbracketed.status == NOT_TESTABLE and "both sides" in unbracketed.reason
+    assert _status("kv-matched-bits", _matched([0.01] * 4, key_group=0)) == INCONCLUSIVE  # unequal exact keys
+    untrained = _judge("kv-matched-bits", _matched([0.01] * 4, raw_bpb=4.3))[0]
+    assert untrained.status == NOT_TESTABLE and "unigram" in untrained.reason
+    assert _status("kv-matched-bits", _kv_accuracy([0.005] * 4)) == UNMEASURED
+
+
 # ---- INT8 ---------------------------------------------------------------------------------------------------
 
 def _int8(columns: int = 0, quantize_delta: float = 0.2, spread: float = 0.01, speed: float = 1.0,
@@ -282,9 +315,9 @@ def test_every_claim_is_registered_once_and_has_a_case() -> None:
     ids = [c.id for c in studies.all_claims()]
     assert len(ids) == len(set(ids))
     tested = {"kv-linear-cached", "kv-linear-uncached", "kv-grows", "kv-3bit-bytes", "kv-3bit-peak",
-              "kv-3bit-accuracy", "int8-norms", "int8-memory", "int8-speed", "lora-variance", "lora-stalls",
-              "rslora-rank", "rope-params", "rope-extrapolates", "learned-positions", "learned-table", "pre-ln",
-              "post-ln-warmup", "rmsnorm", "tying-124m", "tying-70b-arithmetic", "tying-70b-own"}
+              "kv-3bit-accuracy", "kv-matched-bits", "int8-norms", "int8-memory", "int8-speed", "lora-variance",
+              "lora-stalls", "rslora-rank", "rope-params", "rope-extrapolates", "learned-positions", "learned-table",
+              "pre-ln",              "post-ln-warmup", "rmsnorm", "tying-124m", "tying-70b-arithmetic", "tying-70b-own"}
     assert set(ids) == tested
     board = scoreboard(pd.DataFrame(), studies.all_claims())
     assert {r["status"] for r in board} == {UNMEASURED}

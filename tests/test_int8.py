@@ -111,7 +111,7 @@ def test_norm_policy_quantize_rounds_gain_and_input() -> None:
 def reference():
     from models.reference import reference_model
 
-    model = reference_model("gpt2-tiny", progress=False).model.eval()
+    model = reference_model(progress=False).model.eval()
     windows = corpus.eval_windows(corpus.load().tokens("val"), 128, 16)
     with torch.no_grad():
         ref = model(windows[:, :-1])

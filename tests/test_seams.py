@@ -127,10 +127,29 @@ def test_every_cache_kind_keeps_the_protocol_and_counts_its_bits() -> None:
         assert cache.bytes_per_token == spec.bytes_per_token(cfg, 2)  # the meta-device count is exact
         assert cache.bits_per_coordinate == pytest.approx(spec.bits_per_coordinate(cfg, 64, 2))
         assert cache.bits_per_coordinate >= spec.code_bits  # metadata only ever adds
+        if "key_group" in spec.options:  # the accuracy study offers every family the same exact recent keys
+            assert kv_cache.make(kind, cfg, batch=2, max_len=64, key_group=16).exact_keys_from(40) == 32
     with pytest.raises(ValueError, match="valid names: raw-fp32, raw-fp16, raw-bf16, tq2"):
         kv_cache.spec("int3")
     assert kv_cache.raw_kind(torch.bfloat16) == "raw-bf16"
     assert kv_cache.representative_kinds() == ["raw-fp32", "tq3", "uniform3"]
+
+
+def test_every_cache_kind_runs_a_prefill_and_decode_steps() -> None:
+    """Each registered kind through a model: a prefill, then single-token steps; finite logits."""
+    from models import build
+
+    from .helpers import tiny_config
+
+    model = build(tiny_config(d_model=64, n_head=2), seed=0).eval()  # head_dim 32
+    idx = torch.randint(0, model.config.vocab_size, (2, 24))
+    with torch.no_grad():
+        full = model(idx)
+        for kind in kv_cache.kinds():
+            cache = kv_cache.make(kind, model.config, batch=2, max_len=24)
+            steps = torch.cat([model(idx[:, :20], cache), *[model(idx[:, t:t + 1], cache) for t in range(20, 24)]], 1)
+            assert steps.shape == full.shape and torch.isfinite(steps).all(), kind
+            assert cache.position == 24, kind
 
 
 def test_bits_per_coordinate_count_every_byte_of_metadata() -> None:

@@ -8,7 +8,9 @@ import torch
 
 from models import build, kv_cache
 from models.attention import causal_attention
+from models.quantized_cache import SplitTurboQuantKVCache, TurboQuantProdKVCache
 from models.turboquant import (
+    QJLSketch,
     TurboQuantizer,
     lloyd_max_gaussian,
     lloyd_max_sphere,
@@ -133,27 +135,115 @@ def _model(**changes):
     return model
 
 
-@pytest.mark.parametrize("kind", ["tq3", "uniform3"])
-def test_cache_attention_equals_attention_over_dequantized_keys(kind: str) -> None:
+@pytest.mark.parametrize(("kind", "options"), [("tq3", {}), ("uniform3", {}), ("tq3.5", {}), ("tq2.5", {}),
+                                              ("tq3", {"key_group": 16}), ("tq3", {"window": 8}),
+                                              ("uniform2", {"key_group": 8})])
+def test_cache_attention_equals_attention_over_what_it_stores(kind: str, options: dict) -> None:
     """The cache's attention (chunked, never expanding the whole cache) equals plain attention over the
-    keys and values it stores, dequantized."""
+    keys and values it stores, read back; appends of many tokens and of one, across key groups."""
     cfg = tiny_config(n_kv_head=2, d_model=64, n_head=4)  # head_dim 16
-    cache = kv_cache.make(kind, cfg, batch=2, max_len=80, chunk=7)
+    cache = kv_cache.make(kind, cfg, batch=2, max_len=80, chunk=7, **options)
     torch.manual_seed(0)
     for t0, t1 in ((0, 37), (37, 38), (38, 70)):
         q = torch.randn(2, 4, t1 - t0, 16)
         k, v = torch.randn(2, 2, t1 - t0, 16), torch.randn(2, 2, t1 - t0, 16)
         got = cache.attend(0, q, k, v)
-        if kind == "tq3":
-            keys = cache.quantizer.unrotate(cache._rotated(0, "k", 0, t1))
-            values = cache.quantizer.unrotate(cache._rotated(0, "v", 0, t1))
-        else:
-            keys, values = cache._keys(0, 0, t1, t1), cache._values(0, 0, t1)
+        keys, values = cache.readback(0, t1)
         expected = causal_attention(q, keys, values, q_start=t0, impl="reference")
         torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
         for layer in range(1, cfg.n_layer):  # keep every layer in step
             cache.attend(layer, q, k, v)
         cache.advance(t1 - t0)
+
+
+@pytest.mark.parametrize("kind", ["tq3", "uniform3", "tq3.5", "tq3-prod"])
+def test_key_group_keeps_the_same_recent_keys_exact(kind: str) -> None:
+    """With key_group=G every family reads the keys of the latest incomplete group of G exactly and no
+    others: the comparison offers both families the same exact recent keys."""
+    cfg = tiny_config(n_kv_head=2, d_model=64, n_head=4)
+    cache = kv_cache.make(kind, cfg, batch=1, max_len=64, key_group=16)
+    k, v = torch.randn(1, 2, 45, 16), torch.randn(1, 2, 45, 16)
+    for layer in range(cfg.n_layer):
+        cache.append(layer, k, v)
+    cache.advance(45)
+    keys, _ = cache.readback(0, 45)
+    assert cache.exact_keys_from(45) == 32
+    torch.testing.assert_close(keys[:, :, 32:], k[:, :, 32:], atol=0, rtol=0)  # the incomplete group: exact
+    assert ((keys[:, :, :32] - k[:, :, :32]).abs().amax(-1) > 1e-3).all()  # complete groups: quantized
+
+
+def test_unknown_cache_option_names_the_allowed_ones() -> None:
+    with pytest.raises(ValueError, match="takes no option group; its options: key_group, chunk"):
+        kv_cache.make("uniform3", tiny_config(), 1, 8, group=16)
+    with pytest.raises(ValueError, match="its options: none"):
+        kv_cache.make("raw-fp32", tiny_config(), 1, 8, chunk=4)
+
+
+def test_outlier_split_bytes_and_the_papers_bits() -> None:
+    """tq2.5 / tq3.5: a quarter of the channels one bit higher, two fp16 norms: at head_dim 128 exactly the
+    paper's 2.5 and 3.5 bits per coordinate (docs/references.md), at 64: 2.75 and 3.75."""
+    hd128, hd64 = tiny_config(n_head=2, d_model=256), tiny_config(n_head=2, d_model=128)
+    per_vector_128 = {"tq2.5": 12 + 24 + 4, "tq3.5": 16 + 36 + 4}  # 32 ch x (b+1) bits, 96 ch x b bits, 2 norms
+    for kind, per_vector in per_vector_128.items():
+        cache = kv_cache.make(kind, hd128, batch=2, max_len=10)
+        assert cache.bytes_per_token == 2 * hd128.n_layer * 2 * hd128.kv_heads * per_vector
+        assert kv_cache.spec(kind).marginal_bits(hd128) == float(kind[2:])
+    assert kv_cache.spec("tq2.5").marginal_bits(hd64) == 2.75 and kv_cache.spec("tq3.5").marginal_bits(hd64) == 3.75
+    assert kv_cache.spec("tq3-prod").marginal_bits(hd64) == (16 + 8 + 4 + 24 + 2) * 8 / 128  # keys 2+1 bits, values 3
+    assert kv_cache.spec("uniform3").marginal_bits(hd64) == 3.75  # the same bits as tq3.5 at head_dim 64
+
+
+def test_outlier_split_gives_the_outlier_channels_the_higher_precision() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(1, 2, 40, 32)
+    x[:, 0, :, [3, 17]] *= 30  # two loud channels in head 0, one in head 1
+    x[:, 1, :, 9] *= 30
+    cache = SplitTurboQuantKVCache(1, 1, 2, 32, 40, bits=2, outliers=8)
+    cache.append(0, x, x)
+    assert {3, 17} <= set(cache.k_channels[0, 0, :8].tolist()) and 9 in cache.v_channels[0, 1, :8].tolist()
+    keys, _ = cache.readback(0, 40)
+    plain = kv_cache.make("tq2", tiny_config(n_head=2, d_model=64, n_layer=1), 1, 40)
+    plain.append(0, x, x)
+    plain_keys, _ = plain.readback(0, 40)
+    assert (keys - x).pow(2).mean() < (plain_keys - x).pow(2).mean()  # the split beats one instance here
+
+
+def test_qjl_sketch_is_unbiased_within_its_variance() -> None:
+    """|r| sqrt(pi/2)/d <S y, sign(S r)> over independent draws of S: mean <y, r>, variance at most
+    pi/(2d) |y|^2 |r|^2 (the paper's Lemma)."""
+    dim, draws = 64, 2000
+    torch.manual_seed(0)
+    r, y = torch.randn(dim), torch.randn(dim)
+    estimates = []
+    for seed in range(draws):
+        sketch = QJLSketch(dim, seed=seed)
+        estimates.append(sketch.inner_products(sketch.project(y)[None], sketch.signs(r)[None], r.norm()[None]).item())
+    estimates = torch.tensor(estimates)
+    bound = math.pi / (2 * dim) * y.norm().item() ** 2 * r.norm().item() ** 2
+    assert estimates.var().item() <= 1.1 * bound
+    assert abs(estimates.mean().item() - (y @ r).item()) < 4 * math.sqrt(bound / draws)
+
+
+def test_prod_keys_give_unbiased_scores_where_mse_keys_shrink_them() -> None:
+    """TurboQuant_prod's attention scores average to <q, k> over seeds; the MSE quantizer at the same
+    first-stage bits shrinks them by about 1 - D (0.883 at 2 bits)."""
+    dim, seeds = 64, 150
+    torch.manual_seed(1)
+    k = torch.randn(1, 1, 32, dim)
+    q = torch.randn(1, 1, 1, dim)
+    exact = (q @ k.transpose(-1, -2)).flatten()  # (32,)
+    prod, mse = [], []
+    for seed in range(seeds):
+        cache = TurboQuantProdKVCache(1, 1, 1, dim, 32, bits=3, seed=seed)
+        cache.append(0, k, k)
+        prod.append(cache._key_scores(0, cache._prepare_queries(q), 0, 32).flatten())
+        plain = kv_cache.make("tq2", tiny_config(n_head=1, d_model=64, n_layer=1), 1, 32, seed=seed)
+        plain.append(0, k, k)
+        mse.append((q @ plain.readback(0, 32)[0].transpose(-1, -2)).flatten())
+    prod_slope = float((torch.stack(prod).mean(0) @ exact) / (exact @ exact))
+    mse_slope = float((torch.stack(mse).mean(0) @ exact) / (exact @ exact))
+    assert prod_slope == pytest.approx(1.0, abs=0.03), prod_slope
+    assert mse_slope == pytest.approx(0.883, abs=0.03), mse_slope
 
 
 def test_full_window_is_exact_and_quantization_is_close() -> None:
@@ -184,6 +274,8 @@ def test_cache_bytes_are_exact() -> None:
     assert tq.nbytes == tq.bytes_per_token * 100 + codebook  # codes, norms and the rotation: every byte held
     windowed = kv_cache.make("tq3", cfg, batch=2, max_len=100, window=8)
     assert windowed.nbytes == tq.nbytes + 2 * 3 * 2 * 2 * 8 * 64 * 4
+    grouped = kv_cache.make("tq3", cfg, batch=2, max_len=100, key_group=32)  # exact keys only
+    assert grouped.nbytes == tq.nbytes + 3 * 2 * 2 * 32 * 64 * 4 and grouped.bytes_per_token == tq.bytes_per_token
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])

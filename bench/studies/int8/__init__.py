@@ -48,12 +48,13 @@ class Int8Sweep:
     sensitivity_scheme: str | None = "w8a8"  # the per-layer sweep (eager torch on the CPU); None: skip it
     sensitivity_windows: int = 16
     calibration_windows: int = 16  # training windows static quantization calibrates on
-    reference: str = "gpt2-tiny"
+    reference: str = "gpt2-tiny-hd64"  # the trained reference model (models.reference)
 
 
 SWEEPS = {
     "quick": (Int8Sweep(),),
-    "standard": (Int8Sweep(windows=96, decode_tokens=128, sensitivity_windows=32),),
+    "standard": (Int8Sweep(windows=96, decode_tokens=128, sensitivity_windows=32),
+                 Int8Sweep(windows=96, decode_tokens=128, sensitivity_scheme=None, reference="gpt2-mini-hd64")),
     "full": (Int8Sweep(windows=64, decode_tokens=128),),
 }
 

@@ -37,7 +37,10 @@ class KVAccuracySweep:
     kinds: tuple[str, ...] | None = None  # None: every registered kind
     windows: int = 48  # validation windows
     seq_len: int = 128  # tokens per window (the reference model's training context)
-    reference: str = "gpt2-tiny"
+    reference: str = "gpt2-tiny-hd64"  # the trained reference model (models.reference)
+    sensitivity_bits: tuple[int, ...] = (3,)  # TurboQuant at these bits on one layer's keys or values alone
+    key_group: int = 32  # every quantized kind reads the keys of the latest incomplete group this long exact
+    # (the uniform baseline must: it quantizes keys per channel over whole groups; the others are offered the same)
 
 
 CAPACITY_VARIANTS = ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "llama-2-7b", "llama-3-8b", "llama-2-70b")
@@ -68,7 +71,7 @@ SWEEPS = {
         memory=(KVMemorySweep("gpt2-small", (128, 512, 1000), batches=(1, 8),
                               kinds=("raw-fp32", "raw-fp16", "raw-bf16", "tq2", "tq3", "tq4", "uniform2", "uniform3",
                                      "uniform4"), probe_lengths=(8192, 32768)),),
-        accuracy=(KVAccuracySweep(),),
+        accuracy=(KVAccuracySweep(), KVAccuracySweep(reference="gpt2-mini-hd64")),
         capacity_variants=CAPACITY_VARIANTS, capacity_kinds=("raw-fp32", "raw-fp16", "tq4", "tq3", "tq2", "uniform3"),
         quantize_bits=(1, 2, 3, 4)),
     "full": KVSweeps(

@@ -99,11 +99,12 @@ class AccuracyParams:
 
     cache: str
     cache_family: str
-    bits: int
+    bits: float  # code bits (an outlier split has fractional ones)
     windows: int
     seq_len: int
     source: str  # reference | checkpoint
     model_description: str  # the model judged on: size, head_dim, training
+    exact_key_group: int = 0  # keys of the latest incomplete group of this many tokens read exact (0: none)
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,27 @@ class AccuracyMetrics:
     max_abs_logit_delta: float
     layer_rel_error: list[float]  # per layer: |a - a_raw| / |a_raw| of the attention output
     bytes_per_token: int
-    bits_per_coordinate: float
+    bits_per_coordinate: float  # every byte a cache of seq_len tokens holds, per coordinate (fixed parts included)
+    marginal_bits: float  # what one more token costs per coordinate, metadata included: the equal-bits axis
     window_nats_delta: list[float]  # per held-out window: mean nats per token through this kind minus raw fp32's
     unigram_bpb: float  # a byte-frequency model on the same split: the floor the model must beat
+
+
+@dataclass(frozen=True)
+class SensitivityParams:
+    """One layer's keys or values alone quantized (the rest raw fp32), against the raw fp32 cache."""
+
+    cache: str  # the kind whose quantizer is applied
+    layer: int
+    part: str  # k | v
+    windows: int
+    seq_len: int
+    model_description: str
+    phase: str = "sensitivity"
+
+
+@dataclass(frozen=True)
+class SensitivityMetrics:
+    ppl_delta_pct: float
+    kl_mean_nats: float
+    window_nats_delta: list[float]

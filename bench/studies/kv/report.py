@@ -84,9 +84,24 @@ def kv_memory(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def kv_accuracy(df: pd.DataFrame) -> pd.DataFrame:
-    """Accuracy rows of the cache kinds, with each kind's family."""
+    """Accuracy rows of the cache kinds (not the sensitivity sweep), with each kind's family and the bits
+    per coordinate to compare them at (what one more token costs; older records: the code bits)."""
     d = study_rows(df, "kv_accuracy")
-    return d if d.empty else _with_family(d)
+    if d.empty:
+        return d
+    if "p_phase" in d:
+        d = d[d["p_phase"].isna()].reset_index(drop=True)
+    if d.empty:
+        return d
+    d = _with_family(d)
+    marginal = d["m_marginal_bits"] if "m_marginal_bits" in d else pd.Series([math.nan] * len(d), index=d.index)
+    d["bits_axis"] = marginal.fillna(pd.to_numeric(d["p_bits"], errors="coerce"))
+    return d
+
+
+def sensitivity(df: pd.DataFrame) -> pd.DataFrame:
+    """One layer's keys or values alone quantized: the perplexity change each part costs."""
+    return study_rows(df, "kv_accuracy", "sensitivity")
 
 
 def kv_capacity(df: pd.DataFrame) -> pd.DataFrame:
@@ -133,23 +148,46 @@ def fig_bytes(df: pd.DataFrame) -> str | None:
     return to_png_base64(fig)
 
 
-def fig_accuracy_vs_bytes(df: pd.DataFrame) -> str | None:
-    """KL divergence and bits-per-byte delta against bytes per token, per quantizer family."""
+def fig_accuracy_vs_bits(df: pd.DataFrame) -> str | None:
+    """KL divergence and perplexity change against bits per coordinate (metadata included), one curve per
+    family and model: kinds at equal x hold equal memory per token."""
     d = kv_accuracy(df)
     if d.empty:
         return None
-    d = d[d["p_cache"] != RAW_FP32]
-    several = d["variant"].nunique() > 1  # the reference model and a checkpoint: one line style each
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.9))
-    for ax, metric, label in ((axes[0], "m_kl_mean_nats", "mean KL vs raw fp32 cache (nats/token)"),
-                              (axes[1], "m_bpb_delta", "bits-per-byte change vs raw fp32 cache (bits/byte)")):
-        sns.lineplot(data=d, x="m_bytes_per_token", y=metric, hue="family", style="variant" if several else None,
-                     marker="o", ax=ax, sort=True)
+    d = d[d["family"] != "raw"]
+    if d.empty:
+        return None
+    several = d["variant"].nunique() > 1  # the reference models and a checkpoint: one line style each
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2))
+    for ax, metric, label, log in ((axes[0], "m_kl_mean_nats", "mean KL vs raw fp32 cache (nats/token, log)", True),
+                                   (axes[1], "m_ppl_delta_pct", "perplexity change vs raw fp32 cache (%)", False)):
+        sns.lineplot(data=d.sort_values("bits_axis"), x="bits_axis", y=metric, hue="family",
+                     style="variant" if several else None, marker="o", ax=ax, sort=True, estimator=None)
         for r in d.itertuples():
-            ax.annotate(r.p_cache, (r.m_bytes_per_token, getattr(r, metric)), fontsize=7, xytext=(3, 3),
+            ax.annotate(r.p_cache, (r.bits_axis, getattr(r, metric)), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
-        ax.set(xscale="log", xlabel="KV cache per token (bytes, log scale)", ylabel=label)
-    fig.suptitle(f"Accuracy of quantized caches ({', '.join(d['variant'].unique())})")
+        ax.set(xlabel="bits per key or value coordinate, metadata included (bits)", ylabel=label,
+               yscale="log" if log else "linear")
+    fig.suptitle(f"Accuracy against memory per token ({', '.join(d['variant'].unique())})")
+    fig.tight_layout()
+    return to_png_base64(fig)
+
+
+def fig_sensitivity(df: pd.DataFrame) -> str | None:
+    """Perplexity change with one layer's keys or values alone quantized, per layer: where the loss lives."""
+    d = sensitivity(df)
+    if d.empty:
+        return None
+    variants = list(dict.fromkeys(d["variant"]))
+    fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 3.6), squeeze=False)
+    for ax, variant in zip(axes[0], variants, strict=True):
+        part = d[d["variant"] == variant].assign(p_layer=lambda x: x["p_layer"].astype(int))
+        grid = part.pivot_table(index="p_layer", columns="p_part", values="m_ppl_delta_pct")
+        grid = grid.rename(columns={"k": "keys", "v": "values"})
+        sns.heatmap(grid, annot=True, fmt="+.2f", cmap="rocket_r", ax=ax,
+                    cbar_kws={"label": "perplexity change (%)"})
+        ax.set(xlabel="part quantized alone", ylabel="layer (index)",
+               title=f"{variant}: {part['p_cache'].iloc[0]} on one part")
     fig.tight_layout()
     return to_png_base64(fig)
 
@@ -239,8 +277,11 @@ def fig_peak_memory(df: pd.DataFrame) -> str | None:
 # ---- section and summary ------------------------------------------------------------------------------
 
 def _bits_cell(r: object) -> str:
-    """Code bits, and the bits per coordinate with every byte of metadata where the record has them."""
-    per_coord = getattr(r, "m_bits_per_coordinate", math.nan)
+    """Code bits, and the bits per coordinate one more token costs, metadata included, where the record has
+    them (older records: every byte held, fixed parts included)."""
+    per_coord = getattr(r, "m_marginal_bits", math.nan)
+    if not (isinstance(per_coord, float) and per_coord == per_coord):
+        per_coord = getattr(r, "m_bits_per_coordinate", math.nan)
     code = fmt(r.p_bits) if isinstance(r.p_bits, int | float) and r.p_bits == r.p_bits else "–"
     return f"{code} ({per_coord:.2f})" if isinstance(per_coord, float) and per_coord == per_coord else code
 
@@ -256,8 +297,10 @@ def section(df: pd.DataFrame) -> Section | None:
                   "uniform quantizer (keys per channel over 32-token groups, values per token). Bytes are exact "
                   "counts of what each cache holds; bits are the codes' bits and, in brackets, the bits per "
                   "coordinate with every byte of metadata (norms, scales, offsets, the rotation) counted. "
-                  "Accuracy is measured on the trained reference model over held-out standard-library files: "
-                  "every query attends to the stored (quantized) keys and values, as in decoding.")
+                  "Accuracy is measured on the trained reference models over held-out standard-library files: "
+                  "every query attends to the stored (quantized) keys and values, as in decoding; every quantized "
+                  "kind reads the keys of the latest incomplete 32-token group exact (the uniform baseline must, "
+                  "and TurboQuant is offered the same).")
     out.add_figures(df, (
         ("Measured peak memory of a filled cache", fig_peak_memory,
          "Solid: the measured peak growth (fresh process each); dotted: the exact bytes the cache holds. The gap "
@@ -267,7 +310,11 @@ def section(df: pd.DataFrame) -> Section | None:
          "Exact bytes per token times length; the dotted line is the fp16 weights."),
         ("Measured distortion vs the paper", fig_distortion,
          "Mean squared error of unit vectors after quantize/dequantize, 65,536 Gaussian directions, head_dim 64."),
-        ("Accuracy against bytes", fig_accuracy_vs_bytes, "Lower is better on both axes; equal x means equal memory."),
+        ("Accuracy against bits per coordinate", fig_accuracy_vs_bits,
+         "Lower is better; equal x means equal memory per token. tq2.5/tq3.5 split the channels (a quarter one bit "
+         "higher); tqN-prod adds a 1-bit QJL sketch to (N-1)-bit keys."),
+        ("Where the loss lives", fig_sensitivity,
+         "One layer's keys, or values, quantized alone (the rest raw fp32): the perplexity change each part costs."),
         ("Error by layer", fig_layer_error,
          "Errors compound: a layer's input already carries the earlier layers' errors."),
     ))
@@ -288,6 +335,14 @@ def section(df: pd.DataFrame) -> Section | None:
                 "Against the paper's claims: TurboQuant reports no LongBench loss at 3.5 bits on Llama-3.1-8B and "
                 "-0.6 points at 2.5 bits; a public GPT-2 reimplementation reports +7.6% perplexity at 3 bits. "
                 f"Measured here on {variant} (perplexity change vs the raw fp32 cache): " + "; ".join(cells) + ".")
+    sens = sensitivity(df)
+    for variant, part in (sens.groupby("variant", sort=False) if not sens.empty else ()):
+        worst = part.sort_values("m_ppl_delta_pct").iloc[-1]
+        rest = part.drop(index=worst.name)["m_ppl_delta_pct"].sum()
+        part_name = "keys" if worst["p_part"] == "k" else "values"
+        out.notes.append(f"Where {worst['p_cache']}'s loss lives on {variant}: layer {int(worst['p_layer'])}'s "
+                         f"{part_name} alone cost {worst['m_ppl_delta_pct']:+.2f}% perplexity; every other part "
+                         f"alone, summed: {rest:+.2f}%.")
     if not mem.empty:
         out.tables.append(Table(
             "Memory and decode speed by cache kind",

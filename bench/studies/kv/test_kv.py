@@ -18,6 +18,7 @@ import json
 import math
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from functools import cache
 
@@ -39,10 +40,15 @@ from bench.studies.kv.records import (
     PeakParams,
     QuantizeMetrics,
     QuantizeParams,
+    SensitivityMetrics,
+    SensitivityParams,
 )
+from bench.studies.kv.report import kind_with
+from bench.studies.kv.sensitivity import PARTS, PartlyQuantizedCache
 from models import build, count_params, generate, kv_cache, variants
 from models.corpus import NATS_TO_BITS
 from models.generate import decode
+from models.turboquant import TurboQuantizer
 from profiles.memory import MemoryProbe
 
 RAW_FP32, RAW_FP16 = kv_cache.raw_kind(torch.float32), kv_cache.raw_kind(torch.float16)
@@ -81,6 +87,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                  for kind in (s.kinds or kv_cache.kinds())]
         metafunc.parametrize("kv_accuracy_case", cases,
                              ids=[f"{s.reference if src == 'reference' else src}-{k}" for s, src, k in cases])
+    if "kv_sensitivity_case" in metafunc.fixturenames:
+        cases = [(s, bits, layer, part) for s in sweeps.accuracy for bits in s.sensitivity_bits
+                 for layer in range(variants.get(s.reference).n_layer) for part in PARTS]
+        metafunc.parametrize("kv_sensitivity_case", cases,
+                             ids=[f"{s.reference}-tq{b}-layer{layer}-{part}" for s, b, layer, part in cases])
     if "kv_capacity_variant" in metafunc.fixturenames:
         metafunc.parametrize("kv_capacity_variant", list(sweeps.capacity_variants))
     if "kv_quantize_bits" in metafunc.fixturenames:
@@ -230,9 +241,11 @@ def accuracy_setup(request: pytest.FixtureRequest):
     return get
 
 
-def _evaluate(model, windows: torch.Tensor, kind: str, batch: int = 8) -> dict:
-    """Logits of every window through a cache of `kind` (one prefill: each query attends to the stored,
-    quantized keys, as in decoding) and the attention output of every layer."""
+def _evaluate(model, windows: torch.Tensor, kind: str | Callable[[int, int], object], batch: int = 8,
+              **options: object) -> dict:
+    """Logits of every window through a cache of `kind` (a kind's name, made with `options`, or a factory of
+    caches taking the batch and the length; one prefill: each query attends to the stored, quantized keys,
+    as in decoding) and the attention output of every layer."""
     captured: list[list[torch.Tensor]] = [[] for _ in model.blocks]
     hooks = [block.attn.register_forward_hook(lambda m, a, out, i=i: captured[i].append(out.detach()))
              for i, block in enumerate(model.blocks)]
@@ -241,7 +254,8 @@ def _evaluate(model, windows: torch.Tensor, kind: str, batch: int = 8) -> dict:
         with torch.inference_mode():
             for chunk in windows.split(batch):
                 inputs = chunk[:, :-1]
-                cache_obj = kv_cache.make(kind, model.config, inputs.shape[0], inputs.shape[1])
+                cache_obj = kv_cache.make(kind, model.config, inputs.shape[0], inputs.shape[1], **options) \
+                    if isinstance(kind, str) else kind(inputs.shape[0], inputs.shape[1])
                 logits.append(model(inputs, cache_obj).float())
     finally:
         for h in hooks:
@@ -249,36 +263,64 @@ def _evaluate(model, windows: torch.Tensor, kind: str, batch: int = 8) -> dict:
     return {"logits": torch.cat(logits), "attn": [torch.cat(c) for c in captured]}
 
 
-def test_kv_accuracy(benchmark, record, accuracy_setup, kv_accuracy_case) -> None:
-    sweep, source, kind = kv_accuracy_case
-    evals, raw = accuracy_setup(sweep, source)
-    model, windows = evals.model, evals.windows
-    result: dict = {}
-    benchmark.pedantic(lambda: result.update(_evaluate(model, windows, kind)), rounds=1, warmup_rounds=0)
-    targets = windows[:, 1:]
-    logits, ref = result["logits"], raw["logits"]
+def _against_raw(logits: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor) -> dict:
+    """Mean nats per token of `logits` and of the raw cache's `ref`, each window's change, KL and top-1."""
     nats = F.cross_entropy(logits.flatten(0, 1), targets.flatten()).item()
     raw_nats = F.cross_entropy(ref.flatten(0, 1), targets.flatten()).item()
     per_window = [F.cross_entropy(out.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape).mean(1)
                   for out in (logits, ref)]  # 2x (n,): nats per token of each window
     log_p, log_q = F.log_softmax(ref, -1), F.log_softmax(logits, -1)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1).mean().item()
-    top1 = (logits.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    return {"nats": nats, "raw_nats": raw_nats, "window_delta": (per_window[0] - per_window[1]).tolist(),
+            "kl": (log_p.exp() * (log_p - log_q)).sum(-1).mean().item(),
+            "top1": (logits.argmax(-1) == ref.argmax(-1)).float().mean().item(),
+            "ppl_delta_pct": (math.exp(nats - raw_nats) - 1) * 100}  # per token
+
+
+def test_kv_accuracy(benchmark, record, accuracy_setup, kv_accuracy_case) -> None:
+    sweep, source, kind = kv_accuracy_case
+    evals, raw = accuracy_setup(sweep, source)
+    model, windows = evals.model, evals.windows
+    spec = kv_cache.spec(kind)
+    options = {"key_group": sweep.key_group} if sweep.key_group and "key_group" in spec.options else {}
+    result: dict = {}
+    benchmark.pedantic(lambda: result.update(_evaluate(model, windows, kind, **options)), rounds=1, warmup_rounds=0)
+    targets = windows[:, 1:]
+    logits, ref = result["logits"], raw["logits"]
+    compared = _against_raw(logits, ref, targets)
+    nats, raw_nats, kl, top1 = compared["nats"], compared["raw_nats"], compared["kl"], compared["top1"]
     layer_error = [float((a - b).norm() / b.norm()) for a, b in zip(result["attn"], raw["attn"], strict=True)]
     if kind == RAW_FP32:
         assert kl < 1e-9 and top1 == 1.0  # the comparison itself is sound
     to_bpb = targets.numel() / evals.target_bytes * NATS_TO_BITS  # nats per token -> bits per byte
     bpb, raw_bpb = nats * to_bpb, raw_nats * to_bpb
-    spec = kv_cache.spec(kind)
     record("kv_accuracy", evals.name, backends.reference("cpu"),
            params=AccuracyParams(cache=kind, cache_family=spec.family, bits=spec.code_bits,
                                  windows=int(windows.shape[0]), seq_len=sweep.seq_len, source=source,
-                                 model_description=evals.description),
-           metrics=AccuracyMetrics(bits_per_byte=bpb, bpb_delta=bpb - raw_bpb,
-                                   ppl_delta_pct=(math.exp(nats - raw_nats) - 1) * 100,  # per token
+                                 model_description=evals.description, exact_key_group=options.get("key_group", 0)),
+           metrics=AccuracyMetrics(bits_per_byte=bpb, bpb_delta=bpb - raw_bpb, ppl_delta_pct=compared["ppl_delta_pct"],
                                    kl_mean_nats=kl, top1_agreement=top1,
                                    max_abs_logit_delta=float((logits - ref).abs().max()), layer_rel_error=layer_error,
                                    bytes_per_token=spec.bytes_per_token(model.config),
                                    bits_per_coordinate=spec.bits_per_coordinate(model.config, sweep.seq_len),
-                                   window_nats_delta=(per_window[0] - per_window[1]).tolist(),
-                                   unigram_bpb=evals.unigram_bpb))
+                                   marginal_bits=spec.marginal_bits(model.config),
+                                   window_nats_delta=compared["window_delta"], unigram_bpb=evals.unigram_bpb))
+
+
+def test_kv_sensitivity(benchmark, record, accuracy_setup, kv_sensitivity_case) -> None:
+    """TurboQuant on one layer's keys or values alone: which part carries a quantized cache's loss."""
+    sweep, bits, layer, part = kv_sensitivity_case
+    evals, raw = accuracy_setup(sweep, "reference")
+    model, windows = evals.model, evals.windows
+    cfg = model.config
+    quantizer = TurboQuantizer(cfg.head_dim, bits)  # as the TurboQuant cache makes it (seed 0, fp16 norms)
+    result: dict = {}
+    benchmark.pedantic(lambda: result.update(_evaluate(model, windows, lambda batch, length: PartlyQuantizedCache(
+        cfg, batch, length, quantizer, {(layer, part)}))), rounds=1, warmup_rounds=0)
+    compared = _against_raw(result["logits"], raw["logits"], windows[:, 1:])
+    assert compared["kl"] > 0, f"quantizing layer {layer}'s {part} changed nothing"
+    kind = kind_with("turboquant", bits) or f"TurboQuant at {bits} bits"
+    record("kv_accuracy", evals.name, backends.reference("cpu"),
+           params=SensitivityParams(cache=kind, layer=layer, part=part, windows=int(windows.shape[0]),
+                                    seq_len=sweep.seq_len, model_description=evals.description),
+           metrics=SensitivityMetrics(ppl_delta_pct=compared["ppl_delta_pct"], kl_mean_nats=compared["kl"],
+                                      window_nats_delta=compared["window_delta"]))

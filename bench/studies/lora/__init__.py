@@ -26,7 +26,7 @@ class LoraSweep:
     batch_size: int = 16
     seq_len: int = 128
     eval_windows: int = 32
-    reference: str = "gpt2-tiny"
+    reference: str = "gpt2-tiny-hd64"  # the trained reference model (models.reference)
     overhead_variant: str = "gpt2-mini"
     overhead_rank: int = 16
 
