@@ -135,17 +135,18 @@ def judge_values(values: Sequence[float], threshold: float, *, claimed_above: bo
     return Verdict(status, figures, model=model, n=n, interval=(low, high), unit=unit)
 
 
-def learned_something(arms: dict[str, tuple[float, float]], margin: float = UNIGRAM_MARGIN_BITS) -> str | None:
+def learned_something(arms: dict[str, tuple[float, float]], margin: float = UNIGRAM_MARGIN_BITS,
+                      remedy: str = "train longer (the standard preset) or on more data") -> str | None:
     """None when every arm's held-out loss beats the byte-frequency model by `margin` bits/byte, else the
-    reason the effect cannot show itself: the arms that learned too little. `arms`: name -> (held-out
-    bits/byte, unigram bits/byte)."""
+    reason the effect cannot show itself: the arms that learned too little, and `remedy`. `arms`: name ->
+    (held-out bits/byte, unigram bits/byte)."""
     weak = {name: (bpb, unigram) for name, (bpb, unigram) in arms.items()
             if not (math.isfinite(bpb) and bpb <= unigram - margin)}
     if not weak:
         return None
     parts = "; ".join(f"{name} {bpb:.3f} against unigram {unigram:.3f}" for name, (bpb, unigram) in weak.items())
     return (f"an arm learned too little to show the effect (held-out bits/byte must beat the unigram model by "
-            f"{margin} bits/byte): {parts}; train longer (the standard preset) or on more data")
+            f"{margin} bits/byte): {parts}; {remedy}")
 
 
 def scoreboard(df: pd.DataFrame, claims: Iterable[Claim]) -> list[dict]:

@@ -283,7 +283,10 @@ def test_norm_claims() -> None:
     assert _status("pre-ln", _norms(post_val=3.8, noise=0.2)) == INCONCLUSIVE
     assert _status("pre-ln", _norms(post_val=4.45, pre_val=4.2)) == NOT_TESTABLE  # Pre-LN itself learned too little
     assert _status("post-ln-warmup", _norms(post_val=4.45)) == HOLDS
-    assert _status("post-ln-warmup", _norms(post_val=4.45, warm_val=4.46)) == FAILS
+    assert _status("post-ln-warmup", _norms(post_val=3.8, warm_val=3.8)) == FAILS  # trains as well without it
+    too_short = _judge("post-ln-warmup", _norms(post_val=4.45, warm_val=4.46))[0]  # fails with the warm-up too
+    assert too_short.status == NOT_TESTABLE and "longer warm-up" in too_short.reason
+    assert "post_ln (warm-up 50) seed 0" in too_short.reason
     assert _status("rmsnorm", _norms(4.45, rms_time=0.5)) == HOLDS
     assert _status("rmsnorm", _norms(4.45, rms_time=1.5)) == FAILS
     assert _status("rmsnorm", _norms(4.45, rms_time=1.0)) == INCONCLUSIVE
@@ -317,7 +320,7 @@ def test_every_claim_is_registered_once_and_has_a_case() -> None:
     tested = {"kv-linear-cached", "kv-linear-uncached", "kv-grows", "kv-3bit-bytes", "kv-3bit-peak",
               "kv-3bit-accuracy", "kv-matched-bits", "int8-norms", "int8-memory", "int8-speed", "lora-variance",
               "lora-stalls", "rslora-rank", "rope-params", "rope-extrapolates", "learned-positions", "learned-table",
-              "pre-ln",              "post-ln-warmup", "rmsnorm", "tying-124m", "tying-70b-arithmetic", "tying-70b-own"}
+              "pre-ln", "post-ln-warmup", "rmsnorm", "tying-124m", "tying-70b-arithmetic", "tying-70b-own"}
     assert set(ids) == tested
     board = scoreboard(pd.DataFrame(), studies.all_claims())
     assert {r["status"] for r in board} == {UNMEASURED}

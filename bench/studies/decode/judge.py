@@ -63,7 +63,8 @@ def uncached_quadratic(df: pd.DataFrame) -> Verdict:
     none = fits[fits["p_cache"] == "none"]
     long = none[(none["points"] >= 3) & (none["longest"] >= UNCACHED_MIN_LENGTH)]
     if long.empty:
-        return not_testable(f"recomputation measured up to T = {int(none['longest'].max())} only",
+        return not_testable(f"recomputation measured at {int(none['points'].max())} length(s) at most, up to "
+                            f"T = {int(none['longest'].max())}",
                             f"its T² term shows past a few hundred tokens: sweep the uncached mode over 3+ lengths "
                             f"reaching {UNCACHED_MIN_LENGTH} (the quick preset's tiny models do)", _models(none))
     return judge_values(long["model_end_slope"].tolist(), UNCACHED_SLOPE_MIN,

@@ -19,10 +19,14 @@ class NormSweep:
     depths: tuple[int, ...] = (6, 12, 24)
     inits: tuple[str, ...] = ("xavier", "gpt2")
     # training without clipping: (placement, warm-up steps) arms, each at every learning rate and seed
-    stability_arms: tuple[tuple[str, int], ...] = (("post_ln", 0), ("pre_ln", 0), ("post_ln", 50))
+    # Post-LN sits on a knife-edge here (260 steps, held-out bits/byte, unigram 4.47): at lr 2e-3 it fails
+    # without warm-up in seeds 1 and 2 (4.45) and trains in seed 0 (3.47); 100 warm-up steps rescue seed 2
+    # (3.27) but not seed 1; at 1e-2 it fails even with 150; at 1e-3 it trains without. Pre-LN is judged at
+    # 1e-2, where it trains in every seed; the warm-up arm says there whether warm-up alone rescues Post-LN.
+    stability_arms: tuple[tuple[str, int], ...] = (("post_ln", 0), ("pre_ln", 0), ("post_ln", 100))
     stability_lrs: tuple[float, ...] = (1e-2,)
     stability_seeds: tuple[int, ...] = (0, 1, 2)
-    stability_steps: int = 260  # Pre-LN must beat unigram by the margin in every seed (200 left one short)
+    stability_steps: int = 260  # every arm that should learn beats unigram by the margin in every seed
     stability_depth: int = 6
     widths: tuple[int, ...] = (256, 768, 2048, 4096)
     rows: int = 2048  # tokens per norm call (batch x sequence)
