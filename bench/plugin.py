@@ -93,6 +93,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     config.hook.pytest_deselected(items=drop)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> object:
+    """A forward torch.compile cannot compile is a skip with its message (an engine that cannot take the
+    model), never a failure of the study and never an eager run in its place."""
+    from models.compiled import CompileError
+
+    try:
+        return (yield)
+    except CompileError as exc:
+        pytest.skip(str(exc))
+
+
 @pytest.fixture(scope="session")
 def ceiling(pytestconfig: pytest.Config) -> Callable[[torch.device], ceilings.BandwidthCeiling]:
     """Measured bandwidth ceilings per device type, measured once per session on first use."""

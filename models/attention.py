@@ -45,19 +45,26 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, q_start: int, impl: str = 
     """
     check_impl(impl)
     q_len, k_len = q.shape[-2], k.shape[-2]
-    groups = q.shape[1] // k.shape[1]
     if impl == "sdpa":
         if q_len == 1 and q_start == k_len - 1:  # one new token sees every key: no mask needed
-            mask, is_causal = None, False
-        elif q_start == 0 and q_len == k_len:
-            mask, is_causal = None, True
-        else:
-            mask, is_causal = causal_mask(q_len, k_len, q_start, q.device), False
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=groups > 1)
+            return masked_attention(q, k, v, None, impl)
+        if q_start == 0 and q_len == k_len:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=q.shape[1] > k.shape[1])
+    return masked_attention(q, k, v, causal_mask(q_len, k_len, q_start, q.device), impl)
+
+
+def masked_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, impl: str = "sdpa") -> Tensor:
+    """Attention of q (B, H, Tq, hd) over k, v (B, Hkv, Tk, hd) where the boolean `mask` (Tq, Tk) is True
+    (None: every key); H a multiple of Hkv. `impl` as in `causal_attention`."""
+    check_impl(impl)
+    groups = q.shape[1] // k.shape[1]
+    if impl == "sdpa":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=groups > 1)
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)  # (B, H, Tk, hd)
         v = v.repeat_interleave(groups, dim=1)  # (B, H, Tk, hd)
     scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, Tq, Tk)
-    scores = scores.masked_fill(~causal_mask(q_len, k_len, q_start, q.device), float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)  # (B, H, Tq, Tk)
     return probs @ v  # (B, H, Tq, hd)

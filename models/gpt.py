@@ -120,8 +120,11 @@ class GPT(nn.Module):
     def forward(self, idx: Tensor, cache: AttendingCache | None = None) -> Tensor:
         B, T = idx.shape
         start = 0 if cache is None else cache.position
-        self.check_positions(start + T)
-        positions = torch.arange(start, start + T, device=idx.device)  # (T,)
+        if isinstance(start, Tensor):  # a compiled step's position (0-d): its engine checked the table
+            positions = start + torch.arange(T, device=idx.device)  # (T,)
+        else:
+            self.check_positions(start + T)
+            positions = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.tok_emb(idx)  # (B, T, d)
         if self.config.embed_scale:  # Vaswani et al.: embeddings scaled up to the positional encodings' size
             x = x * math.sqrt(self.config.d_model)  # (B, T, d)

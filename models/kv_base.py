@@ -58,7 +58,7 @@ class KVCache(Protocol):
 class AttendingCache(Protocol):
     """What `GPT.forward` calls on a cache: store each layer's new keys and values and attend over them."""
 
-    position: int
+    position: int | Tensor  # tokens stored so far; a 0-d tensor inside a compiled step (`models.compiled`)
 
     def check_append(self, batch: int, n_tokens: int) -> None: ...
 

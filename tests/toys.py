@@ -57,6 +57,8 @@ class ToyBackend:
     device_type: str = "cpu"
     family: str = "toy"
     reference: bool = False
+    fuses_ops: bool = False
+    compiles_per_shape: bool = False
 
     @property
     def input_device(self) -> torch.device:

@@ -27,6 +27,7 @@ class DecodeSweep:
     uncached_rounds: int = 3  # timed rounds of the uncached mode (expensive at long T)
     uncached_max_len: int | None = None  # the uncached (O(T^2)) mode stops here, when set
     families: tuple[str, ...] | None = None  # only backends of these families (None: every selected backend)
+    per_shape_compilers: bool = True  # include engines that compile per shape (torch-compile: seconds a graph)
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ SWEEPS = {
         DecodeSweep(("gpt2-tiny", "llama-tiny"), (8, 16, 32), rounds=1, uncached_rounds=1, prompt_len=4),)),
     "quick": DecodeSweeps(
         decode=(
-            DecodeSweep(_TINY, (32, 64, 128, 256, 512), families=("torch",)),
+            DecodeSweep(_TINY, (32, 64, 128, 256, 512), families=("torch",), per_shape_compilers=False),
             DecodeSweep(("gpt2-tiny",), (32, 64, 128, 256, 512), uncached_max_len=256, families=("onnxruntime",)),
             DecodeSweep(("gpt2-small",), (32, 64, 128), uncached_max_len=32, rounds=3, uncached_rounds=2),
         ),

@@ -32,6 +32,8 @@ class DecodeMetrics:
     paired_cached_s: list[float]  # per uncached round at the longest length: the cached run beside it
     ceiling_before_Bps: list[float]  # per cached round: the read bandwidth probed right before it
     ceiling_after_Bps: list[float]  # ... and right after it
+    warmup_s: float = 0.0  # the untimed correctness check before the rounds: a compiled engine compiles there
+    graphs_compiled: int = 0  # graphs torch.compile compiled for this case (0 on engines that do not compile)
 
 
 @dataclass(frozen=True)

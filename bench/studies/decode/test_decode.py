@@ -9,6 +9,7 @@ weights beside ours.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import asdict, dataclass
 from functools import cache
 
@@ -26,6 +27,7 @@ from bench.studies.decode.records import (
     PrefillParams,
 )
 from models import GPT, PositionLimitError, build, generate, variants
+from models.compiled import compile_events
 from models.generate import decode
 from profiles import roofline
 from profiles.memory import MemoryProbe
@@ -74,7 +76,8 @@ def _decode_cases(config: pytest.Config) -> list[DecodeCase]:
     for sweep in sweeps.decode if sweeps else ():
         usable = harness.selected_backends(config, backends.DECODE, DTYPES[sweep.dtype])
         for variant in sweep.variants:
-            for backend in (b.name for b in usable if sweep.families is None or b.family in sweep.families):
+            for backend in (b.name for b in usable if (sweep.families is None or b.family in sweep.families)
+                            and (sweep.per_shape_compilers or not b.compiles_per_shape)):
                 uncached = [t for t in sweep.lengths if not sweep.uncached_max_len or t <= sweep.uncached_max_len]
                 for batch in sweep.batches:
                     for cache_kind in sweep.caches:
@@ -220,11 +223,20 @@ def test_decode(benchmark, record, ceiling, read_probe, pytestconfig, decode_cas
         return logits
 
     with torch.inference_mode():
-        # Correct before timed, and warm: the first steps agree with the other cache mode.
+        # Correct before timed, and warm: the first steps agree with the other cache mode. A compiled
+        # engine compiles here (every bucket the timed run reaches: the warm-up decodes all T steps).
+        graphs_before, started = len(compile_events), time.perf_counter()
         check = min(CHECK_STEPS, case.decode_tokens)
         expected = generate(model, prompt, check, use_cache=cache is None)  # the other mode
         (logits,), _ = prefill(timed_round=False)
-        decode(model, tokens, case.prompt_len, logits, check, cache)
+        decode(model, tokens, case.prompt_len, logits, case.decode_tokens if cache is not None else check, cache)
+        calibrate()  # its shapes compiled too; this first figure is not a round's
+        calibration.clear()
+        if pair_cache is not None:
+            time_paired_cached()
+            paired_cached.clear()
+        synchronize(device)
+        warmup_s, graphs = time.perf_counter() - started, len(compile_events) - graphs_before
         if dtype == torch.float32:
             assert torch.equal(tokens[:, : case.prompt_len + check], expected), "cache modes disagree"
         benchmark.pedantic(run, setup=prefill, rounds=case.rounds, warmup_rounds=0)
@@ -264,7 +276,8 @@ def test_decode(benchmark, record, ceiling, read_probe, pytestconfig, decode_cas
                weight_bytes=roofline.streamed_params(cfg) * param_bytes, bytes_read=bytes_read,
                ceiling_Bps=bandwidth.decode_Bps, step_latency_s=step_latency,
                tokens_sha1=_sha1(tokens), calibration_s=calibration, paired_cached_s=paired_cached,
-               ceiling_before_Bps=ceiling_before, ceiling_after_Bps=ceiling_after)) | probe.reading.as_metrics())
+               ceiling_before_Bps=ceiling_before, ceiling_after_Bps=ceiling_after, warmup_s=warmup_s,
+               graphs_compiled=graphs)) | probe.reading.as_metrics())
 
 
 def test_prefill(benchmark, record, ceiling, prefill_case: DecodeCase) -> None:

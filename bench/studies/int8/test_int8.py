@@ -67,9 +67,10 @@ def _cases(config: pytest.Config) -> list[Int8Case]:
     for sweep in harness.sweep(config, STUDY) or ():
         for source in harness.accuracy_sources(config):
             for backend in harness.selected_backends(config, backends.DECODE):
-                out.append(Int8Case(sweep, backend.name, "fp32", "keep", source))
-                out += [Int8Case(sweep, backend.name, s, n, source) for s in sweep.schemes if _runs(backend, s)
-                        for n in sweep.norms]
+                schemes = [Int8Case(sweep, backend.name, s, n, source) for s in sweep.schemes if _runs(backend, s)
+                           for n in sweep.norms]
+                if schemes:  # the engine's fp32 model is what its schemes are compared with
+                    out += [Int8Case(sweep, backend.name, "fp32", "keep", source), *schemes]
     return out
 
 

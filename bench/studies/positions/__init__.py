@@ -28,11 +28,12 @@ class PositionSweep:
     speed_variant: str = "gpt2-mini"
     speed_prefill: int = 256
     speed_decode: int = 64
+    speed_per_shape_compilers: bool = False  # speed on torch-compile too (a few graphs per scheme to compile)
 
 
 SWEEPS = {
     "quick": (PositionSweep(),),
-    "standard": (PositionSweep(steps=400, eval_windows=64, seeds=(0, 1, 2, 3, 4)),),
+    "standard": (PositionSweep(steps=400, eval_windows=64, seeds=(0, 1, 2, 3, 4), speed_per_shape_compilers=True),),
 }
 
 STUDY = Study(

@@ -36,8 +36,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("position_params_case", [(s, p) for s in sweeps for p in POS_KINDS],
                              ids=[p for _ in sweeps for p in POS_KINDS])
     if "position_speed_case" in metafunc.fixturenames:
-        usable = [b.name for b in harness.selected_backends(metafunc.config, backends.DECODE)]
-        cases = [(s, b, p, phase) for s in sweeps for b in usable for p in POS_KINDS for phase in ("prefill", "decode")]
+        usable = harness.selected_backends(metafunc.config, backends.DECODE)
+        cases = [(s, b.name, p, phase) for s in sweeps for b in usable if s.speed_per_shape_compilers
+                 or not b.compiles_per_shape for p in POS_KINDS for phase in ("prefill", "decode")]
         metafunc.parametrize("position_speed_case", cases, ids=[f"{b}-{p}-{ph}" for _, b, p, ph in cases])
     if "position_extrapolation_case" in metafunc.fixturenames:
         cases = [(s, p, seed) for s in sweeps for p in POS_KINDS for seed in s.seeds]

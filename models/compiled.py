@@ -1,0 +1,218 @@
+"""torch.compile's decode as its users run it (the gpt-fast recipe): fixed shapes over a static cache.
+
+`torch.compile(model, dynamic=True)` over a cache whose position is a Python int is no use: the position
+is guarded, every step recompiles until the limit, then it runs eager. Here instead:
+- `StaticKVCache` is a raw cache laid out position first, with its position mirrored in a 0-d int64
+  tensor.
+- `CompiledDecoder` compiles one function of the model for cached forwards: the new keys and values
+  are written at the position tensor (`index_copy_`), and attention reads the first `bucket` slots of
+  the buffer under a mask. `bucket` is the smallest power of two (at least `MIN_BUCKET`) that holds
+  the step's end (the cache's buffer is a power of two long too), so a step costs what its length needs (the O(T) of
+  decode stays visible) and every step inside one bucket shares one compiled graph: a decode of T
+  tokens compiles about log2(T / MIN_BUCKET) + 1 graphs, and prompts (their length marked dynamic) one
+  per bucket they end in.
+  Forwards without a cache (recomputing the prefix) compile once with dynamic shapes (without
+  max-autotune, whose GEMM tuning over dynamic shapes takes minutes).
+- Everything compiles with `fullgraph=True`, and hitting the recompile limit raises: what cannot be
+  compiled fails loudly rather than running eager in silence. `compile_events` counts compilations.
+
+What runs is inductor's code (or the backend given); archbench contributes the static cache layout only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .attention import causal_attention, masked_attention
+from .config import ArchConfig
+from .gpt import GPT
+from .kv_base import BufferedKVCache
+
+MIN_BUCKET = 64  # the smallest attended slice of the cache, in tokens
+RECOMPILE_LIMIT = 512  # graphs per compiled function: buckets x prompt lengths x models of one process
+
+
+def bucket_for(end: int) -> int:
+    """The slots a step ending at `end` attends: the smallest power of two >= end, at least MIN_BUCKET."""
+    size = MIN_BUCKET
+    while size < end:
+        size *= 2
+    return size
+
+
+class StaticKVCache(BufferedKVCache):
+    """Keys and values in (slots, n_layer, B, Hkv, hd) buffers, slots = `bucket_for(max_len)`, position first:
+    the first `bucket` slots are one contiguous block whose strides do not depend on the cache's length,
+    so caches of every length share the compiled graph of each bucket. The position is also kept in a
+    0-d int64 tensor (`index`) that a compiled step reads (the Python `position` stays the host's
+    bookkeeping). It holds at most `max_len` tokens, as asked."""
+
+    def __init__(self, n_layer: int, batch: int, n_kv_head: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device | None = None) -> None:
+        super().__init__(batch, max_len, 2 * n_layer * batch * n_kv_head * head_dim)
+        self.slots = bucket_for(max_len)
+        shape = (self.slots, n_layer, batch, n_kv_head, head_dim)
+        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("index", torch.zeros((), dtype=torch.long, device=device), persistent=False)
+
+    @property
+    def bytes_per_token(self) -> int:
+        return self.k[0].numel() * self.k.element_size() * 2
+
+    @property
+    def nbytes(self) -> int:
+        """The keys' and values' buffers as allocated (the 8-byte position tensor is not cache content)."""
+        return self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size()
+
+    @property
+    def bits_per_coordinate(self) -> float:
+        return self.nbytes * 8 / (self.slots * self.coordinates_per_token)
+
+    def append(self, layer: int, k: Tensor, v: Tensor) -> None:
+        start, end = self.position, self.position + k.shape[-2]
+        self.k[start:end, layer] = k.permute(2, 0, 1, 3)  # (T, B, Hkv, hd) written in place
+        self.v[start:end, layer] = v.permute(2, 0, 1, 3)
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
+        """Eager attention over what is stored (a compiled step uses `_BucketView` instead)."""
+        start, end = self.position, self.position + k.shape[-2]
+        self.append(layer, k, v)
+        keys = self.k[:end, layer].permute(1, 2, 0, 3).to(q.dtype)  # (B, Hkv, end, hd)
+        values = self.v[:end, layer].permute(1, 2, 0, 3).to(q.dtype)  # (B, Hkv, end, hd)
+        return causal_attention(q, keys, values, q_start=start, impl=impl)  # (B, H, T, hd)
+
+    def advance(self, n_tokens: int) -> None:
+        super().advance(n_tokens)
+        self.index.fill_(self.position)
+
+    def reset(self) -> None:
+        super().reset()
+        self.index.zero_()
+
+
+class _BucketView:
+    """The `AttendingCache` a compiled step sees: the first `bucket` slots of the static buffers
+    (bucket, n_layer, B, Hkv, hd) and the position as a tensor. Host-side checks and the position's
+    advance happen outside, in `CompiledDecoder.__call__`."""
+
+    def __init__(self, k: Tensor, v: Tensor, index: Tensor) -> None:
+        self.k, self.v, self.position = k, v, index
+
+    def check_append(self, batch: int, n_tokens: int) -> None:
+        """Checked on the host before the step."""
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
+        bucket = self.k.shape[0]
+        positions = self.position + torch.arange(k.shape[-2], device=k.device)  # (T,)
+        self.k[:, layer].index_copy_(0, positions, k.permute(2, 0, 1, 3).to(self.k.dtype))  # (T, B, Hkv, hd) in
+        self.v[:, layer].index_copy_(0, positions, v.permute(2, 0, 1, 3).to(self.v.dtype))
+        keys = self.k[:, layer].permute(1, 2, 0, 3).to(q.dtype)  # (B, Hkv, bucket, hd)
+        values = self.v[:, layer].permute(1, 2, 0, 3).to(q.dtype)  # (B, Hkv, bucket, hd)
+        mask = torch.arange(bucket, device=q.device)[None, :] <= positions[:, None]  # (T, bucket)
+        return masked_attention(q, keys, values, mask, impl)  # (B, H, T, hd)
+
+    def advance(self, n_tokens: int) -> None:
+        """Advanced on the host after the step."""
+
+
+class _CachedStep(nn.Module):
+    """The model's cached forward over the first slots of a static cache: the module torch.compile compiles
+    (the model's weights are its attributes, so inductor's freezing can fold and prepack them)."""
+
+    def __init__(self, model: GPT) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, idx: Tensor, k: Tensor, v: Tensor, index: Tensor) -> Tensor:
+        return self.model(idx, _BucketView(k, v, index))  # (B, T, vocab)
+
+
+class CompileError(RuntimeError):
+    """torch.compile could not compile a forward (its own message); never replaced by an eager run."""
+
+
+compile_events: list[str] = []  # one entry per graph compiled through `counting` (tests and records)
+
+
+def counting(backend: Any) -> Any:
+    """A torch.compile backend that compiles each graph with `backend` (a name such as "inductor", or a
+    callable) and records it in `compile_events` once compiled."""
+    from torch._dynamo import lookup_backend
+
+    inner = lookup_backend(backend) if isinstance(backend, str) else backend
+
+    def compile_graph(gm: torch.fx.GraphModule, example_inputs: list) -> Any:
+        compiled = inner(gm, example_inputs)  # raises when dynamo restarts its analysis: not counted then
+        compile_events.append(f"graph {len(compile_events) + 1}: {len(gm.graph.nodes)} nodes")
+        return compiled
+
+    return compile_graph
+
+
+class CompiledDecoder:
+    """A `models.Decoder` whose forwards run torch.compile'd code: cached ones over a `StaticKVCache`
+    (static shapes per bucket; a prompt's length is marked dynamic, so prompts of every length share their
+    bucket's graph), uncached ones with dynamic shapes. `backend` and `options` go to torch.compile as
+    given (inductor's options, e.g. {"freezing": True, "max_autotune": True})."""
+
+    def __init__(self, model: GPT, backend: Any = "inductor", options: dict | None = None) -> None:
+        if options and backend != "inductor":
+            raise ValueError(f"compile options are inductor's; backend {backend!r} takes none")
+        self.options = dict(options or {})
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+        torch._dynamo.config.accumulated_recompile_limit = max(
+            torch._dynamo.config.accumulated_recompile_limit, RECOMPILE_LIMIT)
+        torch._dynamo.config.fail_on_recompile_limit_hit = True  # never fall back to eager in silence
+        self.model = model
+        self.config: ArchConfig = model.config
+        counted = counting(backend)
+        self._cached = torch.compile(_CachedStep(model), backend=counted, fullgraph=True, dynamic=False)
+        self._uncached = torch.compile(model, backend=counted, fullgraph=True, dynamic=True)
+
+    def check_positions(self, end: int) -> None:
+        self.model.check_positions(end)
+
+    def make_cache(self, batch: int, max_len: int) -> StaticKVCache:
+        """A static cache of the model's dtype on its device."""
+        param = next(self.model.parameters())
+        cfg = self.config
+        return StaticKVCache(cfg.n_layer, batch, cfg.kv_heads, cfg.head_dim, max_len, dtype=param.dtype,
+                             device=param.device)
+
+    def __call__(self, idx: Tensor, cache: Any = None) -> Tensor:
+        """Logits (B, T, vocab) of idx (B, T); with `cache` (from `make_cache`), appended at its position."""
+        B, T = idx.shape
+        idx = idx.clone(memory_format=torch.contiguous_format)  # a view's strides would be guarded: one graph each
+        if cache is None:
+            self.model.check_positions(T)
+            return self._run(self._uncached, idx)
+        if not isinstance(cache, StaticKVCache):
+            raise TypeError(f"a compiled decoder takes the StaticKVCache its make_cache makes, not "
+                            f"{type(cache).__name__}")
+        cache.check_append(B, T)
+        self.model.check_positions(cache.position + T)
+        bucket = bucket_for(cache.position + T)
+        if T > 1:  # a prompt: one graph per bucket serves every length from 2
+            torch._dynamo.mark_dynamic(idx, 1, min=2, max=bucket)
+        logits = self._run(self._cached, idx, cache.k[:bucket], cache.v[:bucket], cache.index)
+        cache.advance(T)
+        return logits
+
+    def _run(self, compiled: Any, *args: Any) -> Tensor:
+        """Call a compiled forward with inductor's config set to `options` (set around the call: freezing,
+        for one, is read outside the compiler, and a compile happens at a graph's first call). Forwards
+        without a cache compile without max-autotune: tuning GEMMs over dynamic shapes takes minutes."""
+        import torch._inductor.config as inductor_config
+        from torch._dynamo.exc import FailOnRecompileLimitHit, TorchDynamoException
+
+        options = self.options if compiled is self._cached else {
+            k: v for k, v in self.options.items() if not k.startswith("max_autotune")}
+        try:
+            with inductor_config.patch(options):
+                return compiled(*args)
+        except (TorchDynamoException, FailOnRecompileLimitHit) as exc:  # unsupported code, backend, recompiles
+            raise CompileError(f"torch.compile failed: {type(exc).__name__}: {str(exc)[:800]}") from exc

@@ -1,0 +1,134 @@
+"""torch.compile's decode (`models.compiled`): the static cache and the compiled step give the eager
+model's logits at prefill and every step, compile a bounded number of graphs, and fail loudly.
+
+Every switch combination is traced by dynamo with the `eager` backend (the graph capture, the static
+cache's in-place writes and masks, at trace cost); inductor itself, whose cold compiles take seconds per
+graph on a CPU, runs on the combination with the most distinct parts, and on all of them with
+ARCHBENCH_INDUCTOR_PARITY=1 (about ten minutes cold on two cores).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from bench import backends
+from models import build
+from models.compiled import MIN_BUCKET, CompiledDecoder, CompileError, StaticKVCache, bucket_for, compile_events
+from models.kv_base import CacheFullError
+
+from .helpers import ALL_SWITCHES, switch_id, tiny_config
+
+PROMPT = 8
+STEPS = MIN_BUCKET  # crosses from the first bucket into the second
+
+
+def _parity(model, decoder, steps: int = STEPS, atol: float = 1e-4, uncached: bool = True) -> None:
+    """Greedy decode with the eager model and its compiled decoder side by side: logits within `atol` at
+    prefill and every step, identical tokens; and (`uncached`) a forward without a cache."""
+    prompt = torch.randint(0, model.config.vocab_size, (2, PROMPT), generator=torch.Generator().manual_seed(0))
+    eager_cache, static_cache = model.make_cache(2, PROMPT + steps), decoder.make_cache(2, PROMPT + steps)
+    with torch.inference_mode():
+        expected, got = model(prompt, eager_cache), decoder(prompt, static_cache)
+        torch.testing.assert_close(got, expected, atol=atol, rtol=0)
+        token = expected[:, -1:].argmax(-1)  # (B, 1)
+        for _ in range(steps):
+            expected, got = model(token, eager_cache), decoder(token, static_cache)
+            torch.testing.assert_close(got, expected, atol=atol, rtol=0)
+            assert torch.equal(got.argmax(-1), expected.argmax(-1))
+            token = expected[:, -1:].argmax(-1)
+        if uncached:  # dynamic shapes
+            full = torch.randint(0, model.config.vocab_size, (2, 21), generator=torch.Generator().manual_seed(1))
+            torch.testing.assert_close(decoder(full), model(full), atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("switches", ALL_SWITCHES, ids=switch_id)
+def test_compiled_decode_every_switch(switches) -> None:
+    """Prefill and 20 steps of every combination within 1e-4 of eager (with inductor also an uncached forward)."""
+    inductor = os.environ.get("ARCHBENCH_INDUCTOR_PARITY") == "1"
+    model = build(tiny_config(max_seq_len=PROMPT + STEPS, **switches), seed=0).eval()
+    _parity(model, CompiledDecoder(model, backend="inductor" if inductor else "eager"), steps=20, uncached=inductor)
+
+
+def test_inductor_decode_matches_eager() -> None:
+    """Inductor's code with freezing (weights folded into the graph, as the engine runs it): prefill, every
+    step across two buckets and an uncached forward within 1e-4. The engine's max-autotune GEMMs (minutes
+    to tune cold) are checked by the benchmarks' own correctness checks before they time anything."""
+    engine = backends.get("torch-compile")
+    if engine.unavailable_reason():
+        pytest.skip(engine.unavailable_reason())
+    model = build(tiny_config(pos="rope", norm="pre_rms", mlp="swiglu", n_kv_head=2, max_seq_len=PROMPT + STEPS),
+                  seed=0).eval()
+    _parity(model, CompiledDecoder(model, options={"freezing": True}))
+
+
+def test_graphs_per_bucket_are_counted_and_shared() -> None:
+    """A decode of 200 tokens compiles one graph per bucket it crosses (64, 128, 256) plus the prompt's;
+    caches of other lengths and prompts of other lengths, fed as views of a token buffer the way the
+    decode loop does, reuse every one of them."""
+    model = build(tiny_config(pos="rope", max_seq_len=512), seed=0).eval()
+    decoder = CompiledDecoder(model, backend="eager")
+    before, counts = len(compile_events), []
+    with torch.inference_mode():
+        for prompt_len, steps in ((PROMPT, 200), (5, 100), (12, 30)):  # buffers of 256, 128 and 64 slots
+            tokens = torch.zeros(1, prompt_len + steps, dtype=torch.long)  # (1, P + T): views of it are strided
+            cache = decoder.make_cache(1, prompt_len + steps)
+            logits = decoder(tokens[:, :prompt_len], cache)
+            for step in range(steps):
+                end = prompt_len + step + 1
+                tokens[:, end - 1] = logits[:, -1].argmax(-1)
+                logits = decoder(tokens[:, end - 1 : end], cache)
+            counts.append(len(compile_events) - before)
+    assert counts == [1 + 3] * 3  # the prompt (bucket 64) and decode steps in buckets 64, 128, 256; then none
+    assert [bucket_for(end) for end in (1, 64, 65, 128, 129, 300)] == [64, 64, 128, 128, 256, 512]
+
+
+def test_static_cache_bookkeeping() -> None:
+    cfg = tiny_config()
+    cache = StaticKVCache(cfg.n_layer, 2, cfg.kv_heads, cfg.head_dim, 40)
+    assert cache.slots == MIN_BUCKET and cache.max_len == 40
+    per_token = 2 * cfg.n_layer * 2 * cfg.kv_heads * cfg.head_dim * 4
+    assert cache.bytes_per_token == per_token and cache.nbytes == per_token * MIN_BUCKET
+    assert cache.bits_per_coordinate == 32.0
+    cache.check_append(2, 40)
+    with pytest.raises(CacheFullError, match="max_len"):  # the asked length, not the buffer's slots
+        cache.check_append(2, 41)
+    cache.advance(5)
+    assert int(cache.index) == 5 == cache.position
+    cache.reset()
+    assert int(cache.index) == 0 == cache.position
+
+
+def test_compiled_decoder_refuses_other_caches_and_learned_overflow() -> None:
+    model = build(tiny_config(), seed=0).eval()
+    decoder = CompiledDecoder(model, backend="eager")
+    with pytest.raises(TypeError, match="StaticKVCache"):
+        decoder(torch.zeros(1, 2, dtype=torch.long), model.make_cache(1, 8))
+    with pytest.raises(ValueError, match="learned position table holds 48"):
+        decoder(torch.zeros(1, 49, dtype=torch.long))
+
+
+def test_a_failed_compile_raises_never_runs_eager() -> None:
+    def broken(gm, example_inputs):
+        raise RuntimeError("no code for this graph")
+
+    model = build(tiny_config(), seed=0).eval()
+    decoder = CompiledDecoder(model, backend=broken)
+    with pytest.raises(CompileError, match="no code for this graph"), torch.inference_mode():
+        decoder(torch.zeros(1, 4, dtype=torch.long), decoder.make_cache(1, 8))
+
+
+def test_torch_compile_backend_prepares_a_compiled_decoder() -> None:
+    backend = backends.get("torch-compile")
+    assert backend.supports(torch.float32, backends.DECODE) is None
+    assert "not compiled yet" in backend.supports(torch.float32, backends.CACHE_KINDS)
+    settings = backend.settings()
+    assert settings["backend"] == "inductor" and "bucket" in settings["decode"]
+    assert "freezing=True" in settings["options"]
+    if backend.unavailable_reason():
+        pytest.skip(backend.unavailable_reason())
+    model = build(tiny_config(), seed=0).eval()
+    decoder = backend.prepare(model, torch.float32)
+    assert isinstance(decoder, CompiledDecoder) and decoder.model is not model  # a copy: the model is unchanged
