@@ -99,10 +99,7 @@ def accuracy_verdicts(df: pd.DataFrame, kind: str, threshold_pct: float, claim: 
     if acc.empty or not (acc["p_cache"] == kind).any():
         return [unmeasured(f"accuracy records of {kind}")]
     out = []
-    for variant, part in acc.groupby("variant", sort=False):
-        by = part.drop_duplicates("p_cache").set_index("p_cache")
-        if kind not in by.index or RAW_FP32 not in by.index:
-            continue
+    for variant, by in _models_with(acc, kind):
         row = by.loc[kind]
         model, reason = _model_or_reason(by, kind, variant)
         if reason:
@@ -114,13 +111,27 @@ def accuracy_verdicts(df: pd.DataFrame, kind: str, threshold_pct: float, claim: 
                                "records predate per-window figures)", model=model))
             continue
         mean, low, high = mean_interval(deltas)
-        to_pct = lambda nats: (math.exp(nats) - 1) * 100  # noqa: E731
         status = judge_interval(to_pct(low), to_pct(high), threshold_pct, claimed_above=False)
         exact = f" (the latest {_exact_keys(row)}-token key group exact)" if _exact_keys(row) else ""
         out.append(Verdict(status, f"{kind}{exact}: perplexity {to_pct(mean):+.2f}% against the raw fp32 cache; "
                                    f"{claim}",
                            model=model, n=len(deltas), interval=(to_pct(low), to_pct(high)), unit="% perplexity"))
     return out or [unmeasured(f"accuracy records of {kind} beside {RAW_FP32}")]
+
+
+def _models_with(acc: pd.DataFrame, kind: str) -> list[tuple[str, pd.DataFrame]]:
+    """Per evaluated model that measured `kind` beside the raw fp32 cache: its rows indexed by cache kind."""
+    out = []
+    for variant, part in acc.groupby("variant", sort=False):
+        by = part.drop_duplicates("p_cache").set_index("p_cache")
+        if kind in by.index and RAW_FP32 in by.index:
+            out.append((str(variant), by))
+    return out
+
+
+def to_pct(nats: float) -> float:
+    """A mean change of nats per token as a perplexity change in percent."""
+    return (math.exp(nats) - 1) * 100
 
 
 def _model_or_reason(by: pd.DataFrame, kind: str, variant: str) -> tuple[str, str | None]:
@@ -148,10 +159,7 @@ def matched_bits(df: pd.DataFrame) -> list[Verdict]:
     if acc.empty or not (acc["p_cache"] == uniform).any():
         return [unmeasured(f"accuracy records of {uniform}")]
     out = []
-    for variant, part in acc.groupby("variant", sort=False):
-        by = part.drop_duplicates("p_cache").set_index("p_cache")
-        if uniform not in by.index or RAW_FP32 not in by.index:
-            continue
+    for variant, by in _models_with(acc, uniform):
         model, reason = _model_or_reason(by, uniform, variant)
         u = by.loc[uniform]
         target = float(u["bits_axis"])
@@ -178,7 +186,6 @@ def matched_bits(df: pd.DataFrame) -> list[Verdict]:
                                                                    hi_row["m_window_nats_delta"], strict=True)]
         diffs = [t - w for t, w in zip(tq_windows, u["m_window_nats_delta"], strict=True)]  # nats per token
         mean, low, high = mean_interval(diffs)
-        to_pct = lambda nats: (math.exp(nats) - 1) * 100  # noqa: E731
         at = (lo_row.name if lo_row.name == hi_row.name
               else f"{lo_row.name} and {hi_row.name} interpolated")
         exact = f"; both read the latest {_exact_keys(u)}-token key group exact" if _exact_keys(u) else ""

@@ -44,10 +44,15 @@ def saves_at_124m(df: pd.DataFrame) -> Verdict:
                    model=f"{SMALL}'s shape ({int(r['m_tied_params']):,} parameters tied), counted exactly")
 
 
+def _seventy_counts(df: pd.DataFrame) -> pd.DataFrame:
+    """The counts of the 70B-class shapes, by name (empty when none were counted)."""
+    by = _counts(df)
+    return _seventies(by) if not by.empty else by
+
+
 def arithmetic_at_70b(df: pd.DataFrame) -> Verdict:
     """The article's arithmetic: GPT-2's 38.6M embedding as a share of a 70B-class model, under 0.05%?"""
-    by = _counts(df)
-    seventy = _seventies(by) if not by.empty else by
+    seventy = _seventy_counts(df)
     if seventy.empty:
         return unmeasured("tying counts of a 70B-class shape")
     name = seventy["m_untied_params"].idxmin()
@@ -60,8 +65,7 @@ def arithmetic_at_70b(df: pd.DataFrame) -> Verdict:
 
 def own_tying_at_70b(df: pd.DataFrame) -> Verdict:
     """A real 70B model's own tying (its vocabulary x its width) as a share of it, under 0.05%?"""
-    by = _counts(df)
-    seventy = _seventies(by) if not by.empty else by
+    seventy = _seventy_counts(df)
     if seventy.empty:
         return unmeasured("tying counts of a 70B-class shape")
     shares = {name: float(r["m_saved_share_of_untied"]) for name, r in seventy.iterrows()}
