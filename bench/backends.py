@@ -14,7 +14,9 @@ Features (what a suite may ask for):
   own quantized modules.
 - `GRAPH_QUANTIZATION`: it quantizes its own graph with its own quantizers (`quantize`).
 - `MODULES`: it runs a standalone torch module (`prepare_module`), e.g. one norm layer.
-- `TORCH_PEER`: transformers' torch models run on it beside ours (the peer comparison).
+- `TORCH_PEER`: transformers' torch models run on it beside ours (the peer comparison):
+  `prepare_peer(hf_model)` gives the model on this engine and what its `generate` is given to run the
+  way this engine runs (transformers' own switches: eager, or a static cache with torch.compile).
 """
 
 from __future__ import annotations
@@ -127,6 +129,10 @@ class TorchBackend:
         """A copy of `model` on this backend's device in `dtype`, in eval mode."""
         return copy.deepcopy(model).to(device=self.input_device, dtype=dtype).eval()
 
+    def prepare_peer(self, hf_model: nn.Module, use_cache: bool = True) -> tuple[nn.Module, dict]:
+        """transformers' model on this device, generating as it does by default (eager, dynamic cache)."""
+        return hf_model.to(self.input_device).eval(), {}
+
     def prepare_module(self, module: nn.Module, example: Tensor) -> PreparedModule:
         """`module` (a copy) and `example` on this device; `run()` is the module's forward."""
         module = copy.deepcopy(module).to(self.input_device).eval()
@@ -141,10 +147,13 @@ class TorchBackend:
 class OnnxRuntimeBackend:
     """onnxruntime on archbench's exported merged decoder (`models.onnx_export`), with one execution
     provider, all graph optimisations and torch's intra-op thread count. Inputs and logits cross on the
-    host; with the CUDA provider the past stays on the GPU through IO binding."""
+    host; with the CUDA provider the past stays on the GPU through IO binding. `graph` is which graph
+    the session loads: `plain` (the export) or `fused` (onnxruntime's transformer optimizer applied
+    offline first, as its documentation recommends for transformer models)."""
 
     name: str
     device_type: str  # "cpu" (CPUExecutionProvider) | "cuda" (CUDAExecutionProvider, onnxruntime-gpu)
+    graph: str = "plain"  # a level of models.onnx_export.GRAPH_LEVELS
     family: str = "onnxruntime"
     reference: bool = False
     fuses_ops: bool = True
@@ -179,6 +188,9 @@ class OnnxRuntimeBackend:
             return f"{self.name} runs an exported graph: torch module transforms do not apply (it quantizes its graph)"
         if feature == TORCH_PEER:
             return f"{self.name} runs no transformers model; its peer would be our own exported graph"
+        if self.graph != "plain" and feature in (GRAPH_QUANTIZATION, MODULES):
+            return (f"{self.name} runs the transformer optimizer's fused decoder; quantization and standalone "
+                    "modules run on the plain graph (a module's graph is already one fused op)")
         return None
 
     def _session(self, path: Path, model: GPT) -> Decoder:
@@ -191,13 +203,14 @@ class OnnxRuntimeBackend:
 
     def prepare(self, model: GPT, dtype: torch.dtype = torch.float32) -> Decoder:
         """Export `model` (cached on disk) and open a session on it."""
-        from models.onnx_export import ExportError, export
+        from models.onnx_export import ExportError, export, fuse
 
         reason = self.supports(dtype, DECODE)
         if reason:
             raise CannotPrepareError(reason)
         try:
-            return self._session(export(model), model)
+            path = export(model)
+            return self._session(fuse(path, model.config) if self.graph == "fused" else path, model)
         except ExportError as exc:
             raise CannotPrepareError(str(exc)) from exc
 
@@ -250,10 +263,14 @@ class OnnxRuntimeBackend:
 
         from models.onnx_export import OPSET
 
+        graph = {"plain": "the export as it is",
+                 "fused": "onnxruntime.transformers optimize_model (model_type gpt2, opt_level 0) offline"}
         return {"engine": "onnxruntime", "onnxruntime": ort.__version__, "provider": self.provider,
-                "graph_optimization_level": "ORT_ENABLE_ALL", "opset": OPSET, "threads": torch.get_num_threads()}
+                "graph": f"{self.graph}: {graph[self.graph]}", "graph_optimization_level": "ORT_ENABLE_ALL",
+                "opset": OPSET, "threads": torch.get_num_threads()}
 
 
+PEER_UNSUPPORTED_OPTIONS = ("freezing",)  # inductor options transformers' compiled generate cannot take
 MODULE_OPSET = 23  # standalone modules: the opset with RMSNormalization beside LayerNormalization
 
 
@@ -291,15 +308,11 @@ class TorchCompileBackend:
         _check_feature(feature)
         if dtype not in DTYPE_NAMES:
             return f"{self.name} runs {', '.join(DTYPE_NAMES.values())}, not {dtype}"
-        if feature in (DECODE, MODULES):
+        if feature in (DECODE, MODULES, MODULE_TRANSFORMS, TORCH_PEER):  # transformed modules compile like any other
             return None
         if feature == CACHE_KINDS:
             return (f"{self.name} decodes over its own static raw cache; archbench's quantized cache kinds are not "
                     "compiled yet")
-        if feature == MODULE_TRANSFORMS:
-            return f"{self.name} does not run archbench's module transforms (INT8, LoRA) yet"
-        if feature == TORCH_PEER:
-            return f"{self.name} has no compiled transformers peer yet"
         return f"{self.name} runs torch modules as they are; it quantizes no graph"
 
     @staticmethod
@@ -330,6 +343,27 @@ class TorchCompileBackend:
                                                        "triton.cudagraphs": True}}
         return {"backend": "inductor", "options": {"freezing": True, "max_autotune": True}}
 
+    def prepare_peer(self, hf_model: nn.Module, use_cache: bool = True) -> tuple[nn.Module, dict]:
+        """transformers' model on this device with transformers' own fast path, as its documentation gives
+        it: a static cache and the decode step compiled by generate itself (`CompileConfig`), fullgraph,
+        static shapes, with this engine's inductor options but freezing (`PEER_UNSUPPORTED_OPTIONS`: freezing
+        folds transformers' static cache, a module buffer, into constants and its kernels index out of
+        bounds; passed as an option only, inductor never reads it). Without a cache transformers has no
+        compiled path: CannotPrepareError."""
+        from transformers import CompileConfig
+
+        if not use_cache:
+            raise CannotPrepareError("transformers compiles generate only over its static cache; its uncached "
+                                     "generate would run eager against a compiled archbench")
+
+        self._use_cache_dir()
+        options = self.compile_options()
+        peer_options = {k: v for k, v in options["options"].items() if k not in PEER_UNSUPPORTED_OPTIONS}
+        config = CompileConfig(fullgraph=True, dynamic=False, backend=options["backend"], mode=None,
+                               options=peer_options)
+        config._compile_all_devices = True  # transformers compiles on CUDA by default; this engine is the CPU too
+        return hf_model.to(self.input_device).eval(), {"cache_implementation": "static", "compile_config": config}
+
     def prepare_module(self, module: nn.Module, example: Tensor) -> PreparedModule:
         """`module` compiled by inductor for `example`'s shape (compiled here, on the first call)."""
         self._use_cache_dir()
@@ -351,7 +385,9 @@ class TorchCompileBackend:
                 "modules": "standalone modules (norms) with default options, static shapes",
                 "decode": f"static cache, fixed shapes per power-of-two bucket (from {MIN_BUCKET} positions), "
                           "fullgraph; uncached forwards dynamic",
-                "recompile_limit": RECOMPILE_LIMIT, "torch": torch.__version__, "threads": torch.get_num_threads()}
+                "recompile_limit": RECOMPILE_LIMIT, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                "transformers_peer": "static cache, generate's CompileConfig, the same options but "
+                                     f"{', '.join(PEER_UNSUPPORTED_OPTIONS)}"}
 
 
 BACKENDS: Registry[Backend] = Registry("backend", {b.name: b for b in (
@@ -360,7 +396,9 @@ BACKENDS: Registry[Backend] = Registry("backend", {b.name: b for b in (
     TorchCompileBackend("torch-compile", "cpu"),
     TorchCompileBackend("torch-compile-cuda", "cuda"),
     OnnxRuntimeBackend("onnxruntime", "cpu"),
+    OnnxRuntimeBackend("onnxruntime-fused", "cpu", graph="fused"),
     OnnxRuntimeBackend("onnxruntime-cuda", "cuda"),
+    OnnxRuntimeBackend("onnxruntime-cuda-fused", "cuda", graph="fused"),
 )})
 
 

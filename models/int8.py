@@ -14,8 +14,9 @@ Targets: the attention and MLP projections (`qkv`, `out`, `up`, `down`, `gate`);
 with `head=True`. A tied head shares its weight with the token embedding: quantizing it gives the
 head its own int8 copy and leaves the embedding in full precision (the model then holds both).
 
-Peers, measured the same way: `torch_dynamic` (`quantize_torch_dynamic`: torch.ao's quantize_dynamic,
-per-tensor int8 Linear, CPU only), `ort_dynamic` and `ort_static` (`quantize_onnx`: onnxruntime's
+Peers, measured the same way: torchao's int8 weight-only and int8 dynamic-activation configs
+(`quantize_torchao`, the maintained successor of torch.ao's deprecated quantize_dynamic), `ort_dynamic`
+and `ort_static` (`quantize_onnx`: onnxruntime's
 dynamic quantization, and static QDQ quantization calibrated on sample inputs).
 
 Norm policy, on every scheme:
@@ -214,17 +215,29 @@ def _quantize_norms_in_place(model: nn.Module, keep: Callable[[str], bool]) -> N
 
 def quantize_norms(model: nn.Module) -> nn.Module:
     """A copy of `model` with only the `quantize` norm policy applied (for peers that quantize the Linears
-    their own way, such as torch's quantize_dynamic)."""
+    their own way, such as torchao)."""
     out = copy.deepcopy(model)
     _quantize_norms_in_place(out, lambda name: True)
     return out.eval()
 
 
+def _stored(t: Tensor) -> list[Tensor]:
+    """The plain tensors that hold `t`'s data: itself, or a tensor subclass's inner tensors (torchao's
+    int8 weights hold int8 data, scales and zero points)."""
+    from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+
+    if not is_traceable_wrapper_subclass(t):
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    return [inner for n in names for inner in _stored(getattr(t, n))]
+
+
 def model_bytes(model: nn.Module) -> int:
-    """Bytes of every parameter and buffer the model holds (shared tensors counted once)."""
+    """Bytes of every parameter and buffer the model holds (shared tensors counted once; a tensor
+    subclass counted by the tensors it holds)."""
     seen: set[int] = set()
     total = 0
-    for t in [*model.parameters(), *model.buffers()]:
+    for t in [s for p in [*model.parameters(), *model.buffers()] for s in _stored(p)]:
         if t.data_ptr() in seen:
             continue
         seen.add(t.data_ptr())
@@ -232,24 +245,37 @@ def model_bytes(model: nn.Module) -> int:
     return total
 
 
-def quantize_torch_dynamic(model: nn.Module, norms: str = "keep") -> nn.Module:
-    """torch's own dynamic INT8 (torch.ao.quantization.quantize_dynamic: per-tensor int8 Linear layers, CPU
-    only) on a copy of `model`'s projections, with the `norms` policy applied first. Raises RuntimeError
-    where this torch no longer ships it (it is deprecated upstream; measured while it exists)."""
-    import warnings
+TORCHAO_CONFIGS = {  # archbench's name -> torchao config class (torchao.quantization)
+    "torchao_int8_weight_only": "Int8WeightOnlyConfig",
+    "torchao_int8_dynamic": "Int8DynamicActivationInt8WeightConfig",
+}
 
+
+def _import_torchao_quantization():
+    """torchao.quantization, or RuntimeError naming the package when it is not installed."""
+    try:
+        import torchao.quantization as quantization
+    except ImportError as exc:
+        raise RuntimeError(f"torchao is not installed (pip install torchao): {exc}") from None
+    return quantization
+
+
+def quantize_torchao(model: nn.Module, config: str, norms: str = "keep") -> nn.Module:
+    """torchao's own INT8 (`config`, a key of TORCHAO_CONFIGS: int8 weights per output channel, and for
+    `torchao_int8_dynamic` int8 activations per token) on a copy of `model`'s projections, with the
+    `norms` policy applied first. The weights become torchao tensor subclasses, so the same module runs
+    on eager torch and under torch.compile. torchao's global inductor settings are left alone
+    (`set_inductor_config=False`): every compiled engine in a run keeps the options it records."""
+    if config not in TORCHAO_CONFIGS:
+        raise ValueError(f"unknown torchao INT8 config {config!r}; valid configs: {', '.join(TORCHAO_CONFIGS)}")
     if norms not in NORM_POLICIES:
         raise ValueError(f"unknown norm policy {norms!r}; valid policies: {', '.join(NORM_POLICIES)}")
-    try:
-        from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
-    except ImportError as exc:
-        raise RuntimeError(f"torch {torch.__version__} has no torch.ao.quantization.quantize_dynamic ({exc})") from None
+    quantization = _import_torchao_quantization()
     base = quantize_norms(model) if norms == "quantize" else copy.deepcopy(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        return quantize_dynamic(base, {name: default_dynamic_qconfig for name in target_names(base)},
-                                dtype=torch.qint8).eval()
+    targets = set(target_names(base))
+    quantization.quantize_(base, getattr(quantization, TORCHAO_CONFIGS[config])(set_inductor_config=False),
+                           filter_fn=lambda module, name: name in targets)
+    return base.eval()
 
 
 def onnx_unsupported_reason(scheme: str, norms: str) -> str | None:

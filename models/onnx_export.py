@@ -182,6 +182,46 @@ def export(model: GPT, directory: str | Path | None = None, *, force: bool = Fal
     return target
 
 
+GRAPH_LEVELS = ("plain", "fused")  # the export as it is | onnxruntime's transformer optimizer applied offline
+FUSED_OP_TYPES = ("Attention", "MultiHeadAttention", "GroupQueryAttention", "RotaryEmbedding", "LayerNormalization",
+                  "SkipLayerNormalization", "SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization",
+                  "EmbedLayerNormalization", "Gelu", "FastGelu", "BiasGelu")
+
+
+def fuse(src: str | Path, config: ArchConfig, *, force: bool = False) -> Path:
+    """onnxruntime's transformer optimizer on an export (model type gpt2: LayerNormalization and
+    SkipLayerNormalization, their RMSNorm forms SimplifiedLayerNormalization and SkipSimplified..., GELU as
+    FastGelu/BiasGelu, attention where its pattern matches), saved beside it as `decoder.fused.onnx` and
+    reused. Raises ExportError with the optimizer's message."""
+    src = Path(src)
+    target = src.with_name("decoder.fused.onnx")
+    if target.is_file() and not force:
+        return target
+    tmp = target.with_suffix(".tmp.onnx")
+    try:
+        from onnxruntime.transformers import optimizer
+
+        with _quiet_exporter():
+            fused = optimizer.optimize_model(str(src), model_type="gpt2", num_heads=config.n_head,
+                                             hidden_size=config.d_model, opt_level=0)
+            fused.save_model_to_file(str(tmp))
+    except Exception as exc:  # the optimizer's own failure
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"onnxruntime's transformer optimizer failed on {src.name}: {type(exc).__name__}: "
+                          f"{exc}"[:4000]) from exc
+    os.replace(tmp, target)
+    return target
+
+
+def op_counts(path: str | Path) -> dict[str, int]:
+    """How many nodes of each op type the graph at `path` holds."""
+    import collections
+
+    import onnx
+
+    return dict(collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node))
+
+
 def session_options(threads: int | None = None) -> ort.SessionOptions:
     """onnxruntime session options: all graph optimisations, `threads` (default: torch's) intra-op threads."""
     import onnxruntime as ort
@@ -308,7 +348,12 @@ class OrtModel:
         """Shapes of the keys and values now held (for tests: they grow by exactly the new length)."""
         return [tuple(v.shape()) for v in cache.past]
 
+    def fused_ops(self) -> dict[str, int]:
+        """The fused op types in the graph file (`FUSED_OP_TYPES`) and their counts; the session fuses
+        more when it loads it (graph optimisation level ORT_ENABLE_ALL)."""
+        return {op: n for op, n in op_counts(self.path).items() if op in FUSED_OP_TYPES}
+
     @property
     def file_bytes(self) -> int:
-        """Size of the model on disk."""
-        return sum(f.stat().st_size for f in self.path.parent.iterdir() if f.is_file())
+        """Size of the graph file on disk (weights included: exports hold no external data)."""
+        return self.path.stat().st_size

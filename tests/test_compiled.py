@@ -132,3 +132,36 @@ def test_torch_compile_backend_prepares_a_compiled_decoder() -> None:
     model = build(tiny_config(), seed=0).eval()
     decoder = backend.prepare(model, torch.float32)
     assert isinstance(decoder, CompiledDecoder) and decoder.model is not model  # a copy: the model is unchanged
+
+
+def test_transformers_fast_path_on_the_compiled_engine_generates_our_tokens() -> None:
+    """The compiled engine's peer is transformers' own fast path (static cache, generate compiling its decode
+    step with the engine's options); dynamo's eager backend here stands in for inductor so the test stays
+    fast: the static cache, the tracing and the tokens are the same. Uncached, it has no compiled path."""
+    transformers = pytest.importorskip("transformers")
+    from models import generate, load_hf
+
+    backend = backends.get("torch-compile")
+    assert backend.supports(torch.float32, backends.TORCH_PEER) is None
+    hf_cfg = transformers.GPT2Config(vocab_size=96, n_positions=64, n_embd=32, n_layer=2, n_head=4,
+                                     bos_token_id=0, eos_token_id=0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        hf = transformers.GPT2LMHeadModel(hf_cfg).eval()
+    ours = load_hf(hf)
+    model, kwargs = backend.prepare_peer(hf)
+    assert kwargs["cache_implementation"] == "static"
+    config = kwargs["compile_config"]
+    assert config.fullgraph and "freezing" not in config.options
+    assert config.options.items() < backend.compile_options()["options"].items()
+    config.backend, config.options = "eager", None
+    prompt = torch.randint(0, 96, (1, 6), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+        tokens = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12,
+                                min_new_tokens=12, do_sample=False, pad_token_id=0, **kwargs)
+        compile_count = torch._dynamo.utils.counters["stats"]["unique_graphs"] - before
+        assert compile_count >= 1  # transformers compiled its step (it runs eager where it cannot)
+        assert torch.equal(tokens, generate(ours, prompt, 12))
+    with pytest.raises(backends.CannotPrepareError, match="static cache"):
+        backend.prepare_peer(hf, use_cache=False)

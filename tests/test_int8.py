@@ -17,7 +17,7 @@ from models.int8 import (
     quantize_int8,
     quantize_per_channel,
     quantize_per_token,
-    quantize_torch_dynamic,
+    quantize_torchao,
 )
 
 from .helpers import tiny_config
@@ -148,7 +148,9 @@ def test_bad_input_names_the_valid_choices() -> None:
     with pytest.raises(ValueError, match="valid schemes: ort_dynamic, ort_static"):
         onnx_unsupported_reason("w8a8", "keep")
     with pytest.raises(ValueError, match="valid policies: keep, quantize"):
-        quantize_torch_dynamic(model, "fp16")
+        quantize_torchao(model, "torchao_int8_dynamic", "fp16")
+    with pytest.raises(ValueError, match="valid configs: torchao_int8_weight_only, torchao_int8_dynamic"):
+        quantize_torchao(model, "int4")
 
 
 def test_onnxruntime_quantizers_say_which_norm_policy_they_cannot_apply() -> None:
@@ -157,21 +159,33 @@ def test_onnxruntime_quantizers_say_which_norm_policy_they_cannot_apply() -> Non
     assert onnx_unsupported_reason("ort_static", "quantize") is None
 
 
-def test_torch_dynamic_quantizes_the_projections_and_survives_the_backends_copy() -> None:
-    """torch's own dynamic INT8 as a transform: int8 Linear projections (the head kept), close logits, and
-    the same logits after the backend copies it (what the INT8 study runs)."""
+@pytest.mark.parametrize("config", ["torchao_int8_weight_only", "torchao_int8_dynamic"])
+def test_torchao_quantizes_the_projections_like_ours_and_survives_the_backends_copy(config: str) -> None:
+    """torchao's INT8 as a transform: int8 projections (the head kept float, norms wrapped), the same int8
+    weights as ours (symmetric per output channel, rounded to nearest), logits close to our matching
+    scheme's, the bytes counted through the tensor subclass, the same logits after the backend's copy."""
     from bench.backends import reference
 
+    ours_scheme = {"torchao_int8_weight_only": "weight_only", "torchao_int8_dynamic": "w8a8"}[config]
     model = build(tiny_config(n_layer=2), seed=0).eval()
-    quantized = quantize_torch_dynamic(model, "quantize")
-    kinds = {type(m).__name__ for m in quantized.modules()}
-    assert "Linear" in kinds and "Int8FakeQuantNorm" in kinds  # the head stays float; norms wrapped
-    assert type(quantized.blocks[0].attn.qkv).__module__.startswith("torch.ao.nn.quantized")
+    quantized = quantize_torchao(model, config, "quantize")
+    ours = quantize_int8(model, ours_scheme, "quantize")
+    assert "Int8FakeQuantNorm" in {type(m).__name__ for m in quantized.modules()}
+    qkv = quantized.blocks[0].attn.qkv.weight
+    assert qkv.qdata.dtype == torch.int8 and not hasattr(quantized.lm_head.weight, "qdata")
+    fp32 = model.blocks[0].attn.qkv.weight  # (out, in)
+    ours_scale = ours.blocks[0].attn.qkv.weight_scale.reshape(-1, 1)  # (out, 1): max|w| / 127
+    torch.testing.assert_close(qkv.scale, ours_scale, rtol=0.01, atol=0)  # torchao divides by 127.5
+    assert ((qkv.qdata.float() * qkv.scale - fp32).abs() <= qkv.scale / 2 + 1e-7).all()  # rounded to nearest
     idx = torch.randint(0, 61, (2, 12))
     with torch.no_grad():
-        ref, out = model(idx), quantized(idx)
+        ref, out, mine = model(idx), quantized(idx), ours(idx)
         assert 0 < (out - ref).abs().max() < 0.2
+        assert (out - mine).abs().max() < 0.05
         torch.testing.assert_close(reference("cpu").prepare(quantized)(idx), out, atol=0, rtol=0)
+    linear_bytes = sum(p.numel() * 4 for n, p in model.named_parameters() if n.endswith(("qkv.weight", "out.weight",
+                                                                                          "up.weight", "down.weight")))
+    assert model_bytes(model) - model_bytes(quantized) > 0.7 * linear_bytes  # int8 plus scales, not fp32
 
 
 def _layer_norm_inputs(path) -> list[str]:

@@ -28,6 +28,8 @@ class DecodeSweep:
     uncached_max_len: int | None = None  # the uncached (O(T^2)) mode stops here, when set
     families: tuple[str, ...] | None = None  # only backends of these families (None: every selected backend)
     per_shape_compilers: bool = True  # include engines that compile per shape (torch-compile: seconds a graph)
+    first_of_family: bool = False  # only the first selected engine of each family and device type (the plain
+    # one: eager torch, onnxruntime's plain graph), for sweeps about scaling rather than engines
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,8 @@ SWEEPS = {
     "quick": DecodeSweeps(
         decode=(
             DecodeSweep(_TINY, (32, 64, 128, 256, 512), families=("torch",), per_shape_compilers=False),
-            DecodeSweep(("gpt2-tiny",), (32, 64, 128, 256, 512), uncached_max_len=256, families=("onnxruntime",)),
+            DecodeSweep(("gpt2-tiny",), (32, 64, 128, 256, 512), uncached_max_len=256, families=("onnxruntime",),
+                        first_of_family=True),
             DecodeSweep(("gpt2-small",), (32, 64, 128), uncached_max_len=32, rounds=3, uncached_rounds=2),
         ),
         peer=(PeerSweep("gpt2-small", (32,), caches=("raw",), rounds=2),),

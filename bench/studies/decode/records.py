@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,8 @@ class DecodeMetrics:
     ceiling_after_Bps: list[float]  # ... and right after it
     warmup_s: float = 0.0  # the untimed correctness check before the rounds: a compiled engine compiles there
     graphs_compiled: int = 0  # graphs torch.compile compiled for this case (0 on engines that do not compile)
+    prepare_s: float = 0.0  # Backend.prepare of this model: export and fusion (unless cached on disk), session
+    fused_ops: dict[str, int] = field(default_factory=dict)  # an exported graph's fused op types and counts
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,10 @@ GROUP = ["machine", "variant", "backend", "p_batch", "p_dtype"]
 CACHE_LABELS = {"raw": "KV cache (raw)", "none": "no cache (recompute)"}
 TARGET_COMPILED_SPEEDUP = 1.2  # a compiled engine of eager torch's family against eager torch
 TARGET_VARIANT = "gpt2-small"  # the decode targets are stated for GPT-2 124M, fp32, batch 1, on a CPU
-TARGET_PEER_RATIO = 1.2  # cached tokens/s against transformers' generate on the same weights
-TARGET_CEILING_FRACTION = 0.70  # cached decode's achieved read bandwidth over the measured ceiling
+TARGET_PEER_RATIO_EAGER = 0.9  # eager: ours within 10% of transformers' generate (the same kernels, overhead apart)
+TARGET_PEER_RATIO_COMPILED = 1.0  # compiled: ours at least as fast as transformers' own compiled fast path
+TARGET_CEILING_FRACTION = 0.70  # each engine's cached decode: achieved read bandwidth over the probed ceiling
+TARGET_BEST_CEILING_FRACTION = 0.85  # the best engine on a machine
 
 
 # ---- frames -------------------------------------------------------------------------------------------
@@ -175,10 +177,14 @@ def decode_targets(df: pd.DataFrame) -> pd.DataFrame:
     peer = peers(df)
     if not peer.empty:
         peer = peer[(peer["variant"] == TARGET_VARIANT) & (peer["p_cache"] == "raw") & (peer["device_type"] == "cpu")]
+        references = _reference_names()
         for r in peer.itertuples():
+            eager = r.backend in references
+            need = TARGET_PEER_RATIO_EAGER if eager else TARGET_PEER_RATIO_COMPILED
+            theirs = "transformers' eager generate" if eager else "transformers' compiled generate (static cache)"
             rows.append({"machine": r.machine, "backend": r.backend,
-                         "target": f"cached tokens/s >= {TARGET_PEER_RATIO}x transformers' (T={r.p_decode_tokens})",
-                         "measured": f"{r.ratio:.2f}x", "met": bool(r.ratio >= TARGET_PEER_RATIO)})
+                         "target": f"cached tokens/s >= {need}x {theirs} (T={r.p_decode_tokens})",
+                         "measured": f"{r.ratio:.2f}x", "met": bool(r.ratio >= need)})
     d = decode_rows(df)
     if not d.empty:
         d = d[(d["variant"] == TARGET_VARIANT) & (d["p_cache"] == "raw") & (d["p_batch"] == 1)
@@ -200,7 +206,15 @@ def decode_targets(df: pd.DataFrame) -> pd.DataFrame:
                           f"T = {lengths})")
                 measured = session_text
             rows.append({"machine": machine, "backend": backend, "target": target, "measured": measured,
-                         "met": fraction >= TARGET_CEILING_FRACTION})
+                         "met": fraction >= TARGET_CEILING_FRACTION, "fraction": fraction})
+        for machine in d["machine"].unique():  # the best engine on each machine
+            mine = [r for r in rows if r["machine"] == machine and "fraction" in r]
+            if mine:
+                best = max(mine, key=lambda r: r["fraction"])
+                rows.append({"machine": machine, "backend": best["backend"],
+                             "target": f"the best engine >= {TARGET_BEST_CEILING_FRACTION:.0%} of the read ceiling",
+                             "measured": f"{best['fraction']:.0%} ({best['backend']}, the best of {len(mine)})",
+                             "met": best["fraction"] >= TARGET_BEST_CEILING_FRACTION})
         references = _reference_names()
         for machine, g in d.groupby("machine"):
             wide = g.pivot_table(index="p_decode_tokens", columns="backend", values="tokens_per_s", aggfunc="first")
@@ -214,7 +228,7 @@ def decode_targets(df: pd.DataFrame) -> pd.DataFrame:
                         rows.append({"machine": machine, "backend": backend,
                                      "target": f"tokens/s >= {TARGET_COMPILED_SPEEDUP}x {ref}'s (median over T)",
                                      "measured": f"{ratio:.2f}x", "met": ratio >= TARGET_COMPILED_SPEEDUP})
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).drop(columns="fraction", errors="ignore")
 
 
 def _reference_names() -> set[str]:
@@ -241,6 +255,13 @@ def engines_side_by_side(df: pd.DataFrame) -> pd.DataFrame:
     return wide
 
 
+def _fused_text(ops: object) -> str:
+    """An exported graph's fused op counts as text ('–' for engines without a graph file)."""
+    if not isinstance(ops, dict) or not ops:
+        return "–"
+    return ", ".join(f"{op} {n}" for op, n in sorted(ops.items()))
+
+
 def engine_summary(df: pd.DataFrame, variant: str = TARGET_VARIANT) -> pd.DataFrame:
     """One row per (machine, engine) for `variant`'s cached decode (batch 1): median tokens/s and share of
     the probed read ceiling over the lengths, the prefill of the shortest prompt timed (the first token's
@@ -265,7 +286,9 @@ def engine_summary(df: pd.DataFrame, variant: str = TARGET_VARIANT) -> pd.DataFr
                      "prefill_tokens": int(shortest["p_prompt_tokens"]) if shortest is not None else None,
                      "prefill_s": float(shortest[TIME]) if shortest is not None else math.nan,
                      "warmup_s": float(warm.max()) if warm.notna().any() else math.nan,
-                     "graphs": int(graphs.fillna(0).sum()) if len(graphs) else 0})
+                     "graphs": int(graphs.fillna(0).sum()) if len(graphs) else 0,
+                     "prepare_s": float(g["m_prepare_s"].max()) if "m_prepare_s" in g else math.nan,
+                     "fused_ops": _fused_text(g["m_fused_ops"].iloc[0] if "m_fused_ops" in g else None)})
     return pd.DataFrame(rows)
 
 
@@ -495,16 +518,20 @@ def section(df: pd.DataFrame) -> Section | None:
         out.tables.append(Table(
             f"Engines for {TARGET_VARIANT} (fp32, batch 1, cached decode)",
             ["machine", "engine", "device", "tokens/s (median)", "of the probed read ceiling", "lengths",
-             "prefill (first-token latency)", "warm-up before the rounds", "graphs compiled"],
+             "prefill (first-token latency)", "prepare (export, fusion, session)", "warm-up before the rounds",
+             "graphs compiled", "fused ops in the graph file"],
             [[r.machine, r.backend, r.device_type, fmt(r.tokens_per_s),
               f"{100 * r.probed_fraction:.0f}%" if r.probed_fraction == r.probed_fraction else "not probed",
               r.lengths, f"{1000 * r.prefill_s:.1f} ms for {r.prefill_tokens} tokens" if r.prefill_tokens else "–",
-              f"{r.warmup_s:.1f} s" if r.warmup_s == r.warmup_s else "–", fmt(r.graphs)]
+              f"{r.prepare_s:.1f} s" if r.prepare_s == r.prepare_s else "–",
+              f"{r.warmup_s:.1f} s" if r.warmup_s == r.warmup_s else "–", fmt(r.graphs), r.fused_ops]
              for r in engines.itertuples()],
-            note="Engine settings are in the hardware table. The warm-up is the untimed correctness check and one "
+            note="Engine settings are in the hardware table. Prepare is the engine taking the model: copying it "
+                 "(torch), exporting and fusing it (onnxruntime; a graph cached on disk from an earlier run is "
+                 "loaded instead) and opening a session. The warm-up is the untimed correctness check and one "
                  "full decode before the timed rounds (the longest length's): a compiled engine compiles there, so "
                  "it is its compile time plus one run; with inductor's on-disk cache warm it is much shorter. "
-                 "onnxruntime's export is cached on disk and not included."))
+                 "The fused ops are those in the file; onnxruntime fuses more as it loads a graph (ORT_ENABLE_ALL)."))
     agree = token_agreement(df)
     if not agree.empty and not agree["identical"].all():
         bad = agree[~agree["identical"]]

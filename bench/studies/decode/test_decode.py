@@ -74,10 +74,16 @@ def _decode_cases(config: pytest.Config) -> list[DecodeCase]:
     out = []
     sweeps = harness.sweep(config, STUDY)
     for sweep in sweeps.decode if sweeps else ():
-        usable = harness.selected_backends(config, backends.DECODE, DTYPES[sweep.dtype])
+        usable = [b for b in harness.selected_backends(config, backends.DECODE, DTYPES[sweep.dtype])
+                  if (sweep.families is None or b.family in sweep.families)
+                  and (sweep.per_shape_compilers or not b.compiles_per_shape)]
+        if sweep.first_of_family:  # registry order: the plain engine of each family before its variants
+            firsts: dict[tuple[str, str], backends.Backend] = {}
+            for b in usable:
+                firsts.setdefault((b.family, b.device_type), b)
+            usable = list(firsts.values())
         for variant in sweep.variants:
-            for backend in (b.name for b in usable if (sweep.families is None or b.family in sweep.families)
-                            and (sweep.per_shape_compilers or not b.compiles_per_shape)):
+            for backend in (b.name for b in usable):
                 uncached = [t for t in sweep.lengths if not sweep.uncached_max_len or t <= sweep.uncached_max_len]
                 for batch in sweep.batches:
                     for cache_kind in sweep.caches:
@@ -143,8 +149,16 @@ def prepare(backend: backends.Backend, cpu_model: GPT, dtype: torch.dtype) -> ob
     key = (backend.name, dtype)
     if _LAST_PREPARED.get("source") is not cpu_model or _LAST_PREPARED.get("key") != key:
         _LAST_PREPARED.clear()
-        _LAST_PREPARED.update(source=cpu_model, key=key, model=harness.prepare_or_skip(backend, cpu_model, dtype))
+        started = time.perf_counter()
+        model = harness.prepare_or_skip(backend, cpu_model, dtype)
+        _LAST_PREPARED.update(source=cpu_model, key=key, model=model, seconds=time.perf_counter() - started)
     return _LAST_PREPARED["model"]
+
+
+def prepared_seconds() -> float:
+    """How long the model last prepared took to prepare (an exported engine exports there unless its
+    export is cached on disk; a compiled engine compiles later, on first use)."""
+    return float(_LAST_PREPARED.get("seconds", 0.0))
 
 
 def test_decode(benchmark, record, ceiling, read_probe, pytestconfig, decode_case: DecodeCase) -> None:
@@ -277,7 +291,8 @@ def test_decode(benchmark, record, ceiling, read_probe, pytestconfig, decode_cas
                ceiling_Bps=bandwidth.decode_Bps, step_latency_s=step_latency,
                tokens_sha1=_sha1(tokens), calibration_s=calibration, paired_cached_s=paired_cached,
                ceiling_before_Bps=ceiling_before, ceiling_after_Bps=ceiling_after, warmup_s=warmup_s,
-               graphs_compiled=graphs)) | probe.reading.as_metrics())
+               graphs_compiled=graphs, prepare_s=prepared_seconds(),
+               fused_ops=model.fused_ops() if hasattr(model, "fused_ops") else {})) | probe.reading.as_metrics())
 
 
 def test_prefill(benchmark, record, ceiling, prefill_case: DecodeCase) -> None:
@@ -347,7 +362,10 @@ def test_peer(benchmark, record, ceiling, peer_models, peer_case: PeerCase) -> N
     device = backend.input_device
     ceiling(torch.device(backend.device_type))  # on first use: the device warmed up and its ceiling recorded
     ours = prepare(backend, ours_cpu, torch.float32)
-    hf = hf_cpu.to(device)
+    try:
+        hf, hf_kwargs = backend.prepare_peer(hf_cpu, use_cache=case.cache == "raw")
+    except backends.CannotPrepareError as exc:
+        pytest.skip(f"{backend.name}: {exc}")
     prompt = _prompt(ours.config.vocab_size, 1, case.prompt_len).to(device)
     use_cache = case.cache == "raw"
 
@@ -357,7 +375,7 @@ def test_peer(benchmark, record, ceiling, peer_models, peer_case: PeerCase) -> N
     def run_hf() -> torch.Tensor:
         return hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=case.decode_tokens,
                            min_new_tokens=case.decode_tokens, do_sample=False, use_cache=use_cache,
-                           pad_token_id=0)
+                           pad_token_id=0, **hf_kwargs)
 
     with torch.inference_mode():
         ours_tokens, hf_tokens = run_ours(), run_hf()  # the first calls double as warm-up

@@ -7,11 +7,16 @@ backend, are listed here once (`SCHEMES`); its sweeps per preset are below.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+
+from torch import nn
 
 from bench.backends import DECODE, GRAPH_QUANTIZATION, MODULE_TRANSFORMS
 from bench.study import Study
+from models.int8 import quantize_int8, quantize_torchao
 
 
 @dataclass(frozen=True)
@@ -22,16 +27,28 @@ class Scheme:
     feature: str  # the backend feature it needs (bench.backends)
     device_types: tuple[str, ...] | None  # None: any device type
     description: str
+    transform: Callable[..., nn.Module] | None = None  # transform(model, norms=policy) -> a quantized copy, for
+    # module transforms; graph quantizations run the backend's own quantizer (`Backend.quantize(..., name, ...)`)
+    calibrates: bool = False  # a static quantization: it calibrates on training windows
 
 
 SCHEMES: dict[str, Scheme] = {s.name: s for s in (
     Scheme("fp32", DECODE, None, "the backend's own fp32 model: the reference of every scheme"),
-    Scheme("weight_only", MODULE_TRANSFORMS, None, "ours: int8 weights per output channel, widened on the fly"),
-    Scheme("w8a8", MODULE_TRANSFORMS, None, "ours: int8 weights and per-token int8 activations, int32 accumulation"),
-    Scheme("llm_int8", MODULE_TRANSFORMS, None, "ours: LLM.int8()-style, input columns with |x| >= 6 in float"),
-    Scheme("torch_dynamic", MODULE_TRANSFORMS, ("cpu",), "torch.ao's quantize_dynamic (per-tensor int8 Linear)"),
+    Scheme("weight_only", MODULE_TRANSFORMS, None, "ours: int8 weights per output channel, widened on the fly",
+           partial(quantize_int8, scheme="weight_only")),
+    Scheme("w8a8", MODULE_TRANSFORMS, None, "ours: int8 weights and per-token int8 activations, int32 accumulation",
+           partial(quantize_int8, scheme="w8a8")),
+    Scheme("llm_int8", MODULE_TRANSFORMS, None, "ours: LLM.int8()-style, input columns with |x| >= 6 in float",
+           partial(quantize_int8, scheme="llm_int8")),
+    Scheme("torchao_int8_weight_only", MODULE_TRANSFORMS, None,
+           "torchao's Int8WeightOnlyConfig (int8 weights per output channel)",
+           partial(quantize_torchao, config="torchao_int8_weight_only")),
+    Scheme("torchao_int8_dynamic", MODULE_TRANSFORMS, None,
+           "torchao's Int8DynamicActivationInt8WeightConfig (int8 weights per channel, activations per token)",
+           partial(quantize_torchao, config="torchao_int8_dynamic")),
     Scheme("ort_dynamic", GRAPH_QUANTIZATION, None, "onnxruntime's dynamic quantization of the exported graph"),
-    Scheme("ort_static", GRAPH_QUANTIZATION, None, "onnxruntime's static QDQ quantization, calibrated"),
+    Scheme("ort_static", GRAPH_QUANTIZATION, None, "onnxruntime's static QDQ quantization, calibrated",
+           calibrates=True),
 )}
 
 
@@ -39,8 +56,11 @@ SCHEMES: dict[str, Scheme] = {s.name: s for s in (
 class Int8Sweep:
     """INT8 schemes x norm policies x backends on the trained reference model, plus a per-layer sweep."""
 
-    schemes: tuple[str, ...] = ("weight_only", "w8a8", "llm_int8", "torch_dynamic", "ort_dynamic", "ort_static")
+    schemes: tuple[str, ...] = ("weight_only", "w8a8", "llm_int8", "torchao_int8_weight_only", "torchao_int8_dynamic",
+                                "ort_dynamic", "ort_static")
     norms: tuple[str, ...] = ("keep", "quantize")
+    compiled_schemes: tuple[str, ...] = ("torchao_int8_dynamic",)  # on engines that compile per shape
+    # (torch-compile: each case compiles its own graphs), norms kept: the norm policy is judged on eager torch
     windows: int = 32  # validation windows for bits per byte, KL and top-1
     seq_len: int = 128
     decode_tokens: int = 64  # cached greedy steps timed for tokens/s
@@ -51,9 +71,11 @@ class Int8Sweep:
     reference: str = "gpt2-tiny-hd64"  # the trained reference model (models.reference)
 
 
+_TRANSFORMS = tuple(s.name for s in SCHEMES.values() if s.feature == MODULE_TRANSFORMS)
+
 SWEEPS = {
     "quick": (Int8Sweep(),),
-    "standard": (Int8Sweep(windows=96, decode_tokens=128, sensitivity_windows=32),
+    "standard": (Int8Sweep(windows=96, decode_tokens=128, sensitivity_windows=32, compiled_schemes=_TRANSFORMS),
                  Int8Sweep(windows=96, decode_tokens=128, sensitivity_scheme=None, reference="gpt2-mini-hd64")),
     "full": (Int8Sweep(windows=64, decode_tokens=128),),
 }

@@ -6,8 +6,8 @@ against the same backend's fp32 model and against eager torch fp32 on the CPU, m
 model bytes; the timed work is cached greedy decode (tokens/s). `test_int8_sensitivity` quantizes one
 layer or one norm at a time (eager torch on the CPU).
 
-- Module transforms (eager torch): ours (`models.int8`: `weight_only`, `w8a8`, `llm_int8`) and torch's
-  own `torch_dynamic` (CPU only). The `quantize` norm policy wraps the norms in every case.
+- Module transforms (eager torch): ours (`models.int8`: `weight_only`, `w8a8`, `llm_int8`) and torchao's
+  int8 weight-only and dynamic-activation configs. The `quantize` norm policy wraps the norms in every case.
 - Graph quantization (onnxruntime): `ort_dynamic` (its LayerNormalization stays float, so only `keep`
   applies) and `ort_static` (QDQ, calibrated on training windows; `keep` excludes LayerNormalization,
   `quantize` includes it in Q/DQ).
@@ -26,17 +26,15 @@ import torch.nn.functional as F
 from bench import backends, harness
 from bench.studies.int8 import SCHEMES, STUDY, Int8Sweep
 from bench.studies.int8.records import Int8Metrics, Int8Params, SensitivityMetrics, SensitivityParams
-from models import build, generate, variants
+from models import build, variants
 from models.corpus import NATS_TO_BITS
 from models.generate import decode
 from models.int8 import (
-    ONNX_SCHEMES,
     OUTLIER_THRESHOLD,
     model_bytes,
     norm_names,
     onnx_unsupported_reason,
     quantize_int8,
-    quantize_torch_dynamic,
     target_names,
 )
 
@@ -67,8 +65,10 @@ def _cases(config: pytest.Config) -> list[Int8Case]:
     for sweep in harness.sweep(config, STUDY) or ():
         for source in harness.accuracy_sources(config):
             for backend in harness.selected_backends(config, backends.DECODE):
-                schemes = [Int8Case(sweep, backend.name, s, n, source) for s in sweep.schemes if _runs(backend, s)
-                           for n in sweep.norms]
+                compiled = backend.compiles_per_shape  # each case compiles: the sweep's short list, norms kept
+                chosen = [s for s in sweep.schemes if not compiled or s in sweep.compiled_schemes]
+                schemes = [Int8Case(sweep, backend.name, s, n, source) for s in chosen if _runs(backend, s)
+                           for n in (("keep",) if compiled else sweep.norms)]
                 if schemes:  # the engine's fp32 model is what its schemes are compared with
                     out += [Int8Case(sweep, backend.name, "fp32", "keep", source), *schemes]
     return out
@@ -102,6 +102,12 @@ def _logits(model, windows: torch.Tensor, device: torch.device, batch: int = 8) 
 def _torch_fp32_logits(evals: harness.EvalSet) -> torch.Tensor:
     """Eager torch fp32 on the CPU: the one reference every backend and scheme is also compared with."""
     return _logits(evals.model, evals.windows, torch.device("cpu"))
+
+
+@cache
+def _backend_fp32_logits(backend: backends.Backend, evals: harness.EvalSet) -> torch.Tensor:
+    """The engine's own fp32 model on every window (prepared once per engine: a compiled engine compiles)."""
+    return _logits(harness.prepare_or_skip(backend, evals.model), evals.windows, backend.input_device)
 
 
 @cache
@@ -151,42 +157,37 @@ def _compare(logits: torch.Tensor, ref: torch.Tensor, targets: torch.Tensor, tar
 def _quantized(backend: backends.Backend, base, case: Int8Case, directory: Path, config: pytest.Config):
     """The case's model on `backend`: its fp32 model, a module transform prepared on it, or its own graph
     quantization."""
-    if case.scheme == "fp32":
+    scheme = SCHEMES[case.scheme]
+    if scheme.feature == backends.DECODE:  # the engine's own fp32 model
         return harness.prepare_or_skip(backend, base)
-    if case.scheme in ONNX_SCHEMES:
+    if scheme.feature == backends.GRAPH_QUANTIZATION:
         calibration = []
-        if case.scheme == "ort_static":
+        if scheme.calibrates:
             calibration = harness.calibration_windows(config, case.source, case.sweep.seq_len,
                                                       case.sweep.calibration_windows).split(1)
         try:
             return backend.quantize(base, case.scheme, case.norms, directory, calibration)
         except backends.CannotPrepareError as exc:
             pytest.skip(f"{backend.name} cannot quantize {case.scheme}: {exc}")
-    if case.scheme == "torch_dynamic":
-        try:
-            transformed = quantize_torch_dynamic(base, case.norms)
-        except RuntimeError as exc:  # removed from this torch
-            pytest.skip(f"torch_dynamic: {exc}")
-    else:
-        transformed = quantize_int8(base, case.scheme, case.norms)
+    try:
+        transformed = scheme.transform(base, norms=case.norms)
+    except RuntimeError as exc:  # a peer library this environment lacks
+        pytest.skip(f"{case.scheme}: {exc}")
     return harness.prepare_or_skip(backend, transformed)
 
 
 def _torch_bytes(model: torch.nn.Module) -> tuple[int, int, int]:
-    """(bytes the model holds, int8 weight elements, bytes of their scales), counting the packed int8 weights
-    of torch's dynamic quantized Linear too (kept outside parameters and buffers)."""
+    """(bytes the model holds, int8 weight elements, bytes of their scales and zero points): ours hold
+    `weight_int8` and `weight_scale`; torchao's weights are tensor subclasses holding `qdata` and the rest."""
     total, elements, scale_bytes = model_bytes(model), 0, 0
     for module in model.modules():
         if hasattr(module, "weight_int8"):
             elements += module.weight_int8.numel()
             scale_bytes += module.weight_scale.numel() * module.weight_scale.element_size()
-        elif hasattr(module, "_packed_params") and callable(getattr(module, "weight", None)):
-            weight, bias = module.weight(), module.bias()
-            per_tensor = weight.qscheme() == torch.per_tensor_affine
-            total += weight.numel() * weight.element_size() + (0 if bias is None else bias.numel() * 4)
-            total += 8 if per_tensor else 12 * weight.shape[0]  # scale, zero point
-            elements += weight.numel()
-            scale_bytes += 8 if per_tensor else 12 * weight.shape[0]
+        elif isinstance(module, torch.nn.Linear) and hasattr(module.weight, "qdata"):
+            held = model_bytes(torch.nn.ParameterList([module.weight]))
+            elements += module.weight.qdata.numel()
+            scale_bytes += held - module.weight.qdata.numel() * module.weight.qdata.element_size()
     return total, elements, scale_bytes
 
 
@@ -202,15 +203,17 @@ def _graph_bytes(path: Path) -> tuple[int, int, int]:
 
 
 def _bytes(model) -> tuple[int, int, int]:
-    """What the model holds: counted on its modules (torch) or on its graph file (an exported engine)."""
-    return _torch_bytes(model) if isinstance(model, torch.nn.Module) else _graph_bytes(model.path)
+    """What the model holds: counted on its modules (torch, eager or the module a compiled engine runs) or
+    on its graph file (an exported engine)."""
+    module = model if isinstance(model, torch.nn.Module) else getattr(model, "model", None)
+    return _torch_bytes(module) if isinstance(module, torch.nn.Module) else _graph_bytes(model.path)
 
 
 def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path, pytestconfig: pytest.Config) -> None:
     case = int8_case
     sweep = case.sweep
     backend = harness.available_or_skip(backends.get(case.backend))
-    if case.scheme in ONNX_SCHEMES:
+    if SCHEMES[case.scheme].feature == backends.GRAPH_QUANTIZATION:
         reason = onnx_unsupported_reason(case.scheme, case.norms)
         if reason:
             pytest.skip(reason)
@@ -220,10 +223,9 @@ def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path, pytestconf
     torch_fp32 = _torch_fp32_logits(evals)
     device = backend.input_device
     model = _quantized(backend, base, case, tmp_path, pytestconfig)
-    fp32_model = harness.prepare_or_skip(backend, base)
     nbytes, int8_elements, scale_bytes = _bytes(model)
     logits = _logits(model, windows, device)
-    same_backend_fp32 = _logits(fp32_model, windows, device)
+    same_backend_fp32 = _backend_fp32_logits(backend, evals)
     vs_backend = _compare(logits, same_backend_fp32, targets, nbytes_text)
     vs_torch = _compare(logits, torch_fp32, targets, nbytes_text)
     fp32_bpb = _compare(same_backend_fp32, torch_fp32, targets, nbytes_text)["bits_per_byte"]
@@ -244,7 +246,7 @@ def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path, pytestconf
         return (harness.synced(model, device)(prompt, cache_obj)[:, -1],), {}
 
     with torch.inference_mode():
-        generate(model, prompt, 8)  # warm
+        decode(model, tokens, 16, setup()[0][0], steps, cache_obj)  # warm: a compiled engine compiles every graph here
         benchmark.pedantic(harness.synced(lambda lg: decode(model, tokens, 16, lg, steps, cache_obj), device),
                            setup=setup, rounds=sweep.rounds, warmup_rounds=0)
     peak, outlier_columns = _outliers(evals)
