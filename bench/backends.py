@@ -336,11 +336,12 @@ class TorchCompileBackend:
         """What torch.compile is given (recorded in `settings`). On the CPU: freezing (weights folded into
         the graph and prepacked) and max-autotune (inductor's own GEMM templates where they beat the
         library call; GPT-2 124M, batch 1: about 3x eager's tokens/s here, against 1.15x with freezing
-        alone, at about twice the compile time). On CUDA: CUDA graphs too (what mode "reduce-overhead"
-        turns on); not measured here."""
+        alone, at about twice the compile time). On CUDA: CUDA graphs (what mode "reduce-overhead"
+        turns on: a decode step replays as one graph, the cache written in place at a static address)
+        without freezing (it would fold that cache into constants) or max-autotune (Triton's GEMM tuning
+        takes minutes per graph); not measured on a GPU yet."""
         if self.device_type == "cuda":
-            return {"backend": "inductor", "options": {"freezing": True, "max_autotune": True,
-                                                       "triton.cudagraphs": True}}
+            return {"backend": "inductor", "options": {"triton.cudagraphs": True}}
         return {"backend": "inductor", "options": {"freezing": True, "max_autotune": True}}
 
     def prepare_peer(self, hf_model: nn.Module, use_cache: bool = True) -> tuple[nn.Module, dict]:

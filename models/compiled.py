@@ -15,6 +15,9 @@ is guarded, every step recompiles until the limit, then it runs eager. Here inst
   max-autotune, whose GEMM tuning over dynamic shapes takes minutes).
 - Everything compiles with `fullgraph=True`, and hitting the recompile limit raises: what cannot be
   compiled fails loudly rather than running eager in silence. `compile_events` counts compilations.
+- With CUDA graphs (inductor's `triton.cudagraphs`, what mode "reduce-overhead" turns on), the cache's
+  slices are marked as static addresses, so a graph replays over the cache in place; cached steps are
+  graphed, uncached forwards (a shape per prefix length) are not.
 
 What runs is inductor's code (or the backend given); archbench contributes the static cache layout only.
 """
@@ -159,10 +162,18 @@ class CompiledDecoder:
     bucket's graph), uncached ones with dynamic shapes. `backend` and `options` go to torch.compile as
     given (inductor's options, e.g. {"freezing": True, "max_autotune": True})."""
 
-    def __init__(self, model: GPT, backend: Any = "inductor", options: dict | None = None) -> None:
+    def __init__(self, model: GPT, backend: Any = "inductor", options: dict | None = None, *,
+                 static_cache: bool | None = None) -> None:
         if options and backend != "inductor":
             raise ValueError(f"compile options are inductor's; backend {backend!r} takes none")
         self.options = dict(options or {})
+        # CUDA graphs replay fixed addresses: the cache's slices are marked static (the same memory every step,
+        # written in place by the graph) and logits are copied out before the next replay overwrites them.
+        # Not with freezing: freezing folds static inputs into constants.
+        self.static_cache = bool(self.options.get("triton.cudagraphs")) if static_cache is None else static_cache
+        if self.static_cache and self.options.get("freezing"):
+            raise ValueError("a static-address cache cannot be compiled with freezing (it would fold the cache into "
+                             "constants); drop one of them")
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
         torch._dynamo.config.accumulated_recompile_limit = max(
             torch._dynamo.config.accumulated_recompile_limit, RECOMPILE_LIMIT)
@@ -198,7 +209,11 @@ class CompiledDecoder:
         bucket = bucket_for(cache.position + T)
         if T > 1:  # a prompt: one graph per bucket serves every length from 2
             torch._dynamo.mark_dynamic(idx, 1, min=2, max=bucket)
-        logits = self._run(self._cached, idx, cache.k[:bucket], cache.v[:bucket], cache.index)
+        k, v = cache.k[:bucket], cache.v[:bucket]  # (bucket, n_layer, B, Hkv, hd): the same memory every step
+        if self.static_cache:
+            for t in (k, v, cache.index):
+                torch._dynamo.mark_static_address(t)
+        logits = self._run(self._cached, idx, k, v, cache.index)
         cache.advance(T)
         return logits
 
@@ -209,10 +224,11 @@ class CompiledDecoder:
         import torch._inductor.config as inductor_config
         from torch._dynamo.exc import FailOnRecompileLimitHit, TorchDynamoException
 
-        options = self.options if compiled is self._cached else {
-            k: v for k, v in self.options.items() if not k.startswith("max_autotune")}
+        options = self.options if compiled is self._cached else {  # no CUDA graph per prefix length either
+            k: v for k, v in self.options.items() if not k.startswith("max_autotune") and k != "triton.cudagraphs"}
         try:
             with inductor_config.patch(options):
-                return compiled(*args)
+                out = compiled(*args)
+            return out.clone() if options.get("triton.cudagraphs") else out  # a replay reuses its output memory
         except (TorchDynamoException, FailOnRecompileLimitHit) as exc:  # unsupported code, backend, recompiles
             raise CompileError(f"torch.compile failed: {type(exc).__name__}: {str(exc)[:800]}") from exc

@@ -93,6 +93,14 @@ def study_rows(df: pd.DataFrame, study: str, phase: str | None = None) -> pd.Dat
     return d.reset_index(drop=True)
 
 
+def engine_caption(d: pd.DataFrame) -> str:
+    """' · on <engine>[, ...]': the engines a figure's records were computed on, for its title ('' when the
+    frame has lost that column)."""
+    if "backend" not in d or d["backend"].dropna().empty:
+        return ""
+    return " · on " + ", ".join(sorted(str(b) for b in d["backend"].dropna().unique()))
+
+
 def to_png_base64(fig: plt.Figure) -> str:
     """Encode a matplotlib figure as base64 PNG and close it."""
     buffer = io.BytesIO()

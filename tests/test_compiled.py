@@ -64,12 +64,16 @@ def test_inductor_decode_matches_eager() -> None:
     _parity(model, CompiledDecoder(model, options={"freezing": True}))
 
 
-def test_graphs_per_bucket_are_counted_and_shared() -> None:
+@pytest.mark.parametrize("static_cache", [False, True], ids=["cache-as-input", "cache-at-static-address"])
+def test_graphs_per_bucket_are_counted_and_shared(static_cache: bool) -> None:
     """A decode of 200 tokens compiles one graph per bucket it crosses (64, 128, 256) plus the prompt's;
     caches of other lengths and prompts of other lengths, fed as views of a token buffer the way the
-    decode loop does, reuse every one of them."""
+    decode loop does, reuse every one of them. The same with the cache's slices marked as static
+    addresses (the CUDA-graph path), whose steps must equal eager's."""
     model = build(tiny_config(pos="rope", max_seq_len=512), seed=0).eval()
-    decoder = CompiledDecoder(model, backend="eager")
+    decoder = CompiledDecoder(model, backend="eager", static_cache=static_cache)
+    if static_cache:
+        _parity(model, decoder, uncached=False)
     before, counts = len(compile_events), []
     with torch.inference_mode():
         for prompt_len, steps in ((PROMPT, 200), (5, 100), (12, 30)):  # buffers of 256, 128 and 64 slots
@@ -83,6 +87,15 @@ def test_graphs_per_bucket_are_counted_and_shared() -> None:
             counts.append(len(compile_events) - before)
     assert counts == [1 + 3] * 3  # the prompt (bucket 64) and decode steps in buckets 64, 128, 256; then none
     assert [bucket_for(end) for end in (1, 64, 65, 128, 129, 300)] == [64, 64, 128, 128, 256, 512]
+
+
+def test_cuda_graph_options_keep_the_cache_at_a_static_address_and_refuse_freezing() -> None:
+    model = build(tiny_config(), seed=0).eval()
+    assert CompiledDecoder(model, options={"triton.cudagraphs": True}).static_cache
+    assert not CompiledDecoder(model, options={"freezing": True}).static_cache
+    with pytest.raises(ValueError, match="freezing"):
+        CompiledDecoder(model, options={"triton.cudagraphs": True, "freezing": True})
+    assert backends.get("torch-compile-cuda").compile_options()["options"] == {"triton.cudagraphs": True}
 
 
 def test_static_cache_bookkeeping() -> None:

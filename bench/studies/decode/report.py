@@ -511,7 +511,8 @@ def section(df: pd.DataFrame) -> Section | None:
             "Engines side by side (tokens/s; ratios to eager torch on the same device)",
             ["machine", "device", "variant", "cache", "T", "batch", *value_cols],
             [[r["machine"], r["device_type"], r["variant"], r["p_cache"], fmt(int(r["p_decode_tokens"])),
-              fmt(int(r["p_batch"])), *[(f"{r[c]:.2f}x" if "/" in c else fmt(r[c])) for c in value_cols]]
+              fmt(int(r["p_batch"])),
+              *[(f"{r[c]:.2f}x" if "/" in c and r[c] == r[c] else fmt(r[c])) for c in value_cols]]
              for _, r in side.iterrows()]))
     engines = engine_summary(df)
     if not engines.empty:

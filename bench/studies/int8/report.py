@@ -8,7 +8,7 @@ import pandas as pd
 import seaborn as sns
 
 from reports.load import TIME
-from reports.page import Section, Table, fmt, fmt_bytes, study_rows, to_png_base64
+from reports.page import Section, Table, engine_caption, fmt, fmt_bytes, study_rows, to_png_base64
 
 from . import SCHEMES
 
@@ -109,7 +109,7 @@ def fig_sensitivity(df: pd.DataFrame) -> str | None:
     sns.barplot(data=d, x="p_module", y="m_kl_mean_nats", hue="p_kind", dodge=False, ax=ax)
     ax.set_yscale("log")
     ax.set(xlabel="module quantized alone", ylabel="mean KL vs fp32 (nats/token, log)",
-           title=f"Per-layer sensitivity ({d['p_scheme'].iloc[0]} linears; norms fake-quantized)")
+           title=f"Per-layer sensitivity ({d['p_scheme'].iloc[0]} linears; norms fake-quantized){engine_caption(d)}")
     ax.tick_params(axis="x", labelrotation=90)
     return to_png_base64(fig)
 

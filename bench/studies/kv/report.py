@@ -13,7 +13,17 @@ import torch
 
 from models import kv_cache
 from reports.load import TIME
-from reports.page import Section, Table, facet_grid, fmt, fmt_bytes, length_axis, study_rows, to_png_base64
+from reports.page import (
+    Section,
+    Table,
+    engine_caption,
+    facet_grid,
+    fmt,
+    fmt_bytes,
+    length_axis,
+    study_rows,
+    to_png_base64,
+)
 
 RAW_FP32, RAW_FP16 = kv_cache.raw_kind(torch.float32), kv_cache.raw_kind(torch.float16)
 
@@ -168,7 +178,7 @@ def fig_accuracy_vs_bits(df: pd.DataFrame) -> str | None:
                         textcoords="offset points")
         ax.set(xlabel="bits per key or value coordinate, metadata included (bits)", ylabel=label,
                yscale="log" if log else "linear")
-    fig.suptitle(f"Accuracy against memory per token ({', '.join(d['variant'].unique())})")
+    fig.suptitle(f"Accuracy against memory per token ({', '.join(d['variant'].unique())}){engine_caption(d)}")
     fig.tight_layout()
     return to_png_base64(fig)
 
@@ -187,7 +197,7 @@ def fig_sensitivity(df: pd.DataFrame) -> str | None:
         sns.heatmap(grid, annot=True, fmt="+.2f", cmap="rocket_r", ax=ax,
                     cbar_kws={"label": "perplexity change (%)"})
         ax.set(xlabel="part quantized alone", ylabel="layer (index)",
-               title=f"{variant}: {part['p_cache'].iloc[0]} on one part")
+               title=f"{variant}: {part['p_cache'].iloc[0]} on one part{engine_caption(part)}")
     fig.tight_layout()
     return to_png_base64(fig)
 
@@ -206,7 +216,7 @@ def fig_layer_error(df: pd.DataFrame) -> str | None:
     style = "variant" if rows["variant"].nunique() > 1 else None
     sns.lineplot(data=rows, x="layer", y="error", hue="kind", style=style, marker="o", ax=ax)
     ax.set(xlabel="layer (index)", ylabel="relative error of attention output (|a - a_raw| / |a_raw|)",
-           yscale="log", title="Per-layer attention error against the raw fp32 cache")
+           yscale="log", title=f"Per-layer attention error against the raw fp32 cache{engine_caption(d)}")
     ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True))
     return to_png_base64(fig)
 

@@ -6,7 +6,7 @@ import pandas as pd
 import seaborn as sns
 
 from reports.load import TIME
-from reports.page import Section, Table, facet_grid, fmt, length_axis, study_rows, to_png_base64
+from reports.page import Section, Table, engine_caption, facet_grid, fmt, length_axis, study_rows, to_png_base64
 
 
 def stability_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -45,7 +45,7 @@ def fig_gradients(df: pd.DataFrame) -> str | None:
         for r in d[(d["p_init"] == init) & (d["p_depth"] == depth)].itertuples():
             ax.plot(range(1, depth + 1), r.m_mlp_grad_norm_by_layer, "o-", ms=3, label=r.p_norm)
         ax.set(yscale="log", xlabel="layer (1 = nearest the input)", ylabel="MLP weight gradient norm (L2, log)",
-               title=f"{init} init · {depth} layers")
+               title=f"{init} init · {depth} layers{engine_caption(d)}")
         ax.legend(fontsize=7)
     fig.tight_layout()
     return to_png_base64(fig)
@@ -68,7 +68,7 @@ def fig_stability(df: pd.DataFrame) -> str | None:
                 ax.plot(range(1, len(curve) + 1), curve, color=colors[arm], alpha=0.6, label=arm if i == 0 else None)
         ax.axhline(part["m_unigram_bpb"].iloc[0], ls=":", color="grey", label="unigram (byte frequencies)")
         ax.set(xlabel="training step", ylabel="training loss (bits/byte)",
-               title=f"lr {lr:g}, no clipping; one line per seed")
+               title=f"lr {lr:g}, no clipping; one line per seed{engine_caption(d)}")
         ax.legend(fontsize=7)
     fig.tight_layout()
     return to_png_base64(fig)
