@@ -26,7 +26,11 @@ NORM_BYTES = 2  # every norm, scale and offset is stored in fp16
 
 
 def _chunks(end: int, size: int) -> list[tuple[int, int]]:
-    """Token ranges [lo, hi) of at most `size` covering 0..end: attention reads a chunk at a time."""
+    """Token ranges [lo, hi) of at most `size` covering 0..end: attention reads a chunk at a time. Within one
+    chunk no loop over `end` is taken, so a compiled step with a symbolic position guards on `end <= size`
+    rather than on its value."""
+    if end <= size:
+        return [(0, end)] if end > 0 else []
     return [(lo, min(end, lo + size)) for lo in range(0, end, size)]
 
 
