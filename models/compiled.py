@@ -76,7 +76,7 @@ class StaticKVCache(BufferedKVCache):
         return self.nbytes * 8 / (self.slots * self.coordinates_per_token)
 
     def append(self, layer: int, k: Tensor, v: Tensor) -> None:
-        start, end = self.position, self.position + k.shape[-2]
+        start, end = self._span(k)
         self.k[start:end, layer] = k.permute(2, 0, 1, 3)  # (T, B, Hkv, hd) written in place
         self.v[start:end, layer] = v.permute(2, 0, 1, 3)
 

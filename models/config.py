@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 
 POS_KINDS = ("learned", "sinusoidal", "rope")
@@ -83,8 +84,9 @@ class ArchConfig:
             )
         for name in ("norm_eps", "rope_theta", "init_std"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise ValueError(f"ArchConfig.{name}={value!r} is not valid; allowed values: a positive number")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise ValueError(f"ArchConfig.{name}={value!r} is not valid; allowed values: a positive finite "
+                                 "number")
 
     @property
     def head_dim(self) -> int:

@@ -110,6 +110,12 @@ class BufferedKVCache(nn.Module):
         (to fill a cache from precomputed keys and values); `advance` once every layer has them."""
         raise NotImplementedError
 
+    def _span(self, k: Tensor) -> tuple[int, int]:
+        """The positions [start, end) new keys (B, Hkv, T, hd) go to, after the checks of `check_append`
+        (an append past `max_len` is a CacheFullError naming the limit, not an indexing error)."""
+        self.check_append(k.shape[0], k.shape[-2])
+        return self.position, self.position + k.shape[-2]
+
     def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
         """See `AttendingCache.attend`."""
         raise NotImplementedError

@@ -183,7 +183,7 @@ class TurboQuantKVCache(QuantizedKVCache):
 
     def append(self, layer: int, k: Tensor, v: Tensor) -> None:
         """Store keys and values (B, Hkv, T, hd) of `layer` at the current position, without attending."""
-        start, end = self.position, self.position + k.shape[-2]
+        start, end = self._span(k)
         self._store(layer, "k", k, start, end)
         self._store(layer, "v", v, start, end)
         self._remember_recent(layer, k, v, start)
@@ -279,7 +279,7 @@ class SplitTurboQuantKVCache(QuantizedKVCache):
         """Store keys and values (B, Hkv, T, hd) of `layer` at the current position, without attending."""
         if not self.calibrated[layer]:
             self._calibrate(layer, k, v)
-        start, end = self.position, self.position + k.shape[-2]
+        start, end = self._span(k)
         self._store(layer, "k", k, start, end)
         self._store(layer, "v", v, start, end)
         self._remember_recent(layer, k, v, start)
@@ -308,8 +308,8 @@ class TurboQuantProdKVCache(QuantizedKVCache):
                  device: str | torch.device | None = None) -> None:
         super().__init__(n_layer, batch, n_kv_head, head_dim, max_len, key_group=key_group, chunk=chunk,
                          device=device)
-        if bits < 2:
-            raise ValueError(f"bits={bits} is not supported by TurboQuant_prod; allowed values: 2, 3, 4 "
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits < 2:
+            raise ValueError(f"bits={bits!r} is not supported by TurboQuant_prod; allowed values: 2, 3, 4 "
                              "(its first stage takes bits - 1)")
         self.bits = bits
         self.key_mse = TurboQuantizer(head_dim, bits - 1, seed=seed).to(device)
@@ -337,7 +337,7 @@ class TurboQuantProdKVCache(QuantizedKVCache):
 
     def append(self, layer: int, k: Tensor, v: Tensor) -> None:
         """Store keys and values (B, Hkv, T, hd) of `layer` at the current position, without attending."""
-        start, end = self.position, self.position + k.shape[-2]
+        start, end = self._span(k)
         first = self.key_mse.quantize(k)
         residual = k.float() - self.key_mse.dequantize(first)  # (B, Hkv, T, hd): what the first stage missed
         self.k_codes[layer, :, :, start:end] = first.codes
@@ -378,6 +378,9 @@ class UniformKVCache(QuantizedKVCache):
         if key_group <= 0 or key_group % 8:
             raise ValueError(f"key_group={key_group} must be a positive multiple of 8 (keys are packed along the "
                              "tokens of a group)")
+        if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= 8:
+            raise ValueError(f"bits={bits!r} is not supported by the uniform cache; allowed values: an integer "
+                             "from 1 to 8")
         super().__init__(n_layer, batch, n_kv_head, head_dim, max_len, key_group=key_group, chunk=chunk,
                          device=device)
         self.bits = bits
@@ -442,7 +445,7 @@ class UniformKVCache(QuantizedKVCache):
 
     def append(self, layer: int, k: Tensor, v: Tensor) -> None:
         """Store keys and values (B, Hkv, T, hd) of `layer` at the current position, without attending."""
-        start, end = self.position, self.position + k.shape[-2]
+        start, end = self._span(k)
         codes, params = self._quantize(v.float(), dim=-1)  # per token
         self.v_codes[layer, :, :, start:end] = pack_codes(codes, self.bits)
         self.v_scale[layer, :, :, start:end] = params

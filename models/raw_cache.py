@@ -26,7 +26,7 @@ class RawKVCache(BufferedKVCache):
         return 2 * n_layer * batch * heads * hd * self.k.element_size()
 
     def append(self, layer: int, k: Tensor, v: Tensor) -> None:
-        start, end = self.position, self.position + k.shape[-2]
+        start, end = self._span(k)
         self.k[layer, :, :, start:end] = k  # (B, Hkv, T, hd) written in place
         self.v[layer, :, :, start:end] = v
 

@@ -169,7 +169,7 @@ class TurboQuantizer(nn.Module):
 
     def __init__(self, dim: int, bits: int, seed: int = 0, norm_dtype: torch.dtype = torch.float16) -> None:
         super().__init__()
-        if bits not in SUPPORTED_BITS:
+        if not isinstance(bits, int) or isinstance(bits, bool) or bits not in SUPPORTED_BITS:
             raise ValueError(f"bits={bits} is not supported; allowed values: {', '.join(map(str, SUPPORTED_BITS))}")
         if dim < 3:
             raise ValueError(f"dim={dim} is not supported; allowed values: an integer >= 3")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import os
 import sys
 from pathlib import Path
 
@@ -69,6 +69,7 @@ def _write_baseline(paths: list[Path], to: Path) -> int:
     from .load import to_frame
 
     runs = [load(p) for p in paths]
+    contents = [Path(p).read_bytes() for p in paths]  # read before anything is written: an input may be replaced
     as_directory = len(runs) > 1 or to.is_dir() or to.suffix != ".json"
     if as_directory and (to.is_file() or to.suffix == ".json"):
         raise ResultsFileError(f"{to}: a baseline of several runs is a directory, not a .json file; give a "
@@ -86,17 +87,26 @@ def _write_baseline(paths: list[Path], to: Path) -> int:
     if rows:
         print(f"reference figures of the new baseline (median and range over {len(runs)} run(s)):")
         print("\n".join(f"  {row}" for row in rows))
-    if as_directory:
+    if as_directory:  # only the runs are replaced (other files in the directory stay), each file atomically
         to.mkdir(parents=True, exist_ok=True)
-        for stale in to.glob("*.json"):
-            stale.unlink()
-        for i, path in enumerate(paths, 1):
-            shutil.copyfile(path, to / f"run-{i}.json")
+        names = [f"run-{i}.json" for i in range(1, len(contents) + 1)]
+        for name, data in zip(names, contents, strict=True):
+            _write_atomically(to / name, data)
+        for stale in to.glob("run-*.json"):
+            if stale.name not in names:
+                stale.unlink()
     else:
         to.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(paths[0], to)
+        _write_atomically(to, contents[0])
     print(f"wrote baseline {to} ({len(runs)} run(s))")
     return 0
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """`data` at `path`, through a temporary file renamed over it (a reader sees the old file or the new)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

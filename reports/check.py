@@ -68,6 +68,13 @@ def check(baseline: Results | Sequence[Results], current: Results) -> list[Gate]
     baselines = [baseline] if isinstance(baseline, Results) else list(baseline)
     if not baselines:
         raise ValueError("check needs at least one baseline run")
+    preset = current.archbench_info.get("preset")
+    same_preset = [b for b in baselines if b.archbench_info.get("preset") in (None, preset) or preset is None]
+    if not same_preset:  # a smaller preset measures other sizes: every figure would differ for that reason alone
+        theirs = ", ".join(sorted({str(b.archbench_info.get("preset")) for b in baselines}))
+        return [Gate("preset", "baseline vs this run", f"preset differs: this run {preset!r}",
+                     f"a baseline of the same preset (it has {theirs}); no other gate is checked", False)]
+    baselines = same_preset
     ctx = GateContext(baselines=baselines, base_frames=[to_frame([b]) for b in baselines],
                       same_machine=[machines_match(b, current) for b in baselines], current=current,
                       cur_df=to_frame([current]))

@@ -88,11 +88,11 @@ def load(path: str | Path) -> Results:
 
 
 def load_baseline(path: str | Path) -> list[Results]:
-    """A baseline: one results file, or a directory of results files (several runs of the same code,
-    `*.json`, in name order)."""
+    """A baseline: one results file, or a directory of results files (several runs of the same code:
+    its `run-*.json` as `reports baseline` writes them, or else every `*.json`, in name order)."""
     path = Path(path)
     if path.is_dir():
-        files = sorted(path.glob("*.json"))
+        files = sorted(path.glob("run-*.json")) or sorted(path.glob("*.json"))
         if not files:
             raise ResultsFileError(f"{path}: a baseline directory with no results files (*.json) in it")
         return [load(f) for f in files]

@@ -20,7 +20,10 @@ from models import ArchConfig
         ("n_kv_head", 3, "divisor of n_head"),
         ("tie_weights", "yes", "True, False"),
         ("embed_scale", 1, "True, False"),
-        ("norm_eps", 0.0, "positive number"),
+        ("norm_eps", 0.0, "positive finite number"),
+        ("rope_theta", float("inf"), "positive finite number"),
+        ("init_std", float("inf"), "positive finite number"),
+        ("init_std", float("nan"), "positive finite number"),
     ],
 )
 def test_invalid_value_names_field_and_allowed_values(field: str, value: object, expected: str) -> None:

@@ -87,6 +87,20 @@ def test_cache_bytes_reset_and_capacity() -> None:
         kv_cache.make("int3", cfg, batch=1, max_len=4)
 
 
+@pytest.mark.parametrize("kind", kv_cache.kinds())
+def test_append_past_max_len_names_the_limit_for_every_kind(kind: str) -> None:
+    """Filling a cache directly (`append`, as the accuracy studies do) past its length is the named
+    CacheFullError of `check_append`, for every kind, not an indexing error from a buffer."""
+    cfg = tiny_config(n_head=2, d_model=64)  # head_dim 32: room for the split kinds' outlier channels
+    cache = kv_cache.make(kind, cfg, batch=1, max_len=8)
+    k = torch.randn(1, cfg.kv_heads, 8, cfg.head_dim)  # (B, Hkv, T, hd)
+    for layer in range(cfg.n_layer):
+        cache.append(layer, k, k)
+    cache.advance(8)
+    with pytest.raises(CacheFullError, match="cache holds 8 of 8 tokens; appending 1 would exceed max_len"):
+        cache.append(0, k[:, :, :1], k[:, :, :1])
+
+
 def test_low_precision_cache_is_close() -> None:
     model = _random_model(pos="rope")
     idx = torch.randint(0, model.config.vocab_size, (1, 16))

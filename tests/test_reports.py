@@ -14,7 +14,7 @@ from reports import fits
 from reports.__main__ import main as reports_main
 from reports.build import build_report
 from reports.check import check
-from reports.load import ResultsFileError, load, to_frame
+from reports.load import ResultsFileError, load, load_baseline, to_frame
 
 SMOKE = Path(__file__).parent / "data" / "smoke_results.json"
 STUDIES = Path(__file__).parent / "data" / "studies_results.json"
@@ -177,6 +177,38 @@ def test_a_baseline_of_several_runs_gates_on_their_median(tmp_path, capsys) -> N
     studies = [g for g in check([decode_run, load(STUDIES)], load(STUDIES)) if g.gate != "missing"]
     assert {"kv exact bytes", "int8 accuracy", "positions position_params"} <= {g.gate for g in studies}
     assert all(g.passed for g in studies)
+
+
+def test_a_run_of_another_preset_is_not_gated_figure_by_figure(tmp_path, capsys) -> None:
+    """A smoke run against a quick baseline fails one clear gate, 'preset differs', instead of a failure for
+    every figure the smaller preset measures differently; runs of one preset are gated as usual."""
+    data = json.loads(SMOKE.read_text())
+    quick = copy.deepcopy(data)
+    quick["machine_info"]["archbench"]["preset"] = "quick"
+    smoke = copy.deepcopy(data)
+    smoke["machine_info"]["archbench"]["preset"] = "smoke"
+    base, run = _write(tmp_path, "quick.json", quick), _write(tmp_path, "smoke.json", smoke)
+    gates = check(load(base), load(run))
+    assert [(g.gate, g.passed) for g in gates] == [("preset", False)]
+    assert "preset differs: this run 'smoke'" in gates[0].value and "quick" in gates[0].limit
+    assert reports_main(["check", "--baseline", str(base), str(run)]) == 1
+    assert "preset differs" in capsys.readouterr().out
+    assert all(g.passed for g in check(load(run), load(run)))
+
+
+def test_a_baseline_grows_in_place_and_keeps_other_files(tmp_path) -> None:
+    """Adding a run to a baseline from its own files (`baseline B/run-1.json new.json --to B`) keeps run-1,
+    adds run-2 and leaves unrelated JSON in the directory alone (it used to empty the directory first and
+    then fail to read its own input)."""
+    to = tmp_path / "base"
+    assert reports_main(["baseline", str(SMOKE), "--to", str(to)]) == 0
+    (to / "notes.json").write_text('{"kept": true}')
+    new = _write(tmp_path, "new.json", json.loads(SMOKE.read_text()))
+    assert reports_main(["baseline", str(to / "run-1.json"), str(new), "--to", str(to)]) == 0
+    assert sorted(p.name for p in to.iterdir()) == ["notes.json", "run-1.json", "run-2.json"]
+    assert json.loads((to / "run-1.json").read_text()) == json.loads(SMOKE.read_text())
+    assert len(load_baseline(to)) == 2  # the runs, not the notes
+    assert reports_main(["check", "--baseline", str(to), str(SMOKE)]) == 0
 
 
 def _with_pairs(data: dict, speedup: float) -> dict:

@@ -124,6 +124,8 @@ def test_storage_figures_of_references() -> None:
 def test_bad_quantizer_arguments() -> None:
     with pytest.raises(ValueError, match="allowed values: 1, 2, 3, 4"):
         TurboQuantizer(64, 5)
+    with pytest.raises(ValueError, match="allowed values: 1, 2, 3, 4"):
+        TurboQuantizer(64, 3.0)  # a float is not a bit count, though it equals one
     with pytest.raises(ValueError, match="an integer >= 3"):
         TurboQuantizer(2, 3)
 

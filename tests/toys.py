@@ -110,7 +110,7 @@ class AbsmaxInt8Cache(BufferedKVCache):
         return codes * getattr(self, f"{name}_scale")[layer, :, :, :end].float()[..., None]
 
     def append(self, layer: int, k: Tensor, v: Tensor) -> None:
-        start, end = self.position, self.position + k.shape[-2]
+        start, end = self._span(k)
         self._store(layer, "k", k, start, end)
         self._store(layer, "v", v, start, end)
 
