@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from bench import backends, presets, studies
-from bench.run import ROOT, ConfigError, RunConfig, finish, prepare_out, validate
+from bench.run import ROOT, ConfigError, OutputLock, RunConfig, finish, prepare_out, validate
 
 
 def parse_args(argv: list[str] | None = None) -> RunConfig:
@@ -51,6 +51,16 @@ def _exit_status(returncode: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    try:
+        with OutputLock(config.out_dir):
+            return _run(config)
+    except ConfigError as exc:  # another run holds the output directory
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(config: RunConfig) -> int:
+    """Start the worker on `config` (its outputs prepared) and finish the run with its exit status."""
     config_file = prepare_out(config)
     print(f"archbench: preset {config.preset!r}, studies {', '.join(config.study_names())} -> {config.out}",
           flush=True)

@@ -70,7 +70,7 @@ def records_path(config: pytest.Config) -> Path | None:
     """Where records are appended as they are measured: the run's output directory, or --records."""
     cfg = run_config(config)
     if cfg.out is not None:
-        return cfg.out_dir / RECORDS
+        return cfg.work_dir / RECORDS
     path = config.getoption("--records", default=None)
     return Path(path) if path else None
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS, RECORDS, REPORT, CONFIG = "results.json", "records.jsonl", "index.html", "run-config.json"
+INCOMING, INTERRUPTED_RUN, LOCK = ".incoming", "interrupted-run", ".lock"  # inside the output directory
 
 
 class ConfigError(ValueError):
@@ -51,6 +53,12 @@ class RunConfig:
         if self.out is None:
             raise ConfigError("this run has no output directory (--out)")
         return Path(self.out)
+
+    @property
+    def work_dir(self) -> Path:
+        """Where a run in progress writes (records, results, report); `finish` moves its outputs into
+        `out_dir` once it has results, so the previous run's stay whole until then."""
+        return self.out_dir / INCOMING
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
@@ -105,6 +113,12 @@ def validate(preset: str = "quick", studies: list[str] | tuple[str, ...] | None 
         if not (folder / "config.json").is_file():
             raise ConfigError(f"--weights {weights}: no config.json in it; it does not look like a transformers "
                               "checkpoint directory")
+        from models.hf import CheckpointError, inspect_checkpoint
+
+        try:
+            inspect_checkpoint(folder)
+        except CheckpointError as exc:
+            raise ConfigError(f"--weights {weights}: {exc}") from None
         weights = str(folder.resolve())
     if isinstance(shard, str):
         shard = parse_shard(shard)
@@ -112,6 +126,11 @@ def validate(preset: str = "quick", studies: list[str] | tuple[str, ...] | None 
         out_path = Path(out)
         if out_path.exists() and not out_path.is_dir():
             raise ConfigError(f"--out {out}: exists and is not a directory")
+        existing = next(p for p in (out_path, *out_path.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"--out {out}: cannot write there ({existing} is a file, not a directory)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise ConfigError(f"--out {out}: cannot write there ({existing} is not writable by this user)")
         out = str(out_path.resolve())
     return RunConfig(preset=preset, studies=tuple(dict.fromkeys(studies or ())),
                      backends=tuple(dict.fromkeys(backends or ())), weights=weights, shard=shard, out=out,
@@ -151,7 +170,7 @@ def run(config: RunConfig) -> int:
 
     from bench import studies
 
-    out = config.out_dir
+    out = config.work_dir
     suites = [str(studies.get(name).suite) for name in config.study_names()
               if studies.get(name).sweep(config.preset) is not None]
     if not suites:
@@ -169,23 +188,11 @@ def run(config: RunConfig) -> int:
 
 def rebuild_from_records(records: Path, results: Path) -> int:
     """Write `results` in pytest-benchmark's JSON shape from the JSON-lines records; returns the count."""
-    machine_info: dict = {}
-    benchmarks = []
-    for line in records.read_text().splitlines():
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line cut short by the crash: everything before it is intact
-        if "machine_info" in item:
-            machine_info = item["machine_info"]
-        elif "benchmark" in item:
-            benchmarks.append(item["benchmark"])
-    payload = {"machine_info": machine_info, "commit_info": {}, "benchmarks": benchmarks,
-               "datetime": None, "version": None, "archbench_partial": True}
+    from reports.load import results_from_records
+
+    payload = results_from_records(records)
     results.write_text(json.dumps(payload, indent=1))
-    return len(benchmarks)
+    return len(payload["benchmarks"])
 
 
 INTERRUPTED = 2  # pytest's exit code when a run was interrupted (Ctrl-C)
@@ -218,7 +225,7 @@ def finish(config: RunConfig, code: int) -> int:
     from reports.build import build_report
     from reports.load import ResultsFileError
 
-    out = config.out_dir
+    out = config.work_dir
     results, records, report = out / RESULTS, out / RECORDS, out / REPORT
     if not _complete(results):  # interrupted, or nothing ran: pytest-benchmark never wrote the file
         n = rebuild_from_records(records, results) if records.exists() else 0
@@ -236,26 +243,90 @@ def finish(config: RunConfig, code: int) -> int:
     except ResultsFileError as exc:  # nothing measured (every benchmark skipped): say so, no traceback
         print(f"archbench: no report written: {exc}", file=sys.stderr)
         return code or 1
-    print(f"archbench: wrote {results} and {report}", flush=True)
+    published = publish(config)
+    print(f"archbench: wrote {published / RESULTS} and {published / REPORT}", flush=True)
     return code
 
 
+def publish(config: RunConfig) -> Path:
+    """Move a finished run's outputs from its work directory into the output directory, each file by an
+    atomic rename (the report last, so a reader never sees a report of other results); returns it."""
+    import shutil
+
+    out, work = config.out_dir, config.work_dir
+    for name in (RECORDS, CONFIG, RESULTS, REPORT):
+        if (work / name).exists():
+            os.replace(work / name, out / name)
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
 def prepare_out(config: RunConfig) -> Path:
-    """Create the output directory and write the run's configuration into it; returns the config file."""
-    out = config.out_dir
+    """Create the output directory and the run's work directory in it, and write the run's configuration
+    there; returns the config file. The previous run's outputs stay in place until this run publishes
+    its own; a work directory left by a run that was killed is kept as `interrupted-run` (its records
+    rebuild a partial report: `python -m reports build DIR/interrupted-run/records.jsonl`)."""
+    import shutil
+
+    out, work = config.out_dir, config.work_dir
     out.mkdir(parents=True, exist_ok=True)
-    results = out / RESULTS
-    if results.exists():
-        results.unlink()  # never mistake an older run's file for this one's
-    path = out / CONFIG
+    if work.exists():
+        if (work / RECORDS).exists():
+            shutil.rmtree(out / INTERRUPTED_RUN, ignore_errors=True)
+            os.replace(work, out / INTERRUPTED_RUN)
+            print(f"archbench: an earlier run into {out} was killed; its records are kept in "
+                  f"{out / INTERRUPTED_RUN} (python -m reports build {out / INTERRUPTED_RUN / RECORDS})",
+                  file=sys.stderr)
+        else:
+            shutil.rmtree(work)
+    work.mkdir()
+    path = work / CONFIG
     path.write_text(config.to_json())
     return path
 
 
+class OutputLock:
+    """An exclusive lock on an output directory for one run (`fcntl.flock` on `DIR/.lock`, released when
+    the process ends, however it ends). A second run gets a ConfigError naming the first one's pid."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / LOCK
+        self._file = None
+
+    def __enter__(self) -> OutputLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            import fcntl
+        except ImportError:  # no flock on this platform: no lock
+            self._file = handle
+            return self
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ConfigError(f"--out {self.path.parent}: another archbench run (pid {holder}) is writing there; "
+                              "wait for it to end or give another --out") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
 def run_and_report(config: RunConfig) -> int:
     """`run` then `finish`, all in this process (for embedding, and for studies registered at run time)."""
-    prepare_out(config)
-    return finish(config, run(config))
+    with OutputLock(config.out_dir):
+        prepare_out(config)
+        return finish(config, run(config))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,32 @@ def _check_model_type(hf_config: dict) -> str:
     return model_type
 
 
+def inspect_checkpoint(path: str | Path) -> str:
+    """Check a checkpoint directory without loading its weights (config.json readable and of a supported
+    model_type; every safetensors file's header complete); returns its model_type, or raises
+    CheckpointError naming the file and the problem."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise CheckpointError(f"{path} has no config.json; it does not look like a transformers checkpoint")
+    try:
+        model_type = _check_model_type(json.loads(config_file.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_file}: not valid JSON ({exc})") from None
+    files = sorted(path.glob("*.safetensors"))
+    if not files and not sorted(path.glob("pytorch_model*.bin")):
+        raise CheckpointError(f"{path} has no *.safetensors or pytorch_model*.bin weights")
+    from safetensors import safe_open
+
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                list(handle.keys())
+        except Exception as exc:  # safetensors' own words (e.g. "incomplete metadata"), with the file
+            raise CheckpointError(f"{file}: cannot be read ({type(exc).__name__}: {exc})") from None
+    return model_type
+
+
 def _read_checkpoint(path: Path) -> tuple[dict, dict[str, Tensor]]:
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory; give a transformers checkpoint directory "
@@ -65,21 +91,30 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict[str, Tensor]]:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path} has no config.json; it does not look like a transformers checkpoint")
-    hf_config = json.loads(config_file.read_text())
+    try:
+        hf_config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{config_file}: not valid JSON ({exc})") from None
     _check_model_type(hf_config)
     state: dict[str, Tensor] = {}
     safetensors_files = sorted(path.glob("*.safetensors"))
     bin_files = sorted(path.glob("pytorch_model*.bin"))
-    if safetensors_files:
-        from safetensors.torch import load_file
-
-        for file in safetensors_files:
-            state.update(load_file(str(file)))
-    elif bin_files:
-        for file in bin_files:
-            state.update(torch.load(file, map_location="cpu", weights_only=True))
-    else:
+    if not safetensors_files and not bin_files:
         raise CheckpointError(f"{path} has no *.safetensors or pytorch_model*.bin weights")
+    for file in safetensors_files or bin_files:
+        try:
+            if file.suffix == ".safetensors":
+                from safetensors.torch import load_file
+
+                state.update(load_file(str(file)))
+            else:  # tensors only: a pickle that needs code to load is refused, never run
+                state.update(torch.load(file, map_location="cpu", weights_only=True))
+        except Exception as exc:  # the loader's own words, with the file they are about
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "weights_only" in str(exc):
+                why = ("it holds more than tensors (a pickle that would run code to load); archbench loads "
+                       "tensors only: save the checkpoint as safetensors")
+            raise CheckpointError(f"{file}: cannot be read ({type(exc).__name__}: {why})") from None
     return hf_config, state
 
 

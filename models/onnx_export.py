@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from .attention import causal_attention
 from .config import ArchConfig
 from .gpt import GPT
 from .kv_base import CacheFullError
-from .paths import cache_dir
+from .paths import cache_dir, cache_entry_problem, private_dir, write_checksum
 
 if TYPE_CHECKING:  # onnxruntime is imported where a session is made
     import onnxruntime as ort
@@ -154,9 +155,9 @@ def export(model: GPT, directory: str | Path | None = None, *, force: bool = Fal
     key = export_key(model)
     folder = Path(directory) if directory is not None else default_export_dir()
     target = folder / key / "decoder.onnx"
-    if target.is_file() and not force:
+    if _reusable(target, force):
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(target.parent)
     batch, seq, past = 2, 3, 2
     if cfg.pos == "learned":
         past = min(past, cfg.max_seq_len - seq)
@@ -178,8 +179,20 @@ def export(model: GPT, directory: str | Path | None = None, *, force: bool = Fal
         tmp.unlink(missing_ok=True)
         raise ExportError(f"ONNX export of {cfg} failed: {type(exc).__name__}: {exc}".strip()[:4000]) from exc
     os.replace(tmp, target)  # atomic: a crash never leaves a half-written export under the key
+    write_checksum(target)
     (target.parent / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
     return target
+
+
+def _reusable(target: Path, force: bool) -> bool:
+    """Whether a cached graph can be used as it is; an entry that fails its check is rebuilt, and said so."""
+    if force or not target.exists():
+        return False
+    problem = cache_entry_problem(target)
+    if problem:
+        print(f"archbench: the cached graph cannot be used ({problem}); building it again", file=sys.stderr,
+              flush=True)
+    return problem is None
 
 
 GRAPH_LEVELS = ("plain", "fused")  # the export as it is | onnxruntime's transformer optimizer applied offline
@@ -195,7 +208,7 @@ def fuse(src: str | Path, config: ArchConfig, *, force: bool = False) -> Path:
     reused. Raises ExportError with the optimizer's message."""
     src = Path(src)
     target = src.with_name("decoder.fused.onnx")
-    if target.is_file() and not force:
+    if _reusable(target, force):
         return target
     tmp = target.with_suffix(".tmp.onnx")
     try:
@@ -210,6 +223,7 @@ def fuse(src: str | Path, config: ArchConfig, *, force: bool = False) -> Path:
         raise ExportError(f"onnxruntime's transformer optimizer failed on {src.name}: {type(exc).__name__}: "
                           f"{exc}"[:4000]) from exc
     os.replace(tmp, target)
+    write_checksum(target)
     return target
 
 

@@ -29,7 +29,7 @@ from torch import Tensor
 from . import corpus as corpus_mod
 from .config import ArchConfig
 from .gpt import GPT, build, from_state_dict
-from .paths import cache_dir
+from .paths import cache_dir, cache_entry_problem, private_dir, untrusted_reason, write_checksum
 
 TRAINER_VERSION = 1  # bump when training changes in a way the cache key cannot see
 DEFAULT_VARIANT = "gpt2-tiny-hd64"  # GPT-2's head_dim (64), so KV-cache quantizers see what they would on GPT-2
@@ -177,18 +177,27 @@ def reference_model(variant: str | ArchConfig = DEFAULT_VARIANT, tc: TrainConfig
     key = cache_key(arch, tc, corpus, device)
     folder = (directory or cache_dir()) / "reference" / key
     weights, meta_file = folder / "model.safetensors", folder / "meta.json"
-    if weights.is_file() and meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        model = from_state_dict(arch, load_file(str(weights))).eval()
-        return TrainResult(model, meta["val_bits_per_byte"], meta["unigram_bits_per_byte"], meta["train_losses"],
-                           meta["seconds"], from_cache=True)
+    if weights.exists() or meta_file.exists():  # a cache entry: used only when it checks out
+        problem = cache_entry_problem(weights) or (untrusted_reason(meta_file) if meta_file.is_file() else
+                                                   f"{meta_file} is missing")
+        if problem is None:
+            try:
+                meta = json.loads(meta_file.read_text())
+                model = from_state_dict(arch, load_file(str(weights))).eval()
+                return TrainResult(model, meta["val_bits_per_byte"], meta["unigram_bits_per_byte"],
+                                   meta["train_losses"], meta["seconds"], from_cache=True)
+            except Exception as exc:  # a file that passed its checksum but does not load: rebuild it too
+                problem = f"{weights.parent} does not load ({type(exc).__name__}: {exc})"
+        print(f"archbench: the cached reference model cannot be used ({problem}); training it again",
+              file=sys.stderr, flush=True)
     result = train(arch, tc, corpus=corpus, progress=progress, desc=f"training reference {key[:8]}", device=device)
-    folder.mkdir(parents=True, exist_ok=True)
+    private_dir(folder)
     state = {k: v.contiguous() for k, v in result.model.state_dict().items()
              if not (arch.tie_weights and k == "lm_head.weight")}  # a tied head is stored once
     tmp = folder / "model.safetensors.tmp"
     save_file(state, str(tmp))
     tmp.replace(weights)  # atomic: a crash never leaves a half-written checkpoint under the key
+    write_checksum(weights)
     meta = {"arch": arch.to_dict(), "train": dataclasses.asdict(tc), "corpus": corpus.fingerprint,
             "val_bits_per_byte": result.val_bits_per_byte, "unigram_bits_per_byte": result.unigram_bits_per_byte,
             "train_losses": result.train_losses, "seconds": result.seconds, "torch": torch.__version__,

@@ -47,8 +47,30 @@ class Results:
         return self.archbench_info.get("label") or self.machine_info.get("node") or self.path.stem
 
 
+def results_from_records(path: str | Path) -> dict:
+    """A results document in pytest-benchmark's shape, marked partial, from the JSON-lines records a run
+    appends as it measures (`records.jsonl`): what survives a run killed before pytest-benchmark wrote its
+    file. A last line cut short by the kill is dropped; everything before it is intact."""
+    machine_info: dict = {}
+    benchmarks = []
+    for line in Path(path).read_text(errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if isinstance(item, dict) and isinstance(item.get("machine_info"), dict):
+            machine_info = item["machine_info"]
+        elif isinstance(item, dict) and "benchmark" in item:
+            benchmarks.append(item["benchmark"])
+    return {"machine_info": machine_info, "commit_info": {}, "benchmarks": benchmarks, "datetime": None,
+            "version": None, "archbench_partial": True}
+
+
 def load(path: str | Path) -> Results:
-    """Read and validate one pytest-benchmark JSON file holding archbench records."""
+    """Read and validate one pytest-benchmark JSON file holding archbench records, or the records of a run
+    (`records.jsonl`, read as a partial run)."""
     path = Path(path)
     if not path.is_file():
         raise ResultsFileError(f"{path}: no such results file")
@@ -56,7 +78,7 @@ def load(path: str | Path) -> Results:
     if not text.strip():
         raise ResultsFileError(f"{path}: the file is empty")
     try:
-        data = json.loads(text)
+        data = results_from_records(path) if path.suffix == ".jsonl" else json.loads(text)
     except json.JSONDecodeError as exc:
         raise ResultsFileError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list):

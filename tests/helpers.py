@@ -28,9 +28,9 @@ def switch_id(switches: dict) -> str:
     return "-".join(str(v) if not isinstance(v, bool) else ("tied" if v else "untied") for v in switches.values())
 
 
-def write_byte_level_checkpoint(directory, n_layer: int = 2, seed: int = 0):
-    """A small transformers GPT-2 checkpoint with a byte-level tokenizer (token id = byte value, 256 is
-    end-of-text), written to `directory` without any download: what `--weights` expects."""
+def write_byte_level_checkpoint(directory, n_layer: int = 2, seed: int = 0, model_type: str = "gpt2"):
+    """A small transformers checkpoint (`model_type` gpt2 or llama) with a byte-level tokenizer (token id =
+    byte value, 256 is end-of-text), written to `directory` without any download: what `--weights` expects."""
     transformers = pytest.importorskip("transformers", reason="transformers writes the checkpoint")
     tokenizers = pytest.importorskip("tokenizers", reason="tokenizers builds the tokenizer")
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
@@ -41,10 +41,17 @@ def write_byte_level_checkpoint(directory, n_layer: int = 2, seed: int = 0):
     tok.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = tokenizers.decoders.ByteLevel()
     transformers.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>").save_pretrained(directory)
-    cfg = transformers.GPT2Config(vocab_size=257, n_positions=256, n_embd=64, n_layer=n_layer, n_head=4,
-                                  bos_token_id=256, eos_token_id=256)
+    if model_type == "llama":
+        cfg = transformers.LlamaConfig(vocab_size=257, hidden_size=64, intermediate_size=176, num_hidden_layers=n_layer,
+                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                       bos_token_id=256, eos_token_id=256, tie_word_embeddings=False)
+        make = transformers.LlamaForCausalLM
+    else:
+        cfg = transformers.GPT2Config(vocab_size=257, n_positions=256, n_embd=64, n_layer=n_layer, n_head=4,
+                                      bos_token_id=256, eos_token_id=256)
+        make = transformers.GPT2LMHeadModel
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = transformers.GPT2LMHeadModel(cfg)
+        model = make(cfg)
     model.save_pretrained(directory)
     return directory

@@ -7,10 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.__main__ import parse_args
 from bench.backends import get as get_backend
-from bench.run import rebuild_from_records
+from bench.run import INCOMING, INTERRUPTED_RUN, RECORDS, REPORT, RESULTS, rebuild_from_records
 from bench.studies.decode import report as decode_report
 from reports.load import load, to_frame
 
@@ -98,6 +99,7 @@ def test_rebuild_tolerates_a_line_cut_short(tmp_path) -> None:
         (["--weights", "no/such/checkpoint", "--out", "x"], "--weights no/such/checkpoint: no such directory"),
         (["--weights", ".", "--out", "x"], "no config.json in it"),
         (["--out", "README.md"], "--out README.md: exists and is not a directory"),
+        (["--out", "README.md/run"], "--out README.md/run: cannot write there (README.md is a file"),
     ],
 )
 def test_bad_arguments_list_the_valid_values(argv, message, capsys) -> None:
@@ -149,7 +151,7 @@ def test_ctrl_c_mid_run_keeps_the_records_and_writes_the_report(tmp_path) -> Non
     proc = subprocess.Popen([sys.executable, "-m", "bench", "--preset", "smoke", "--only", "decode", "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    records = out / "records.jsonl"
+    records = out / INCOMING / RECORDS  # a run in progress writes in its work directory
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
         if records.exists() and records.read_text().count('"benchmark"') >= 2:
@@ -162,6 +164,85 @@ def test_ctrl_c_mid_run_keeps_the_records_and_writes_the_report(tmp_path) -> Non
     results = load(out / "results.json")
     assert results.partial and len(results.benchmarks) >= 2
     assert (out / "index.html").stat().st_size > 0
+
+
+def _start_smoke(out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bench", "--preset", "smoke", "--only", "decode", "--backend",
+                             "torch-cpu", "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def test_a_rerun_killed_mid_way_keeps_the_previous_outputs_and_its_records(tmp_path) -> None:
+    """SIGKILL of a whole rerun into an old --out: the previous results and report stay as they were; the
+    killed run's records rebuild a report marked partial (`reports build DIR/.incoming/records.jsonl`);
+    the next run keeps them as `interrupted-run` and says so."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    first = _start_smoke(out)
+    assert first.wait(timeout=600) == 0, first.stdout.read()[-2000:]
+    before = {name: (out / name).read_bytes() for name in (RESULTS, REPORT)}
+    second = _start_smoke(out)
+    records = out / INCOMING / RECORDS
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and second.poll() is None:
+        if records.exists() and records.read_text().count('"benchmark"') >= 2:
+            break
+        time.sleep(0.2)
+    assert second.poll() is None, "the smoke run finished before it could be killed"
+    os.killpg(second.pid, signal.SIGKILL)
+    second.wait(timeout=60)
+    assert {name: (out / name).read_bytes() for name in (RESULTS, REPORT)} == before
+    report = tmp_path / "partial.html"
+    proc = subprocess.run([sys.executable, "-m", "reports", "build", str(records), "--out", str(report)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert load(records).partial and "rebuilt from records" in report.read_text()
+    third = _start_smoke(out)
+    output, _ = third.communicate(timeout=600)
+    assert third.returncode == 0 and "was killed; its records are kept" in output
+    assert (out / INTERRUPTED_RUN / RECORDS).exists() and not (out / INCOMING).exists()
+    assert load(out / RESULTS).benchmarks and (out / RESULTS).read_bytes() != before[RESULTS]
+
+
+def test_a_second_run_into_the_same_out_is_refused_with_the_first_ones_pid(tmp_path, capsys) -> None:
+    from bench.__main__ import main as bench_main
+    from bench.run import OutputLock
+
+    out = tmp_path / "busy"
+    argv = ["--preset", "smoke", "--only", "decode", "--backend", "torch-cpu", "--out", str(out), "--", "-k",
+            "gpt2-tiny-torch-cpu-raw-T8"]
+    with OutputLock(out):
+        proc = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=ROOT, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2
+        assert f"another archbench run (pid {os.getpid()}) is writing there" in proc.stderr
+        assert not (out / RESULTS).exists()
+    assert bench_main(argv) == 0 and load(out / RESULTS).benchmarks  # free again once the first run ends
+
+
+def test_a_broken_checkpoint_is_an_error_before_any_work(tmp_path, capsys) -> None:
+    """--weights with a truncated safetensors file: `error: --weights DIR: FILE: cannot be read (...)`,
+    exit status 2, before anything runs; a .bin that needs code to unpickle is refused with advice that
+    does not say `weights_only=False`."""
+    from models.hf import CheckpointError, load_hf
+
+    from .helpers import write_byte_level_checkpoint
+
+    ckpt = write_byte_level_checkpoint(tmp_path / "ckpt")
+    weights = next(ckpt.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:40])
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--weights", str(ckpt), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"{weights}: cannot be read" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    weights.unlink()
+    torch.save({"weight": torch.zeros(2), "extra": Path(".")}, ckpt / "pytorch_model.bin")  # a class to unpickle
+    with pytest.raises(CheckpointError, match="archbench loads tensors only") as bad:
+        load_hf(ckpt)
+    assert "weights_only=False" not in str(bad.value)
 
 
 def test_accuracy_studies_run_on_a_checkpoint_given_with_weights(tmp_path) -> None:
@@ -185,6 +266,23 @@ def test_accuracy_studies_run_on_a_checkpoint_given_with_weights(tmp_path) -> No
     assert int8.loc[("w8a8", "quantize"), "m_kl_mean_nats"] > int8.loc[("fp32", "keep"), "m_kl_mean_nats"]
     # a random 257-token model: about log2(257) = 8 bits per token, one byte per token
     assert 6.0 < kv.loc["raw-fp32", "m_bits_per_byte"] < 10.0
+
+
+def test_the_peer_runs_the_checkpoints_own_class_and_names_it(tmp_path) -> None:
+    """--weights with a Llama checkpoint: transformers' peer is the checkpoint's own class (not a GPT-2 with
+    every weight missing), ours generates its tokens, and the records say `checkpoint:<name>`, so no
+    GPT-2 124M target is applied to it."""
+    from .helpers import write_byte_level_checkpoint
+
+    ckpt = write_byte_level_checkpoint(tmp_path / "my-llama", model_type="llama")
+    out = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "bench/studies/decode/test_decode.py", "-q",
+                           "-p", "no:cacheprovider", "--preset", "quick", "--backend", "torch-cpu",
+                           "--weights", str(ckpt), "-k", "peer", f"--benchmark-json={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    df = to_frame([load(out)])
+    assert set(df["variant"]) == {"checkpoint:my-llama"} and df["m_tokens_identical"].all()
 
 
 def test_shards_partition_the_benchmarks_and_keep_sweeps_whole() -> None:

@@ -96,8 +96,11 @@ def test_report_is_self_contained_and_escapes_results(tmp_path) -> None:
     assert "http://" not in html and "https://" not in html  # works offline
 
 
-def test_report_from_two_machines_shows_both(tmp_path) -> None:
-    data = json.loads(SMOKE.read_text())
+@pytest.mark.parametrize("results", [SMOKE, STUDIES], ids=["decode", "every-study"])
+def test_report_from_two_machines_shows_both(results, tmp_path) -> None:
+    """Every section and summary line of a report of two machines (KV accuracy, INT8, the architecture
+    studies and decode alike): a lookup that finds one row per machine must not reach a format string."""
+    data = json.loads(results.read_text())
     other = copy.deepcopy(data)
     other["machine_info"]["archbench"]["label"] = "Second Machine X"
     other["machine_info"]["archbench"]["profile"]["cpu_model"] = "Second Machine X"

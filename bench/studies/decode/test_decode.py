@@ -12,6 +12,7 @@ import hashlib
 import time
 from dataclasses import asdict, dataclass
 from functools import cache
+from pathlib import Path
 
 import pytest
 import torch
@@ -328,7 +329,8 @@ def test_prefill(benchmark, record, ceiling, prefill_case: DecodeCase) -> None:
 
 @pytest.fixture(scope="module")
 def peer_models(pytestconfig: pytest.Config):
-    """transformers' GPT2LMHeadModel (random seeded, or --weights) and ours loaded from it, per variant."""
+    """transformers' model (a random-seeded GPT2LMHeadModel, or the --weights checkpoint's own class) and ours
+    loaded from it, per variant."""
     transformers = pytest.importorskip("transformers", reason="transformers is needed for the peer comparison")
     from bench.plugin import run_config
     from models import load_hf
@@ -336,10 +338,18 @@ def peer_models(pytestconfig: pytest.Config):
     made = {}
 
     def get(variant: str):
+        """(transformers' model, ours, the label its records carry)."""
         if variant not in made:
             weights = run_config(pytestconfig).weights
-            if weights:
-                hf = transformers.GPT2LMHeadModel.from_pretrained(weights, local_files_only=True)
+            label = variant
+            if weights:  # the class the checkpoint's config names; every weight loaded, or no comparison
+                hf, info = transformers.AutoModelForCausalLM.from_pretrained(weights, local_files_only=True,
+                                                                              output_loading_info=True)
+                wrong = {k: sorted(v)[:5] for k, v in info.items() if v and k != "error_msgs"}
+                if wrong or info.get("error_msgs"):
+                    pytest.fail(f"--weights {weights}: transformers did not load the checkpoint whole "
+                                f"({type(hf).__name__}): {wrong or info['error_msgs']}", pytrace=False)
+                label = f"checkpoint:{Path(weights).name}"
             else:
                 cfg = variants.get(variant)
                 hf_cfg = transformers.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len,
@@ -348,7 +358,7 @@ def peer_models(pytestconfig: pytest.Config):
                 with torch.random.fork_rng(devices=[]):
                     torch.manual_seed(0)
                     hf = transformers.GPT2LMHeadModel(hf_cfg)
-            made[variant] = (hf.eval(), load_hf(hf))
+            made[variant] = (hf.eval(), load_hf(hf), label)
         return made[variant]
 
     return get
@@ -358,7 +368,7 @@ def test_peer(benchmark, record, ceiling, peer_models, peer_case: PeerCase) -> N
     """Greedy generate of the same tokens by ours and by transformers, prefill included in both."""
     case = peer_case
     backend = harness.available_or_skip(backends.get(case.backend))
-    hf_cpu, ours_cpu = peer_models(case.variant)
+    hf_cpu, ours_cpu, label = peer_models(case.variant)
     device = backend.input_device
     ceiling(torch.device(backend.device_type))  # on first use: the device warmed up and its ceiling recorded
     ours = prepare(backend, ours_cpu, torch.float32)
@@ -383,7 +393,7 @@ def test_peer(benchmark, record, ceiling, peer_models, peer_case: PeerCase) -> N
         assert identical, "archbench and transformers generated different tokens from the same weights"
         benchmark.pedantic(harness.synced(run_ours if case.impl == "archbench" else run_hf, device),
                            rounds=case.rounds, warmup_rounds=0)
-    record("decode", case.variant, backend,
+    record("decode", label, backend,
            params=PeerParams(impl=case.impl, cache=case.cache, decode_tokens=case.decode_tokens,
                              prompt_tokens=case.prompt_len),
            metrics=PeerMetrics(tokens_identical=identical, tokens_sha1=_sha1(ours_tokens)))
