@@ -546,10 +546,14 @@ def summary(df: pd.DataFrame) -> list[str]:
     fits = slopes(df)
     for (machine, backend), g in fits.groupby(["machine", "backend"]) if not fits.empty else []:
         raw, none = g[g["p_cache"] == "raw"], g[g["p_cache"] == "none"]
+        raw, none = raw[raw["slope"].notna()], none[none["slope"].notna()]  # a fit needs two lengths or more
         if len(raw) and len(none):
             lines.append(f"{machine} / {backend}: decode time grows with log-log slope {raw['slope'].median():.2f} "
                          f"with a KV cache and {none['slope'].median():.2f} without "
                          f"({none['end_slope'].median():.2f} between the two longest lengths; medians over variants).")
+        elif len(raw):
+            lines.append(f"{machine} / {backend}: decode time grows with log-log slope {raw['slope'].median():.2f} "
+                         "with a KV cache (without one it was timed at fewer than two lengths: no slope).")
     pay = cache_payoff(df)
     if not pay.empty:  # the paired figure where measured (both sides timed together), else the fastest rounds'
         speedup = pay["speedup_paired"].where(pay["speedup_paired"].notna(), pay["speedup_longest"])
