@@ -141,23 +141,28 @@ def test_pytest_direct_use_skips_unavailable_backend_with_reason(tmp_path) -> No
     assert "torch-cuda unavailable" in proc.stdout and " passed" not in proc.stdout
 
 
+def _wait_for_records(proc: subprocess.Popen, records: Path, count: int = 2) -> None:
+    """Wait until a running `proc` has appended `count` benchmark records to `records` (it must still run)."""
+    import time
+
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if records.exists() and records.read_text().count('"benchmark"') >= count:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the smoke run finished before it could be stopped mid-way"
+
+
 def test_ctrl_c_mid_run_keeps_the_records_and_writes_the_report(tmp_path) -> None:
     """SIGINT to the whole process group (Ctrl-C in a terminal, or `timeout -s INT`): pytest-benchmark
     leaves an empty results file behind; the records rebuild it and the report is still written."""
     import signal
-    import time
 
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "bench", "--preset", "smoke", "--only", "decode", "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
-    records = out / INCOMING / RECORDS  # a run in progress writes in its work directory
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if records.exists() and records.read_text().count('"benchmark"') >= 2:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the smoke run finished before it could be interrupted"
+    _wait_for_records(proc, out / INCOMING / RECORDS)  # a run in progress writes in its work directory
     os.killpg(proc.pid, signal.SIGINT)
     output, _ = proc.communicate(timeout=300)
     assert "the run ended early" in output, output[-2000:]
@@ -177,7 +182,6 @@ def test_a_rerun_killed_mid_way_keeps_the_previous_outputs_and_its_records(tmp_p
     killed run's records rebuild a report marked partial (`reports build DIR/.incoming/records.jsonl`);
     the next run keeps them as `interrupted-run` and says so."""
     import signal
-    import time
 
     out = tmp_path / "run"
     first = _start_smoke(out)
@@ -185,12 +189,7 @@ def test_a_rerun_killed_mid_way_keeps_the_previous_outputs_and_its_records(tmp_p
     before = {name: (out / name).read_bytes() for name in (RESULTS, REPORT)}
     second = _start_smoke(out)
     records = out / INCOMING / RECORDS
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and second.poll() is None:
-        if records.exists() and records.read_text().count('"benchmark"') >= 2:
-            break
-        time.sleep(0.2)
-    assert second.poll() is None, "the smoke run finished before it could be killed"
+    _wait_for_records(second, records)
     os.killpg(second.pid, signal.SIGKILL)
     second.wait(timeout=60)
     assert {name: (out / name).read_bytes() for name in (RESULTS, REPORT)} == before
