@@ -85,7 +85,7 @@ def load(path: str | Path) -> Results:
         raise ResultsFileError(f"{path}: not a pytest-benchmark results file (no 'benchmarks' list)")
     if not isinstance(data.get("machine_info"), dict):
         raise ResultsFileError(f"{path}: not a pytest-benchmark results file (no 'machine_info')")
-    ours = []
+    ours, declared = [], _declared_fields()
     for i, bench in enumerate(data["benchmarks"]):
         info = bench.get("extra_info") if isinstance(bench, dict) else None
         if not isinstance(info, dict) or "schema" not in info:
@@ -100,6 +100,9 @@ def load(path: str | Path) -> Results:
             if not isinstance(info[key], dict):
                 raise ResultsFileError(f"{path}: benchmark {i} ({bench.get('name')}) record's {key!r} is "
                                        f"{type(info[key]).__name__}, not an object")
+        problem = _field_problem(info, declared)
+        if problem:
+            raise ResultsFileError(f"{path}: benchmark {i} ({bench.get('name')}) record's {problem}")
         if not isinstance(bench.get("stats"), dict) or "mean" not in bench["stats"]:
             raise ResultsFileError(f"{path}: benchmark {i} ({bench.get('name')}) has no timing stats")
         ours.append(bench)
@@ -107,6 +110,28 @@ def load(path: str | Path) -> Results:
         what = "no benchmarks" if not data["benchmarks"] else "no archbench records (a foreign suite's file?)"
         raise ResultsFileError(f"{path}: {what}")
     return Results(path, data["machine_info"], ours, bool(data.get("archbench_partial")))
+
+
+def _declared_fields() -> dict[str, dict[str, tuple]]:
+    """Record study -> field -> the types its study's record dataclasses declare (registered studies)."""
+    from bench import studies
+
+    return {record: study.field_types() for study in studies.STUDIES.values() for record in study.records}
+
+
+def _field_problem(info: dict, declared: dict[str, dict[str, tuple]]) -> str | None:
+    """What is wrong with a record's params and metrics against its study's declared fields (None: nothing;
+    fields a study does not declare, and records of studies not registered here, are not checked)."""
+    from bench.study import conforms, type_name
+
+    fields = declared.get(info["study"], {})
+    for part in ("params", "metrics"):
+        for name, value in info[part].items():
+            hints = fields.get(name)
+            if hints and not any(conforms(value, hint) for hint in hints):
+                want = " or ".join(type_name(h) for h in hints)
+                return f"{part}.{name} is {json.dumps(value)[:60]} ({type(value).__name__}), not {want}"
+    return None
 
 
 def load_baseline(path: str | Path) -> list[Results]:

@@ -11,7 +11,6 @@ import torch
 
 from bench.__main__ import parse_args
 from bench.backends import get as get_backend
-from bench.run import INCOMING, INTERRUPTED_RUN, RECORDS, REPORT, RESULTS, rebuild_from_records
 from bench.studies.decode import report as decode_report
 from reports.load import load, to_frame
 
@@ -66,29 +65,6 @@ def test_smoke_preset_writes_results_and_report(tmp_path) -> None:
     assert "PASS    identical tokens" in check.stdout and "gates passed" in check.stdout
 
 
-@pytest.mark.parametrize(("signal", "status"), [(None, 3), (9, 128 + 9)])
-def test_a_crash_keeps_what_was_measured(tmp_path, signal, status) -> None:
-    """The worker dies mid-run (an exit, or killed by a signal): the command exits as a shell would say
-    (128 + the signal), and the records measured so far still make results.json and the report."""
-    env = {"ARCHBENCH_TEST_CRASH_AFTER": "3", **({"ARCHBENCH_TEST_CRASH_SIGNAL": str(signal)} if signal else {})}
-    proc = _run_bench("--preset", "smoke", "--backend", "torch-cpu", "--out", str(tmp_path), "--",
-                      "-p", "tests.crash_plugin", env=env)
-    assert proc.returncode == status, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "ended early" in proc.stdout
-    results = load(tmp_path / "results.json")
-    assert results.partial and len(results.benchmarks) == 3
-    assert "rebuilt from records" in (tmp_path / "index.html").read_text()
-
-
-def test_rebuild_tolerates_a_line_cut_short(tmp_path) -> None:
-    good = {"benchmark": {"name": "b", "stats": {"mean": 1.0}, "extra_info": {
-        "schema": 1, "study": "decode", "variant": "v", "backend": "torch-cpu", "params": {}, "metrics": {}}}}
-    records = tmp_path / "records.jsonl"
-    records.write_text(json.dumps({"machine_info": {"node": "n"}}) + "\n" + json.dumps(good) + "\n" + '{"bench')
-    assert rebuild_from_records(records, tmp_path / "results.json") == 1
-    assert load(tmp_path / "results.json").benchmarks[0]["name"] == "b"
-
-
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -123,7 +99,6 @@ def test_only_unavailable_backends_is_an_error_with_the_reason(capsys) -> None:
 def test_pytest_direct_use_skips_unavailable_backend_with_reason(tmp_path) -> None:
     """Plain pytest on a suite: the same validation as `python -m bench` (only unavailable backends is a
     usage error giving the reason), and an unavailable backend's cases skip with the reason."""
-    import torch
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present: nothing to skip")
@@ -139,109 +114,6 @@ def test_pytest_direct_use_skips_unavailable_backend_with_reason(tmp_path) -> No
     proc = pytest_run("torch-cuda", "torch-cpu")
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert "torch-cuda unavailable" in proc.stdout and " passed" not in proc.stdout
-
-
-def _wait_for_records(proc: subprocess.Popen, records: Path, count: int = 2) -> None:
-    """Wait until a running `proc` has appended `count` benchmark records to `records` (it must still run)."""
-    import time
-
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if records.exists() and records.read_text().count('"benchmark"') >= count:
-            break
-        time.sleep(0.2)
-    assert proc.poll() is None, "the smoke run finished before it could be stopped mid-way"
-
-
-def test_ctrl_c_mid_run_keeps_the_records_and_writes_the_report(tmp_path) -> None:
-    """SIGINT to the whole process group (Ctrl-C in a terminal, or `timeout -s INT`): pytest-benchmark
-    leaves an empty results file behind; the records rebuild it and the report is still written."""
-    import signal
-
-    out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "--preset", "smoke", "--only", "decode", "--out", str(out)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    _wait_for_records(proc, out / INCOMING / RECORDS)  # a run in progress writes in its work directory
-    os.killpg(proc.pid, signal.SIGINT)
-    output, _ = proc.communicate(timeout=300)
-    assert "the run ended early" in output, output[-2000:]
-    results = load(out / "results.json")
-    assert results.partial and len(results.benchmarks) >= 2
-    assert (out / "index.html").stat().st_size > 0
-
-
-def _start_smoke(out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "bench", "--preset", "smoke", "--only", "decode", "--backend",
-                             "torch-cpu", "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-
-
-def test_a_rerun_killed_mid_way_keeps_the_previous_outputs_and_its_records(tmp_path) -> None:
-    """SIGKILL of a whole rerun into an old --out: the previous results and report stay as they were; the
-    killed run's records rebuild a report marked partial (`reports build DIR/.incoming/records.jsonl`);
-    the next run keeps them as `interrupted-run` and says so."""
-    import signal
-
-    out = tmp_path / "run"
-    first = _start_smoke(out)
-    assert first.wait(timeout=600) == 0, first.stdout.read()[-2000:]
-    before = {name: (out / name).read_bytes() for name in (RESULTS, REPORT)}
-    second = _start_smoke(out)
-    records = out / INCOMING / RECORDS
-    _wait_for_records(second, records)
-    os.killpg(second.pid, signal.SIGKILL)
-    second.wait(timeout=60)
-    assert {name: (out / name).read_bytes() for name in (RESULTS, REPORT)} == before
-    report = tmp_path / "partial.html"
-    proc = subprocess.run([sys.executable, "-m", "reports", "build", str(records), "--out", str(report)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert load(records).partial and "rebuilt from records" in report.read_text()
-    third = _start_smoke(out)
-    output, _ = third.communicate(timeout=600)
-    assert third.returncode == 0 and "was killed; its records are kept" in output
-    assert (out / INTERRUPTED_RUN / RECORDS).exists() and not (out / INCOMING).exists()
-    assert load(out / RESULTS).benchmarks and (out / RESULTS).read_bytes() != before[RESULTS]
-
-
-def test_a_second_run_into_the_same_out_is_refused_with_the_first_ones_pid(tmp_path, capsys) -> None:
-    from bench.__main__ import main as bench_main
-    from bench.run import OutputLock
-
-    out = tmp_path / "busy"
-    argv = ["--preset", "smoke", "--only", "decode", "--backend", "torch-cpu", "--out", str(out), "--", "-k",
-            "gpt2-tiny-torch-cpu-raw-T8"]
-    with OutputLock(out):
-        proc = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=ROOT, capture_output=True, text=True,
-                              timeout=300)
-        assert proc.returncode == 2
-        assert f"another archbench run (pid {os.getpid()}) is writing there" in proc.stderr
-        assert not (out / RESULTS).exists()
-    assert bench_main(argv) == 0 and load(out / RESULTS).benchmarks  # free again once the first run ends
-
-
-def test_a_broken_checkpoint_is_an_error_before_any_work(tmp_path, capsys) -> None:
-    """--weights with a truncated safetensors file: `error: --weights DIR: FILE: cannot be read (...)`,
-    exit status 2, before anything runs; a .bin that needs code to unpickle is refused with advice that
-    does not say `weights_only=False`."""
-    from models.hf import CheckpointError, load_hf
-
-    from .helpers import write_byte_level_checkpoint
-
-    ckpt = write_byte_level_checkpoint(tmp_path / "ckpt")
-    weights = next(ckpt.glob("*.safetensors"))
-    weights.write_bytes(weights.read_bytes()[:40])
-    with pytest.raises(SystemExit) as info:
-        parse_args(["--weights", str(ckpt), "--out", str(tmp_path / "out")])
-    err = capsys.readouterr().err
-    assert info.value.code == 2 and f"{weights}: cannot be read" in err and "Traceback" not in err
-    assert not (tmp_path / "out").exists()
-    weights.unlink()
-    torch.save({"weight": torch.zeros(2), "extra": Path(".")}, ckpt / "pytorch_model.bin")  # a class to unpickle
-    with pytest.raises(CheckpointError, match="archbench loads tensors only") as bad:
-        load_hf(ckpt)
-    assert "weights_only=False" not in str(bad.value)
 
 
 def test_accuracy_studies_run_on_a_checkpoint_given_with_weights(tmp_path) -> None:

@@ -93,4 +93,5 @@ STUDY = Study(
     records=("decode",),
     report="bench.studies.decode.report",
     judge="bench.studies.decode.judge",
+    fields="bench.studies.decode.records",
 )

@@ -88,6 +88,7 @@ STUDY = Study(
     records=("int8",),
     report="bench.studies.int8.report",
     judge="bench.studies.int8.judge",
+    fields="bench.studies.int8.records",
     untimed=frozenset({("int8", "sensitivity")}),
     references=lambda sweeps: {s.reference for s in sweeps},
 )

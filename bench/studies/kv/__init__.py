@@ -89,6 +89,7 @@ STUDY = Study(
     records=("kv_memory", "kv_accuracy"),
     report="bench.studies.kv.report",
     judge="bench.studies.kv.judge",
+    fields="bench.studies.kv.records",
     # accuracy evaluations, fresh-process memory probes and analytic counts: their time is not the measurement
     untimed=frozenset({("kv_accuracy", "*"), ("kv_memory", "rss"), ("kv_memory", "vram"),
                        ("kv_memory", "capacity")}),

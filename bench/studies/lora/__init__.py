@@ -45,6 +45,7 @@ STUDY = Study(
     records=("lora",),
     report="bench.studies.lora.report",
     judge="bench.studies.lora.judge",
+    fields="bench.studies.lora.records",
     untimed=frozenset({("lora", "finetune"), ("lora", "variance")}),
     references=lambda sweeps: {s.reference for s in sweeps},
 )

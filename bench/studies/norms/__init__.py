@@ -48,5 +48,6 @@ STUDY = Study(
     records=("norms",),
     report="bench.studies.norms.report",
     judge="bench.studies.norms.judge",
+    fields="bench.studies.norms.records",
     untimed=frozenset({("norms", "stability"), ("norms", "gradients"), ("norms", "share")}),
 )

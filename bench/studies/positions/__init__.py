@@ -44,5 +44,6 @@ STUDY = Study(
     records=("positions",),
     report="bench.studies.positions.report",
     judge="bench.studies.positions.judge",
+    fields="bench.studies.positions.records",
     untimed=frozenset({("positions", "extrapolation"), ("positions", "params")}),
 )

@@ -37,5 +37,6 @@ STUDY = Study(
     records=("tying",),
     report="bench.studies.tying.report",
     judge="bench.studies.tying.judge",
+    fields="bench.studies.tying.records",
     untimed=frozenset({("tying", "quality"), ("tying", "params")}),
 )
