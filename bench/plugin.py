@@ -10,6 +10,7 @@ options through the same `bench.run.validate`.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import json
 import os
@@ -18,9 +19,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_benchmark
 import torch
 
-from bench import backends, presets
+from bench import backends, presets, studies
 from bench.run import RECORDS, ConfigError, ProvidedConfig, RunConfig, validate
 from profiles import ceilings, hardware
 from profiles.timers import warm_up
@@ -142,6 +144,14 @@ def _fields(value: object) -> dict:
     return dict(value)
 
 
+def _label(target: object, rec: dict) -> None:
+    """Give a benchmark (or its stats) the record's pytest-benchmark group and JSON params: variant, backend
+    and the record's params, so `--benchmark-group-by=param:backend` and the CSV work."""
+    study = studies.owner(rec["study"])
+    target.group = study.group(rec) if study else f"{rec['study']}: {rec['variant']}"
+    target.params = {"variant": rec["variant"], "backend": rec["backend"], **rec["params"]}
+
+
 @pytest.fixture
 def record(benchmark, request: pytest.FixtureRequest) -> Iterator[Callable[..., None]]:
     """`record(study, variant, backend, params, metrics)`: put one archbench record into
@@ -159,10 +169,13 @@ def record(benchmark, request: pytest.FixtureRequest) -> Iterator[Callable[..., 
                "device_type": device_type, "params": _fields(params), "metrics": _fields(metrics)}
         benchmark.extra_info.update(rec)
         holder["record"] = rec
+        _label(benchmark, rec)
 
     yield _record
     path = records_path(request.config)
     stats = getattr(benchmark, "stats", None)
+    if holder and stats is not None:
+        _label(stats, holder["record"])  # pytest-benchmark copied group and params when the rounds ran
     if path and holder and stats is not None:
         with open(path, "a") as fh:
             fh.write(json.dumps({"benchmark": stats.as_dict(include_data=True)}, default=str) + "\n")
@@ -196,14 +209,20 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 def _append_machine_info(config: pytest.Config) -> None:
-    """Append the current machine_info to the records (the last such line wins when a run is rebuilt)."""
+    """Append the current machine_info, commit_info, datetime and pytest-benchmark version to the records
+    (the last such line wins when a run is rebuilt)."""
     path = records_path(config)
     if not path:
         return
     info = config.hook.pytest_benchmark_generate_machine_info(config=config)
     config.hook.pytest_benchmark_update_machine_info(config=config, machine_info=info)
+    commit = config.hook.pytest_benchmark_generate_commit_info(config=config)
+    config.hook.pytest_benchmark_update_commit_info(config=config, commit_info=commit)
+    provenance = {"machine_info": info, "commit_info": commit,
+                  "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                  "version": pytest_benchmark.__version__}  # what pytest-benchmark's own file holds
     with open(path, "a") as fh:
-        fh.write(json.dumps({"machine_info": info}, default=str) + "\n")
+        fh.write(json.dumps(provenance, default=str) + "\n")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

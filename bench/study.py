@@ -43,6 +43,18 @@ class Study:
     untimed: frozenset[tuple[str, str]] = frozenset()  # (record study, phase or "*"): time is not the measurement
     references: Callable[[Any], Iterable[str]] = field(default=_no_references)  # reference models a sweep trains
     fields: Any = None  # module or dotted module name of its record dataclasses (None: records are not type-checked)
+    group_by: tuple[str, ...] = ()  # params fields that, beside record study, phase and variant, make a comparison
+
+    def group(self, record: Mapping[str, Any]) -> str:
+        """The pytest-benchmark group of a record: the comparison it belongs to (record study, phase, the
+        variant where it ran on an engine, and the study's `group_by` params), so the terminal table and
+        `pytest-benchmark compare` rank like with like."""
+        params = record.get("params", {})
+        words = [f"{record['study']}:", *([params["phase"]] if params.get("phase") else [])]
+        if record.get("device_type") is not None:  # counts that ran on no engine compare across models
+            words.append(record["variant"])
+        words += [f"{key}={params[key]}" for key in self.group_by if key in params]
+        return " ".join(words)
 
     def sweep(self, preset: str) -> Any | None:
         """What this study runs in `preset` (None: nothing)."""

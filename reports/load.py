@@ -50,8 +50,10 @@ class Results:
 def results_from_records(path: str | Path) -> dict:
     """A results document in pytest-benchmark's shape, marked partial, from the JSON-lines records a run
     appends as it measures (`records.jsonl`): what survives a run killed before pytest-benchmark wrote its
-    file. A last line cut short by the kill is dropped; everything before it is intact."""
+    file. A last line cut short by the kill is dropped; everything before it is intact. The provenance
+    (commit_info, datetime, pytest-benchmark's version) comes from the last machine line, as the file's would."""
     machine_info: dict = {}
+    provenance: dict = {"commit_info": {}, "datetime": None, "version": None}
     benchmarks = []
     for line in Path(path).read_text(errors="replace").splitlines():
         if not line.strip():
@@ -62,10 +64,10 @@ def results_from_records(path: str | Path) -> dict:
             break
         if isinstance(item, dict) and isinstance(item.get("machine_info"), dict):
             machine_info = item["machine_info"]
+            provenance.update({key: item[key] for key in provenance if key in item})
         elif isinstance(item, dict) and "benchmark" in item:
             benchmarks.append(item["benchmark"])
-    return {"machine_info": machine_info, "commit_info": {}, "benchmarks": benchmarks, "datetime": None,
-            "version": None, "archbench_partial": True}
+    return {"machine_info": machine_info, **provenance, "benchmarks": benchmarks, "archbench_partial": True}
 
 
 def load(path: str | Path) -> Results:

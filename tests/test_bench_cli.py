@@ -63,6 +63,34 @@ def test_smoke_preset_writes_results_and_report(tmp_path) -> None:
     assert all(line.split()[1:3] in (["cached", "slope"], ["uncached", "slope"]) and "vs baseline" not in line
                for line in failed), check.stdout
     assert "PASS    identical tokens" in check.stdout and "gates passed" in check.stdout
+    _pytest_benchmark_tools_read(tmp_path / "results.json")
+
+
+def _pytest_benchmark_tools_read(results: Path) -> None:
+    """pytest-benchmark's own tools on a run's results: every benchmark has a group (its study and the
+    comparison within it) and JSON params; `compare` ranks within groups (no ">1000" ratio between unlike
+    benchmarks) and groups by a param; its CSV has the params."""
+    data = json.loads(results.read_text())
+    benches = data["benchmarks"]
+    assert all(b["group"] and b["group"].split(":")[0] == b["extra_info"]["study"] for b in benches)
+    assert "UNSERIALIZABLE" not in json.dumps([b["params"] for b in benches])
+    assert all(b["params"]["backend"] == b["extra_info"]["backend"] for b in benches)
+    decode = [b for b in benches if b["extra_info"]["params"].get("phase") == "decode"]
+    assert all(f"decode_tokens={b['params']['decode_tokens']}" in b["group"] for b in decode)
+    assert data["commit_info"] and data["datetime"] and data["version"]
+
+    def compare(*args: str) -> str:
+        proc = subprocess.run([sys.executable, "-m", "pytest_benchmark", "compare", str(results), *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    table = compare("--columns=min")
+    assert ">1000" not in table and "benchmark 'decode: decode gpt2-tiny decode_tokens=8'" in table
+    assert "benchmark 'backend=torch-cpu'" in compare("--group-by=param:backend")
+    compare(f"--csv={results.with_suffix('')}")  # pytest-benchmark adds .csv
+    rows = results.with_suffix(".csv").read_text().splitlines()
+    assert len(rows) == len(benches) + 1 and "param:decode_tokens" in rows[0]
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import pytest_benchmark
 import torch
 
 from bench.__main__ import parse_args
@@ -62,6 +63,9 @@ def test_a_crash_keeps_what_was_measured(tmp_path, signal, status) -> None:
     results = load(tmp_path / "results.json")
     assert results.partial and len(results.benchmarks) == 3
     assert "rebuilt from records" in (tmp_path / "index.html").read_text()
+    rebuilt = json.loads((tmp_path / "results.json").read_text())  # its provenance survives the rebuild
+    assert rebuilt["commit_info"] and rebuilt["datetime"] and rebuilt["version"] == pytest_benchmark.__version__
+    assert all(b["group"] and "UNSERIALIZABLE" not in json.dumps(b["params"]) for b in rebuilt["benchmarks"])
 
 
 def test_rebuild_tolerates_a_line_cut_short(tmp_path) -> None:

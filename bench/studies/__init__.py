@@ -28,6 +28,11 @@ def get(name: str) -> Study:
     return STUDIES.lookup(name)
 
 
+def owner(record_study: str) -> Study | None:
+    """The study that writes records of `record_study` (None: no registered study does)."""
+    return next((s for s in STUDIES.values() if record_study in s.records), None)
+
+
 def all_claims() -> list:
     """Every registered study's claims, in registry order."""
     return [claim for study in STUDIES.values() for claim in study.judge_half().CLAIMS]

@@ -94,4 +94,5 @@ STUDY = Study(
     report="bench.studies.decode.report",
     judge="bench.studies.decode.judge",
     fields="bench.studies.decode.records",
+    group_by=("decode_tokens",),  # cache modes, kinds and engines compared at one length
 )

@@ -90,6 +90,7 @@ STUDY = Study(
     report="bench.studies.kv.report",
     judge="bench.studies.kv.judge",
     fields="bench.studies.kv.records",
+    group_by=("decode_tokens",),  # cache modes, kinds and engines compared at one length
     # accuracy evaluations, fresh-process memory probes and analytic counts: their time is not the measurement
     untimed=frozenset({("kv_accuracy", "*"), ("kv_memory", "rss"), ("kv_memory", "vram"),
                        ("kv_memory", "capacity")}),
