@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(config: RunConfig) -> int:
     """Start the worker on `config` (its outputs prepared) and finish the run with its exit status."""
     config_file = prepare_out(config)
-    print(f"archbench: preset {config.preset!r}, studies {', '.join(config.study_names())} -> {config.out}",
+    shard = f", shard {config.shard[0]}/{config.shard[1]}" if config.shard else ""
+    print(f"archbench: preset {config.preset!r}, studies {', '.join(config.study_names())}{shard} -> {config.out}",
           flush=True)
     worker = subprocess.Popen([sys.executable, "-m", "bench.run", str(config_file)], cwd=ROOT)
     try:

@@ -25,6 +25,7 @@ import torch
 from bench import backends, presets, studies
 from bench.run import RECORDS, ConfigError, ProvidedConfig, RunConfig, validate
 from profiles import ceilings, hardware
+from profiles.energy import EnergyCounter, energy_counter
 from profiles.timers import warm_up
 from reports.load import SCHEMA  # the record schema the loader reads
 
@@ -137,6 +138,20 @@ def read_probe() -> Iterator[Callable[[torch.device], ceilings.ReadProbe]]:
     probes.clear()
 
 
+@pytest.fixture(scope="session")
+def energy() -> Callable[[torch.device], EnergyCounter | str]:
+    """The energy counter of a device (`profiles.energy`: NVML on NVIDIA GPUs, RAPL on CPUs), or the reason
+    there is none here; found once per device type for the session."""
+    counters: dict[str, EnergyCounter | str] = {}
+
+    def get(device: torch.device) -> EnergyCounter | str:
+        if device.type not in counters:
+            counters[device.type] = energy_counter(device)
+        return counters[device.type]
+
+    return get
+
+
 def _fields(value: object) -> dict:
     """A record's params or metrics as a dict: a study's record dataclass by its fields, a mapping as it is."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -188,11 +203,15 @@ def machine_info_extra(config: pytest.Config) -> dict:
     the preset and studies, and how each selected backend's engine is configured."""
     profile = hardware.detect()
     cfg = run_config(config)
-    engines = {}
+    engines, energy = {}, {}
     for name in cfg.backend_names():
         backend = backends.get(name)
         if backend.unavailable_reason() is None:
             engines[name] = {"family": backend.family, "device_type": backend.device_type, **backend.settings()}
+            if backend.device_type not in energy:
+                counter = energy_counter(torch.device(backend.device_type))
+                energy[backend.device_type] = (counter.source if isinstance(counter, EnergyCounter)
+                                               else f"not available here: {counter}")
     return {
         "schema": SCHEMA,
         "preset": cfg.preset,
@@ -201,6 +220,7 @@ def machine_info_extra(config: pytest.Config) -> dict:
         "profile": profile.to_dict(),
         "ceilings": {device: c.to_dict() for device, c in config.stash[CEILINGS].items()},
         "backends": engines,
+        "energy": energy,  # device type -> the counter decode rounds read, or why there is none
     }
 
 

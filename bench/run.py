@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,27 @@ def parse_shard(text: str) -> tuple[int, int]:
     return k, n
 
 
+SLURM_ARRAY = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_STEP")
+
+
+def shard_from_slurm(environ: Mapping[str, str]) -> tuple[int, int] | None:
+    """(K, N) of a Slurm job array task (`sbatch --array=0-3`: task 2 is shard 3/4), None outside one; the
+    array's ids may start anywhere and step (`--array=1-7:2`)."""
+    if "SLURM_ARRAY_TASK_ID" not in environ:
+        return None
+    try:
+        task, count = int(environ["SLURM_ARRAY_TASK_ID"]), int(environ["SLURM_ARRAY_TASK_COUNT"])
+        first, step = int(environ.get("SLURM_ARRAY_TASK_MIN", "0")), int(environ.get("SLURM_ARRAY_TASK_STEP", "1"))
+    except (KeyError, ValueError):
+        shown = ", ".join(f"{key}={environ.get(key)!r}" for key in SLURM_ARRAY)
+        raise ConfigError(f"a Slurm job array without a usable task id and count ({shown}); give --shard K/N") from None
+    k = (task - first) // max(step, 1) + 1
+    if not 1 <= k <= count:
+        raise ConfigError(f"Slurm array task {task} (first {first}, step {step}) is not one of {count} tasks; "
+                          "give --shard K/N")
+    return k, count
+
+
 def validate(preset: str = "quick", studies: list[str] | tuple[str, ...] | None = None,
              backends: list[str] | tuple[str, ...] | None = None, weights: str | None = None,
              shard: str | tuple[int, int] | None = None, out: str | Path | None = None,
@@ -122,6 +144,8 @@ def validate(preset: str = "quick", studies: list[str] | tuple[str, ...] | None 
         weights = str(folder.resolve())
     if isinstance(shard, str):
         shard = parse_shard(shard)
+    elif shard is None:
+        shard = shard_from_slurm(os.environ)
     if out is not None:
         out_path = Path(out)
         if out_path.exists() and not out_path.is_dir():

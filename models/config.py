@@ -109,6 +109,12 @@ class ArchConfig:
         return 256 * ((hidden + 255) // 256)
 
     @property
+    def position_limit(self) -> int | None:
+        """The most positions the model can encode: a learned table's size (a hard limit); None for
+        sinusoidal and rotary positions, which extend past the trained context."""
+        return self.max_seq_len if self.pos == "learned" else None
+
+    @property
     def kv_bytes_per_token(self) -> int:
         """Bytes one token adds to an fp32 KV cache at batch 1 (keys and values, every layer)."""
         return 2 * self.n_layer * self.kv_heads * self.head_dim * 4

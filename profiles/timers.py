@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 
@@ -72,3 +73,15 @@ def warm_up(device: str | torch.device, seconds: float = 2.0) -> None:
         for _ in range(20):
             a @ a
         synchronize(device)
+
+
+def serving_figures(prefill_s: float, step_s: list[float]) -> dict[str, float]:
+    """What serving benchmarks report for one request, named as they name it: `ttft_s` (time to first token:
+    the prompt's prefill plus the first decode step, which samples and feeds that token) and `tpot_*_s` (time
+    per output token after the first: mean, median, 90th and 99th percentile over the steps)."""
+    if not step_s:
+        return {"ttft_s": prefill_s}
+    later = np.asarray(step_s[1:] or step_s)  # (steps,) seconds
+    p50, p90, p99 = np.percentile(later, [50, 90, 99])
+    return {"ttft_s": prefill_s + step_s[0], "tpot_mean_s": float(later.mean()), "tpot_p50_s": float(p50),
+            "tpot_p90_s": float(p90), "tpot_p99_s": float(p99)}

@@ -1,5 +1,7 @@
 """`python -m reports build RESULTS.json... --out FILE`; `python -m reports check --baseline BASE.json RESULTS.json`;
-`python -m reports baseline RESULTS.json... --to BASE`; `python -m reports merge RESULTS.json... --out FILE`."""
+`python -m reports baseline RESULTS.json... --to BASE`; `python -m reports merge RESULTS.json... --out FILE`;
+`python -m reports summary RESULTS.json... [--baseline B] [--format md|csv]`;
+`python -m reports history RESULTS.json... --out history.json|history.html`."""
 
 from __future__ import annotations
 
@@ -31,6 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     base.add_argument("results", type=Path, nargs="+")
     base.add_argument("--to", required=True, type=Path,
                       help="the baseline to write: a .json file (one run) or a directory (its runs, run-N.json)")
+    summary = sub.add_parser("summary", help="the scoreboard, key figures and (with --baseline) the gates as Markdown "
+                             "or CSV, for a CI job summary or a pull-request comment")
+    summary.add_argument("results", type=Path, nargs="+")
+    summary.add_argument("--baseline", type=Path, help="a baseline file or directory: add the regression gates")
+    summary.add_argument("--format", choices=("md", "csv"), default="md")
+    summary.add_argument("--out", type=Path, help="write here instead of standard output")
+    history = sub.add_parser("history", help="key figures across commits: github-action-benchmark JSON or a page "
+                             "of trend plots")
+    history.add_argument("results", type=Path, nargs="+", help="results files of runs of different commits")
+    history.add_argument("--out", required=True, type=Path, help="history.json or history.html")
     args = parser.parse_args(argv)
     try:
         if args.command == "build":
@@ -45,8 +57,29 @@ def main(argv: list[str] | None = None) -> int:
             args.out.write_text(json.dumps(doc, indent=1))
             print(f"wrote {args.out} ({len(doc['benchmarks'])} benchmarks from {len(args.results)} files)")
             return 0
+        if args.command == "history":
+            from .history import write_history
+
+            print(f"wrote {write_history(args.results, args.out)}")
+            return 0
         from .check import check as run_check
         from .check import combine, format_table
+
+        if args.command == "summary":
+            from .summary import to_csv, to_markdown
+
+            runs = [load(path) for path in args.results]
+            gates = None
+            if args.baseline is not None:
+                baseline = load_baseline(args.baseline)
+                gates = combine([run_check(baseline, run) for run in runs])
+            text = (to_markdown if args.format == "md" else to_csv)(runs, gates)
+            if args.out:
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_text(text, encoding="utf-8")
+            else:
+                sys.stdout.write(text)
+            return 0
 
         if args.command == "check":
             baseline = load_baseline(args.baseline)

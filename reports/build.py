@@ -50,6 +50,9 @@ def environment_rows(results: list[Results]) -> tuple[list[str], list[list[str]]
             cells.append(", ".join(f"{k} {v}" for k, v in engine.items() if k not in ("family", "device_type"))
                          if engine else "–")
         rows.append([f"engine {name}", *cells])
+    for device in sorted({d for r in results for d in r.archbench_info.get("energy") or {}}):
+        rows.append([f"energy counter ({device})",
+                     *[(r.archbench_info.get("energy") or {}).get(device, "–") for r in results]])
     rows.append(["preset", *[fmt(r.archbench_info.get("preset")) for r in results]])
     rows.append(["complete run", *["no (rebuilt from records after an early end)" if r.partial else "yes"
                                    for r in results]])

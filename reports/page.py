@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -58,6 +59,8 @@ def fmt(value: object, digits: int = 3) -> str:
         return "–"
     if isinstance(value, bool):
         return "yes" if value else "NO"
+    if isinstance(value, numbers.Integral):
+        return f"{value:,}"
     if isinstance(value, float):
         if value != 0 and (abs(value) >= 1e7 or abs(value) < 1e-3):
             return f"{value:.{digits - 1}e}"
@@ -101,8 +104,53 @@ def engine_caption(d: pd.DataFrame) -> str:
     return " · on " + ", ".join(sorted(str(b) for b in d["backend"].dropna().unique()))
 
 
+# Display names of the frame columns and helper columns figures group by (legend titles and the level
+# names seaborn writes into a legend); "" drops a level name the entries explain by themselves.
+LEGEND_NAMES = {"p_impl": "implementation", "p_kind": "module kind", "p_scaling": "scaling", "p_cache": "cache",
+                "p_scheme": "scheme", "p_norms": "norms", "p_pos": "positions", "p_norm": "norm",
+                "impl": "implementation", "backend": "engine", "mode": "cache mode", "label": "", "kind": "",
+                "family": "cache family", "variant": "model"}
+
+
+def readable(name: str) -> str:
+    """A column name as a reader should see it (`p_kind` -> "module kind"; unknown `p_`/`m_` names lose
+    the prefix and their underscores)."""
+    if name in LEGEND_NAMES:
+        return LEGEND_NAMES[name]
+    return name[2:].replace("_", " ") if name.startswith(("p_", "m_")) else name
+
+
+def _overlaps(boxes: list) -> bool:
+    return any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def finish(fig: plt.Figure) -> None:
+    """What every figure gets before it is drawn: readable legend titles and level names, x tick labels
+    turned until they no longer collide, and a layout in which no panel's title covers another's labels."""
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is not None:
+            legend.set_title(readable(legend.get_title().get_text()))
+            for text in legend.get_texts():
+                text.set_text(readable(text.get_text()))
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        for rotation in (30, 60, 90):
+            labels = [t for t in ax.get_xticklabels() if t.get_visible() and t.get_text()]
+            if not _overlaps([t.get_window_extent(renderer).padded(2) for t in labels]):
+                break
+            ax.tick_params(axis="x", labelrotation=rotation)
+            for t in labels:
+                t.set_horizontalalignment("right" if rotation < 90 else "center")
+            fig.canvas.draw()
+    if len(fig.axes) > 1:
+        fig.tight_layout()
+
+
 def to_png_base64(fig: plt.Figure) -> str:
-    """Encode a matplotlib figure as base64 PNG and close it."""
+    """Finish a matplotlib figure (`finish`), encode it as base64 PNG and close it."""
+    finish(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -11,6 +11,7 @@ import torch
 
 from bench.__main__ import parse_args
 from bench.backends import get as get_backend
+from bench.run import RESULTS
 from bench.studies.decode import report as decode_report
 from reports.load import load, to_frame
 
@@ -50,10 +51,18 @@ def test_smoke_preset_writes_results_and_report(tmp_path) -> None:
                for r in cached.itertuples())
     assert (cached["probed_ceiling_Bps"] > 1e8).all() and (cached["probed_fraction"] > 0).all()
     assert not uncached["m_ceiling_before_Bps"].map(len).any()  # uncached rounds are not probed
+    # serving figures from the instrumented cached run; the energy counter is read or its absence explained
+    assert cached["m_ttft_s"].notna().all() and (cached["m_ttft_s"] > 0).all()
+    assert (cached["m_tpot_p50_s"] <= cached["m_tpot_p90_s"]).all()
+    assert (cached["m_tpot_p90_s"] <= cached["m_tpot_p99_s"]).all() and uncached["m_ttft_s"].isna().all()
+    counter = results.archbench_info["energy"]["cpu"]
+    assert counter.startswith("RAPL via powercap") == cached["m_energy_j"].map(len).astype(bool).all()
+    assert counter.startswith(("RAPL via powercap", "not available here: "))
     assert results.archbench_info["ceilings"]["cpu"]["decode_Bps"] > 0
     assert results.archbench_info["backends"]["torch-cpu"]["engine"] == "torch eager"
     html = (tmp_path / "index.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 and "could not be built" not in html
+    assert "Serving figures for" in html and "TPOT p99" in html and "energy counter (cpu)" in html
     assert json.loads((tmp_path / "run-config.json").read_text())["preset"] == "smoke"
     check = subprocess.run([sys.executable, "-m", "reports", "check", "--baseline", str(tmp_path / "results.json"),
                             str(tmp_path / "results.json")], cwd=ROOT, capture_output=True, text=True)
@@ -185,6 +194,7 @@ def test_the_peer_runs_the_checkpoints_own_class_and_names_it(tmp_path) -> None:
 
 
 def test_shards_partition_the_benchmarks_and_keep_sweeps_whole() -> None:
+    """--shard K/N splits the benchmarks without overlap or loss (a Slurm array: the test after next)."""
     def collect(*extra: str) -> set[str]:
         proc = subprocess.run([sys.executable, "-m", "pytest", "bench", "--preset", "smoke", "--collect-only", "-q",
                                "-p", "no:cacheprovider", *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -200,3 +210,47 @@ def test_shards_partition_the_benchmarks_and_keep_sweeps_whole() -> None:
     bad = subprocess.run([sys.executable, "-m", "pytest", "bench", "--shard", "0/2", "--collect-only", "-q"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "K must be between 1 and N" in bad.stderr
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({}, None),
+    ({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "0"}, (1, 4)),
+    ({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "1",
+      "SLURM_ARRAY_TASK_STEP": "2"}, (4, 4)),  # --array=1-7:2
+    ({"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_COUNT": "4", "SLURM_ARRAY_TASK_MIN": "0"}, "is not one of 4"),
+    ({"SLURM_ARRAY_TASK_ID": "x", "SLURM_ARRAY_TASK_COUNT": "4"}, "give --shard K/N"),
+])
+def test_a_slurm_array_task_is_its_own_shard(environ, expected) -> None:
+    from bench.run import ConfigError, shard_from_slurm
+
+    if isinstance(expected, str):
+        with pytest.raises(ConfigError, match=expected):
+            shard_from_slurm(environ)
+    else:
+        assert shard_from_slurm(environ) == expected
+
+
+def test_three_shards_merged_are_one_unsharded_run(tmp_path) -> None:
+    """Three Slurm array tasks of one run, merged with `reports merge`, hold the same records as the run
+    unsharded (the exact-count benchmarks: their figures do not depend on timing)."""
+    args = ["--preset", "smoke", "--only", "kv", "--out"]
+    select = ["--", "-k", "capacity"]
+    whole = _run_bench(*args, str(tmp_path / "whole"), *select)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    parts = []
+    for task in (1, 2, 3):
+        out = tmp_path / f"shard{task}"
+        proc = _run_bench(*args, str(out), *select, env={"SLURM_ARRAY_TASK_ID": str(task),
+                                                         "SLURM_ARRAY_TASK_COUNT": "3", "SLURM_ARRAY_TASK_MIN": "1"})
+        assert f"shard {task}/3" in proc.stdout and (proc.returncode == 0 or not (out / RESULTS).exists()), \
+            proc.stderr[-2000:]
+        if (out / RESULTS).exists():
+            parts.append(str(out / RESULTS))
+    merged = tmp_path / "merged.json"
+    assert subprocess.run([sys.executable, "-m", "reports", "merge", *parts, "--out", str(merged)], cwd=ROOT,
+                          timeout=300).returncode == 0
+
+    def records(path: Path) -> dict:
+        return {b["name"]: (b["extra_info"]["params"], b["extra_info"]["metrics"]) for b in load(path).benchmarks}
+
+    assert len(parts) >= 2 and records(merged) == records(tmp_path / "whole" / RESULTS)

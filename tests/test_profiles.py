@@ -2,6 +2,7 @@
 
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -190,3 +191,70 @@ def test_ceilings_command_prints_each_measured_read_and_the_decode_ceiling(monke
     assert cli.main(["ceilings"]) == 0
     out = capsys.readouterr().out
     assert "matvec 15.0 GB/s (out,in) 20.0 GB/s (in,out)" in out and "decode ceiling 30.0 GB/s" in out
+
+
+def test_serving_figures_are_ttft_and_tpot_percentiles() -> None:
+    """TTFT is the prefill plus the first step; TPOT's mean and percentiles are over the later steps."""
+    from profiles.timers import serving_figures
+
+    steps = [0.5, *[0.01 * i for i in range(1, 101)]]  # a slow first step, then 10 ms ... 1 s
+    got = serving_figures(0.2, steps)
+    later = np.asarray(steps[1:])
+    assert got["ttft_s"] == pytest.approx(0.7)
+    assert got["tpot_mean_s"] == pytest.approx(later.mean())
+    assert [got[f"tpot_p{q}_s"] for q in (50, 90, 99)] == pytest.approx(list(np.percentile(later, [50, 90, 99])))
+    assert serving_figures(0.2, [0.1])["tpot_p99_s"] == pytest.approx(0.1)  # one step: its own TPOT
+    assert serving_figures(0.2, []) == {"ttft_s": 0.2}
+
+
+def _fake_rapl(root, domains: dict[str, int], max_range: int = 1000) -> None:
+    for name, value in domains.items():
+        zone = root / name
+        zone.mkdir(parents=True, exist_ok=True)
+        (zone / "energy_uj").write_text(f"{value}\n")
+        (zone / "max_energy_range_uj").write_text(f"{max_range}\n")
+        (zone / "name").write_text(f"package-{name.split(':')[1]}\n")
+
+
+def test_rapl_counter_sums_packages_and_survives_a_wrap(tmp_path, monkeypatch) -> None:
+    """Packages summed (sub-zones such as intel-rapl:0:0 not counted twice), microjoules to joules, a counter
+    that wrapped at max_energy_range_uj counted on; each absence is a reason, not an estimate."""
+    from profiles.energy import EnergyCounter, rapl_counter
+
+    _fake_rapl(tmp_path, {"intel-rapl:0": 100, "intel-rapl:1": 900, "intel-rapl:0:0": 50})
+    counter = rapl_counter(tmp_path)
+    assert isinstance(counter, EnergyCounter) and "package-0, package-1" in counter.source
+    start = counter.read()
+    _fake_rapl(tmp_path, {"intel-rapl:0": 400, "intel-rapl:1": 100, "intel-rapl:0:0": 999})  # :1 wrapped at 1000
+    assert counter.read() - start == pytest.approx((300 + 200) / 1e6)
+    assert "absent" in rapl_counter(tmp_path / "none")
+    assert "no RAPL package domains" in rapl_counter(tmp_path / "intel-rapl:0:0")
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(tmp_path), "read_text", denied)
+    assert "readable only by root" in rapl_counter(tmp_path)
+
+
+def test_nvml_counter_reads_millijoules_as_joules_or_says_why() -> None:
+    from profiles.energy import EnergyCounter, nvml_counter
+
+    class FakeNvml:
+        def __init__(self, fail: bool = False) -> None:
+            self.fail, self.mj = fail, 5000
+
+        def nvmlInit(self) -> None:
+            if self.fail:
+                raise RuntimeError("NVML Shared Library Not Found")
+
+        def nvmlDeviceGetHandleByIndex(self, index: int) -> str:
+            return f"gpu{index}"
+
+        def nvmlDeviceGetTotalEnergyConsumption(self, handle: str) -> int:
+            self.mj += 1500
+            return self.mj
+
+    counter = nvml_counter(0, FakeNvml())
+    assert isinstance(counter, EnergyCounter) and counter.read() == pytest.approx(8.0)
+    assert "NVML Shared Library Not Found" in nvml_counter(0, FakeNvml(fail=True))

@@ -402,3 +402,67 @@ def test_peer_table_gives_the_ratio_on_each_engine(tmp_path) -> None:
     assert len(p) == 1 and p["ratio"].iloc[0] == pytest.approx(0.8 / 0.5) and p["device_type"].iloc[0] == "cpu"
     html = build_report([path], tmp_path / "index.html").read_text()
     assert "archbench vs transformers (same weights, same engine, greedy)" in html and "1.60x" in html
+
+
+def test_summary_gives_the_scoreboard_figures_and_gates_as_markdown_and_csv(tmp_path, capsys) -> None:
+    """`reports summary`: a Markdown table per part (claims, key figures with units and direction, gates
+    with failures first) and one CSV with fixed columns; a failed gate shows as FAIL in both."""
+    import csv
+
+    from reports.summary import CSV_COLUMNS
+
+    data = json.loads(SMOKE.read_text())
+    for bench in data["benchmarks"]:
+        if bench["extra_info"]["params"].get("cache") == "none":
+            bench["extra_info"]["metrics"]["tokens_sha1"] = "0" * 16  # fails the identical-tokens gate
+    doctored = _write(tmp_path, "doctored.json", data)
+    assert reports_main(["summary", str(SMOKE), str(STUDIES)]) == 0
+    md = capsys.readouterr().out
+    assert "### Claims on this hardware" in md and "### Key figures" in md and "Regression gates" not in md
+    assert "| claim | machine | verdict | figures | judged on |" in md  # two files of two machines: a column
+    assert "| x | bigger |" in md and "| slope | smaller |" in md and "| nats | smaller |" in md
+    assert reports_main(["summary", str(doctored), "--baseline", str(SMOKE)]) == 0
+    md = capsys.readouterr().out
+    gates = md[md.index("### Regression gates"):]
+    first_row = gates.splitlines()[4]
+    assert "failed" in gates.splitlines()[0] and first_row.startswith("| identical tokens") and "FAIL" in first_row
+    out = tmp_path / "summary.csv"
+    assert reports_main(["summary", str(doctored), "--baseline", str(SMOKE), "--format", "csv", "--out",
+                         str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert tuple(rows[0]) == CSV_COLUMNS and {r["table"] for r in rows} == {"claim", "figure", "gate"}
+    assert any(r["table"] == "gate" and r["result"] == "FAIL" and r["item"].startswith("identical tokens")
+               for r in rows)
+    assert all(float(r["value"]) == float(r["value"]) for r in rows if r["table"] == "figure")
+
+
+def test_history_orders_runs_by_commit_and_writes_action_json_and_plots(tmp_path, capsys) -> None:
+    """`reports history`: one point per results file, ordered by its commit's time (not by argument order),
+    in github-action-benchmark's data format (a suite per direction, custom benches) and as trend plots."""
+    old, new = json.loads(SMOKE.read_text()), json.loads(SMOKE.read_text())
+    old["commit_info"] = {"id": "a" * 40, "time": "2026-01-01T10:00:00+00:00", "dirty": False, "branch": "main"}
+    new["commit_info"] = {"id": "b" * 40, "time": "2026-02-01T10:00:00+00:00", "dirty": True, "branch": "main"}
+    for bench in new["benchmarks"]:  # the newer commit decodes twice as fast
+        if bench["extra_info"]["params"].get("phase") == "decode":
+            bench["stats"] = {k: (v / 2 if k in ("min", "max", "mean", "median") else v)
+                              for k, v in bench["stats"].items()}
+            bench["stats"]["data"] = [t / 2 for t in bench["stats"]["data"]]
+    paths = [_write(tmp_path, "new.json", new), _write(tmp_path, "old.json", old)]
+    assert reports_main(["history", *map(str, paths), "--out", str(tmp_path / "h.json")]) == 0
+    doc = json.loads((tmp_path / "h.json").read_text())
+    bigger = doc["entries"]["archbench (bigger is better)"]
+    assert [run["commit"]["id"] for run in bigger] == ["a" * 40, "b" * 40]
+    assert {run["tool"] for run in bigger} == {"customBiggerIsBetter"}
+    assert {run["tool"] for run in doc["entries"]["archbench (smaller is better)"]} == {"customSmallerIsBetter"}
+    speed = [{b["name"]: b["value"] for b in run["benches"]} for run in bigger]
+    name = next(n for n in speed[0] if n.startswith("decode largest cache speed-up"))
+    assert all({"name", "value", "unit"} <= set(b) for run in bigger for b in run["benches"])
+    assert name in speed[1]
+    assert reports_main(["history", *map(str, paths), "--out", str(tmp_path / "h.html")]) == 0
+    page = (tmp_path / "h.html").read_text()
+    assert "bbbbbbbb+" in page and page.index("aaaaaaaa") < page.index("bbbbbbbb+")
+    assert page.count("data:image/png;base64,") == len({b["name"] for e in doc["entries"].values() for run in e
+                                                        for b in run["benches"]})
+    capsys.readouterr()
+    assert reports_main(["history", str(paths[0]), "--out", str(tmp_path / "h.txt")]) == 2
+    assert "give a .json" in capsys.readouterr().err

@@ -36,6 +36,15 @@ class DecodeMetrics:
     graphs_compiled: int = 0  # graphs torch.compile compiled for this case (0 on engines that do not compile)
     prepare_s: float = 0.0  # Backend.prepare of this model: export and fusion (unless cached on disk), session
     fused_ops: dict[str, int] = field(default_factory=dict)  # an exported graph's fused op types and counts
+    # Serving figures, as vLLM's and optimum-benchmark's reports name them, from one instrumented cached run
+    # (every step timed on its own, the device synchronised): None without a cache.
+    ttft_s: float | None = None  # time to first token: the prompt's prefill plus the first decode step
+    tpot_mean_s: float | None = None  # time per output token after the first: mean over the steps
+    tpot_p50_s: float | None = None  # ... median, 90th and 99th percentile over the steps
+    tpot_p90_s: float | None = None
+    tpot_p99_s: float | None = None
+    energy_j: list[float] = field(default_factory=list)  # per timed round: the device's energy counter's rise
+    # (NVML on NVIDIA GPUs, RAPL on CPUs; empty where there is none: machine_info says why)
 
 
 @dataclass(frozen=True)

@@ -292,6 +292,28 @@ def engine_summary(df: pd.DataFrame, variant: str = TARGET_VARIANT) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+SERVING = ("m_ttft_s", "m_tpot_p50_s", "m_tpot_p90_s", "m_tpot_p99_s")
+
+
+def serving_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The serving figures (TTFT, TPOT percentiles) of the cached batch-1 decodes of the largest model
+    decoded (GPT-2 124M in the presets), one row per machine, engine and length; empty for records that
+    predate them."""
+    d = decode_rows(df)
+    if d.empty or not set(SERVING) <= set(d.columns):
+        return pd.DataFrame()
+    d = d[(d["p_cache"] == "raw") & (d["p_batch"] == 1) & d["m_ttft_s"].notna()]
+    if d.empty:
+        return pd.DataFrame()
+    largest = d.loc[d["m_weight_bytes"].idxmax(), "variant"]
+    d = d[d["variant"] == largest].copy()
+    rounds_j = d["m_energy_j"] if "m_energy_j" in d else pd.Series([[]] * len(d), index=d.index)
+    d["energy_per_token_j"] = [float(np.median(j)) / (t * b) if isinstance(j, list) and j else math.nan
+                               for j, t, b in zip(rounds_j, d["p_decode_tokens"], d["p_batch"], strict=True)]
+    return d[["machine", "variant", "backend", "p_decode_tokens", *SERVING, "energy_per_token_j"]].sort_values(
+        ["machine", "backend", "p_decode_tokens"]).reset_index(drop=True)
+
+
 def latency_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Per-step latency at traced positions, long form: one row per (benchmark, position)."""
     d = decode_rows(df)
@@ -423,6 +445,7 @@ def fig_peers(df: pd.DataFrame) -> str | None:
     fig, ax = plt.subplots(figsize=(7, 0.6 + 0.55 * long["case"].nunique() * 2))
     sns.barplot(data=long, y="case", x="tps", hue="impl", ax=ax, orient="h")
     ax.set(xlabel="generate throughput, prefill included (tokens/s)", ylabel="", title="archbench vs transformers")
+    ax.legend(title="implementation", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)  # off the bars
     return to_png_base64(fig)
 
 
@@ -533,6 +556,23 @@ def section(df: pd.DataFrame) -> Section | None:
                  "full decode before the timed rounds (the longest length's): a compiled engine compiles there, so "
                  "it is its compile time plus one run; with inductor's on-disk cache warm it is much shorter. "
                  "The fused ops are those in the file; onnxruntime fuses more as it loads a graph (ORT_ENABLE_ALL)."))
+    serving = serving_rows(df)
+    if not serving.empty:
+        out.tables.append(Table(
+            f"Serving figures for {serving['variant'].iloc[0]} (batch 1, cached decode)",
+            ["machine", "engine", "tokens decoded", "TTFT", "TPOT p50", "TPOT p90", "TPOT p99", "energy per token"],
+            [[r.machine, r.backend, fmt(int(r.p_decode_tokens)),
+              *[f"{1000 * v:.2f} ms" for v in (r.m_ttft_s, r.m_tpot_p50_s, r.m_tpot_p90_s, r.m_tpot_p99_s)],
+              f"{1000 * r.energy_per_token_j:.2f} mJ" if r.energy_per_token_j == r.energy_per_token_j
+              else "no counter (see the hardware table)"]
+             for r in serving.itertuples()],
+            note="As serving benchmarks name them, for one request: TTFT (time to first token) is the prompt's "
+                 "prefill plus the first decode step; TPOT (time per output token) is each later step, its median "
+                 "and 90th and 99th percentiles over the steps. They come from one untimed instrumented run after "
+                 "the timed rounds, each step timed on its own with the device synchronised; tokens/s above comes "
+                 "from the timed rounds. Energy per token is the median over the timed rounds of the device's own "
+                 "energy counter's rise (NVML on NVIDIA GPUs, RAPL on CPUs) over the tokens decoded; where the "
+                 "device has no readable counter the hardware table says why (no estimate from a TDP)."))
     agree = token_agreement(df)
     if not agree.empty and not agree["identical"].all():
         bad = agree[~agree["identical"]]
@@ -584,3 +624,39 @@ def summary(df: pd.DataFrame) -> list[str]:
                      for backend, g in top_rows.groupby("backend")]
             lines.append(f"{top.variant} cached decode on {top.machine} (best length): {'; '.join(parts)}.")
     return lines
+
+
+def figures(df: pd.DataFrame) -> list:
+    """Key figures for CI summaries and history: per engine, GPT-2 124M's cached tokens/s and share of the
+    probed ceiling, the fitted cached and uncached slopes, the cache's speed-up, and ours vs transformers."""
+    from reports.summary import KeyFigure
+
+    found = []
+    for r in engine_summary(df).itertuples():
+        found.append(KeyFigure(f"decode {TARGET_VARIANT} cached tokens/s ({r.backend})", r.tokens_per_s,
+                               "tokens/s", True, r.machine))
+        found.append(KeyFigure(f"decode {TARGET_VARIANT} share of probed read ceiling ({r.backend})",
+                               100 * r.probed_fraction, "%", True, r.machine))
+    serving = serving_rows(df)
+    for (machine, variant, backend), g in serving.groupby(["machine", "variant", "backend"]) if not serving.empty \
+            else []:
+        longest = g.loc[g["p_decode_tokens"].idxmax()]
+        where = f"{variant}, T={int(longest.p_decode_tokens)}, {backend}"
+        found.append(KeyFigure(f"decode TTFT ({where})", 1000 * longest.m_ttft_s, "ms", False, machine))
+        found.append(KeyFigure(f"decode TPOT p99 ({where})", 1000 * longest.m_tpot_p99_s, "ms", False, machine))
+    fits = slopes(df)
+    for (machine, backend, cache), g in fits.groupby(["machine", "backend", "p_cache"]) if not fits.empty else []:
+        slope = g["slope"].dropna()
+        if len(slope):
+            found.append(KeyFigure(f"decode log-log slope, {CACHE_LABELS.get(cache, cache)} ({backend}, median over "
+                                   "variants)", float(slope.median()), "slope", False, machine))
+    pay = cache_payoff(df)
+    for (machine, backend), g in pay.groupby(["machine", "backend"]) if not pay.empty else []:
+        speedup = g["speedup_paired"].where(g["speedup_paired"].notna(), g["speedup_longest"])
+        found.append(KeyFigure(f"decode largest cache speed-up ({backend})", float(speedup.max()), "x", True,
+                               machine))
+    p = peers(df)
+    for r in p.itertuples() if not p.empty else []:
+        name = f"decode {r.variant} archbench / transformers tokens/s ({r.backend}, T={r.p_decode_tokens})"
+        found.append(KeyFigure(name, r.ratio, "x", True, r.machine))
+    return found

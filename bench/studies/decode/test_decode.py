@@ -31,8 +31,9 @@ from models import GPT, PositionLimitError, build, generate, variants
 from models.compiled import compile_events
 from models.generate import decode
 from profiles import roofline
+from profiles.energy import EnergyCounter
 from profiles.memory import MemoryProbe
-from profiles.timers import DeviceTimer, synchronize
+from profiles.timers import DeviceTimer, serving_figures, synchronize
 
 DTYPES = {name: dtype for dtype, name in backends.DTYPE_NAMES.items()}
 CHECK_STEPS = 16  # steps compared between cache modes before timing (also the warm-up)
@@ -162,7 +163,7 @@ def prepared_seconds() -> float:
     return float(_LAST_PREPARED.get("seconds", 0.0))
 
 
-def test_decode(benchmark, record, ceiling, read_probe, pytestconfig, decode_case: DecodeCase) -> None:
+def test_decode(benchmark, record, ceiling, read_probe, energy, pytestconfig, decode_case: DecodeCase) -> None:
     case = decode_case
     backend = harness.available_or_skip(backends.get(case.backend))
     cfg = variants.get(case.variant)
@@ -199,8 +200,15 @@ def test_decode(benchmark, record, ceiling, read_probe, pytestconfig, decode_cas
     bandwidth_probe = read_probe(torch.device(backend.device_type)) if cache is not None else None
     ceiling_before: list[float] = []
     ceiling_after: list[float] = []
+    # Energy, where the device keeps a counter (NVML, RAPL): read as each timed round starts and ends.
+    counter = energy(torch.device(backend.device_type))
+    counter = counter if isinstance(counter, EnergyCounter) else None
+    energy_j: list[float] = []
+    round_started_j: list[float] = []
 
     def probe_after_round() -> None:
+        if round_started_j:
+            energy_j.append(counter.read() - round_started_j.pop())
         if bandwidth_probe is not None and len(ceiling_after) < len(ceiling_before):
             ceiling_after.append(bandwidth_probe())
 
@@ -230,6 +238,8 @@ def test_decode(benchmark, record, ceiling, read_probe, pytestconfig, decode_cas
             cache.reset()
         logits = model(prompt, cache)[:, -1]
         synchronize(device)  # the prefill is not part of the timed round
+        if timed_round and counter is not None:
+            round_started_j.append(counter.read())
         return (logits,), {}
 
     def run(logits: torch.Tensor) -> torch.Tensor:
@@ -260,22 +270,23 @@ def test_decode(benchmark, record, ceiling, read_probe, pytestconfig, decode_cas
         # a step at position p is one forward over p + 1 tokens, so it is timed on its own.
         trace = set(_positions_to_trace(case.prompt_len, case.decode_tokens,
                                         harness.sweep(pytestconfig, STUDY).trace_positions))
-        step_latency = {}
+        step_latency, step_times, serving = {}, [], {}
         with MemoryProbe(device) as probe:
             if cache is None:
                 for step in sorted(trace):
                     with DeviceTimer(device) as timer:
                         model(tokens[:, : case.prompt_len + step + 1])
                     step_latency[str(case.prompt_len + step)] = timer.seconds
-            else:
-                (logits,), _ = prefill(timed_round=False)
+            else:  # every step timed: the serving figures (TTFT, TPOT percentiles) come from this run
+                with DeviceTimer(device) as prefill_timer:
+                    (logits,), _ = prefill(timed_round=False)
                 for step in range(case.decode_tokens):
-                    if step in trace:
-                        with DeviceTimer(device) as timer:
-                            logits = decode(model, tokens, case.prompt_len + step, logits, 1, cache)
-                        step_latency[str(case.prompt_len + step)] = timer.seconds
-                    else:
+                    with DeviceTimer(device) as timer:
                         logits = decode(model, tokens, case.prompt_len + step, logits, 1, cache)
+                    step_times.append(timer.seconds)
+                    if step in trace:
+                        step_latency[str(case.prompt_len + step)] = timer.seconds
+                serving = serving_figures(prefill_timer.seconds, step_times)
 
     param_bytes = torch.finfo(dtype).bits // 8
     if cache is not None:
@@ -292,7 +303,7 @@ def test_decode(benchmark, record, ceiling, read_probe, pytestconfig, decode_cas
                ceiling_Bps=bandwidth.decode_Bps, step_latency_s=step_latency,
                tokens_sha1=_sha1(tokens), calibration_s=calibration, paired_cached_s=paired_cached,
                ceiling_before_Bps=ceiling_before, ceiling_after_Bps=ceiling_after, warmup_s=warmup_s,
-               graphs_compiled=graphs, prepare_s=prepared_seconds(),
+               graphs_compiled=graphs, prepare_s=prepared_seconds(), energy_j=energy_j, **serving,
                fused_ops=model.fused_ops() if hasattr(model, "fused_ops") else {})) | probe.reading.as_metrics())
 
 

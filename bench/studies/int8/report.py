@@ -168,3 +168,17 @@ def section(df: pd.DataFrame) -> Section | None:
 def summary(df: pd.DataFrame) -> list[str]:
     """The INT8 study leaves its findings to the scoreboard."""
     return []
+
+
+def figures(df: pd.DataFrame) -> list:
+    """Key figures for CI summaries and history: each scheme's KL against fp32 and its speed against fp32,
+    per norm policy and engine."""
+    from reports.summary import KeyFigure
+
+    found = []
+    d = int8(df)
+    for r in d[d["p_scheme"] != "fp32"].itertuples() if not d.empty else []:
+        where = f"{r.p_scheme}, norms {r.p_norms}, {r.variant}, {r.backend}"
+        found.append(KeyFigure(f"int8 KL vs fp32 ({where})", float(r.m_kl_mean_nats), "nats", False, r.machine))
+        found.append(KeyFigure(f"int8 tokens/s vs fp32 ({where})", float(r.speed_vs_fp32), "x", True, r.machine))
+    return found

@@ -90,7 +90,9 @@ class CapacityMetrics:
     bytes_per_token: dict[str, int]  # kind -> bytes
     families: dict[str, str]  # kind -> family
     outgrows_weights_at_tokens: dict[str, int]  # kind -> tokens at which the cache exceeds the weights
-    max_context_tokens: dict[str, dict[str, int]]  # kind -> budget (GiB) -> tokens
+    max_context_tokens: dict[str, dict[str, int]]  # kind -> budget (GiB) -> tokens the memory holds (0: the
+    # weights alone do not fit), not capped by the model's position limit
+    position_limit_tokens: int | None = None  # a learned position table's size: no context beyond it
 
 
 @dataclass(frozen=True)

@@ -121,11 +121,24 @@ def kv_capacity(df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in d.itertuples():
         for kind, per_token in r.m_bytes_per_token.items():
+            limit = getattr(r, "m_position_limit_tokens", None)
             row = {"machine": r.machine, "variant": r.variant, "params": r.m_params, "kind": kind,
-                   "bytes_per_token": per_token, "outgrows_weights_at": r.m_outgrows_weights_at_tokens[kind]}
+                   "bytes_per_token": per_token, "outgrows_weights_at": r.m_outgrows_weights_at_tokens[kind],
+                   "position_limit": int(limit) if isinstance(limit, int | float) and limit == limit else None}
             row.update({f"max_context_{gib}GiB": v for gib, v in r.m_max_context_tokens[kind].items()})
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def context_cell(tokens: float, limit: int | None) -> str:
+    """A capacity table cell: the tokens a budget holds, capped at the model's position limit and saying so,
+    or that the weights alone do not fit."""
+    tokens = int(tokens)
+    if tokens <= 0:
+        return "weights do not fit"
+    if limit is not None and tokens > limit:
+        return f"{limit:,} (its position limit; memory holds {tokens:,})"
+    return f"{tokens:,}"
 
 
 def quantize_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -263,8 +276,8 @@ def fig_bytes_vs_length(df: pd.DataFrame) -> str | None:
 def fig_peak_memory(df: pd.DataFrame) -> str | None:
     """Measured peak memory of a filled cache against the exact bytes it holds, per kind and length."""
     d = kv_peak(df)
-    if d.empty:
-        return None
+    if d.empty or d.groupby(["machine", "variant", "backend", "p_batch"])["p_tokens"].nunique().max() < 2:
+        return None  # one length per panel: the table's rows say it better than one point on log axes
     d["panel"] = d["variant"] + " · " + d["backend"] + " · B" + d["p_batch"].astype(str) + " · " + d["machine"]
     panels = sorted(d["panel"].unique())
     fig, axes = facet_grid(len(panels), 3.9)
@@ -387,8 +400,11 @@ def section(df: pd.DataFrame) -> Section | None:
             ["variant", "parameters", "cache", "bytes/token", "cache outgrows the weights at (tokens)",
              *[f"longest context in {c.split('_')[-1]}" for c in budgets]],
             [[r["variant"], fmt(int(r["params"])), r["kind"], fmt(int(r["bytes_per_token"])),
-              fmt(int(r["outgrows_weights_at"])), *[fmt(int(r[c])) for c in budgets]]
-             for _, r in cap.drop_duplicates(["variant", "kind"]).iterrows()]))
+              fmt(int(r["outgrows_weights_at"])), *[context_cell(r[c], r["position_limit"]) for c in budgets]]
+             for _, r in cap.drop_duplicates(["variant", "kind"]).iterrows()],
+            note="A longest context is what the budget holds after the fp16 weights, capped at the model's "
+                 "position limit where it has one (a learned position table); \"weights do not fit\" where the "
+                 "weights alone exceed the budget."))
     return out
 
 
@@ -404,3 +420,20 @@ def summary(df: pd.DataFrame) -> list[str]:
                          f"{r.m_ppl_delta_pct:+.2f}%, KL {r.m_kl_mean_nats:.4f} nats, top-1 agreement "
                          f"{100 * r.m_top1_agreement:.1f}% against the raw fp32 cache.")
     return lines
+
+
+def figures(df: pd.DataFrame) -> list:
+    """Key figures for CI summaries and history: each cache kind's bytes per token and KL against the raw
+    cache on the reference model."""
+    from reports.summary import KeyFigure
+
+    found = []
+    acc = kv_accuracy(df)
+    for r in acc.drop_duplicates(["machine", "variant", "p_cache"]).itertuples() if not acc.empty else []:
+        if r.family == "raw":
+            continue
+        found.append(KeyFigure(f"kv {r.p_cache} bytes/token ({r.variant})", float(r.m_bytes_per_token),
+                               "bytes/token", False, r.machine))
+        found.append(KeyFigure(f"kv {r.p_cache} KL vs raw cache ({r.variant})", float(r.m_kl_mean_nats), "nats",
+                               False, r.machine))
+    return found

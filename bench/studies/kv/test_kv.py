@@ -223,7 +223,7 @@ def test_kv_capacity(benchmark, record, pytestconfig, kv_capacity_variant: str) 
            metrics=CapacityMetrics(params=params, weight_bytes_fp16=weights_fp16, bytes_per_token=per_token,
                                    families={kind: kv_cache.spec(kind).family for kind in kinds},
                                    outgrows_weights_at_tokens={k: weights_fp16 // b for k, b in per_token.items()},
-                                   max_context_tokens=capacity))
+                                   max_context_tokens=capacity, position_limit_tokens=cfg.position_limit))
 
 
 @pytest.fixture(scope="module")

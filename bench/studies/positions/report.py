@@ -32,6 +32,8 @@ def fig_extrapolation(df: pd.DataFrame) -> str | None:
         return None
     long = d.rename(columns={"bpb": "all positions", "beyond": "positions beyond the trained context"}).melt(
         ["machine", "scheme", "seed", "length", "train_len"], var_name="measured over", value_name="value").dropna()
+    if long["length"].nunique() < 2:
+        return None  # one evaluated length: the table says it; a single point on a log axis does not
     fig, ax = plt.subplots(figsize=(7, 4))
     sns.lineplot(data=long, x="length", y="value", hue="scheme", style="measured over", marker="o", ax=ax,
                  errorbar=("ci", 95))
