@@ -4,6 +4,9 @@ synchronised callables, and the evaluation sets of the accuracy studies."""
 from __future__ import annotations
 
 import functools
+import os
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +57,43 @@ def prepare_or_skip(backend: backends.Backend, model: torch.nn.Module, dtype: to
         return backend.prepare(model, dtype)
     except backends.CannotPrepareError as exc:
         pytest.skip(f"{backend.name} cannot run {getattr(model, 'config', type(model).__name__)}: {exc}")
+
+
+def _prepared_budget() -> int:
+    """Bytes of source weights the prepared models kept between cases may hold: a quarter of the
+    machine's memory, at most 4 GiB (GPT-2 124M on four engines, or one GPT-2 774M)."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 16 * 2**30
+    return min(4 * 2**30, memory // 4)
+
+
+class PreparedModels:
+    """Models prepared on engines (a session over an export, a compiled model and its graphs), kept for the
+    cases that come back to them: the most recently used, within a budget of their source weights' bytes
+    (the latest is always kept). A source model is compared by identity (and held, so its identity stays
+    its own): the same architecture with other weights is another model."""
+
+    def __init__(self, budget_bytes: int | None = None) -> None:
+        self.budget = _prepared_budget() if budget_bytes is None else budget_bytes
+        self._kept: OrderedDict[tuple, tuple[torch.nn.Module, Any, float, int]] = OrderedDict()
+        # key -> (source model, prepared model, seconds its preparation took, source bytes)
+
+    def get(self, backend: backends.Backend, cpu_model: torch.nn.Module, dtype: torch.dtype) -> tuple[Any, float]:
+        """The prepared model and the seconds its preparation took, or a skip carrying the engine's message."""
+        key = (id(cpu_model), backend.name, dtype)
+        if key in self._kept:
+            self._kept.move_to_end(key)
+            _, model, seconds, _ = self._kept[key]
+            return model, seconds
+        size = sum(p.numel() for p in cpu_model.parameters()) * torch.finfo(dtype).bits // 8
+        while self._kept and sum(entry[3] for entry in self._kept.values()) + size > self.budget:
+            self._kept.popitem(last=False)  # the least recently used goes first
+        started = time.perf_counter()
+        model = prepare_or_skip(backend, cpu_model, dtype)
+        self._kept[key] = (cpu_model, model, time.perf_counter() - started, size)
+        return model, self._kept[key][2]
 
 
 def synced(fn: Callable[..., T], device: torch.device) -> Callable[..., T]:

@@ -206,6 +206,44 @@ def _gpt2_state(cfg: ArchConfig, hf: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def to_gpt2_lm_head(model: GPT) -> torch.nn.Module:
+    """transformers' GPT2LMHeadModel holding the weights of `model`, a GPT-2-shaped model of ours (learned
+    positions, Pre-LN, biased GELU MLP of 4x width, full heads): the inverse of `load_hf`, so transformers
+    can run our weights (the decode peer) and `load_hf` of the result gives `model` back."""
+    import transformers
+
+    cfg = model.config
+    shape = (cfg.pos, cfg.norm, cfg.mlp, cfg.bias, cfg.ff_dim, cfg.kv_heads)
+    if shape != ("learned", "pre_ln", "gelu", True, 4 * cfg.d_model, cfg.n_head):
+        raise CheckpointError(f"this model (pos {cfg.pos}, norm {cfg.norm}, mlp {cfg.mlp}, bias {cfg.bias}, "
+                              f"ff {cfg.ff_dim}, kv heads {cfg.kv_heads}) is not GPT-2-shaped: GPT2LMHeadModel "
+                              "cannot hold it")
+    activation = next(name for name, form in _GELU_FORMS.items() if form == cfg.gelu_approximate)
+    hf_config = transformers.GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, activation_function=activation, layer_norm_epsilon=cfg.norm_eps,
+        tie_word_embeddings=cfg.tie_weights, initializer_range=cfg.init_std, bos_token_id=0, eos_token_id=0)
+    ours = {k: v.detach() for k, v in model.state_dict().items()}
+    state = {"transformer.wte.weight": ours["tok_emb.weight"], "transformer.wpe.weight": ours["pos_emb.table.weight"],
+             "transformer.ln_f.weight": ours["norm_f.weight"], "transformer.ln_f.bias": ours["norm_f.bias"],
+             "lm_head.weight": ours.get("lm_head.weight", ours["tok_emb.weight"])}
+    for i in range(cfg.n_layer):
+        h, b = f"transformer.h.{i}.", f"blocks.{i}."
+        for mine, theirs in {"norm_attn": "ln_1", "norm_mlp": "ln_2"}.items():
+            state[h + theirs + ".weight"] = ours[b + mine + ".weight"]
+            state[h + theirs + ".bias"] = ours[b + mine + ".bias"]
+        linears = {"attn.qkv": "attn.c_attn", "attn.out": "attn.c_proj", "mlp.up": "mlp.c_fc", "mlp.down": "mlp.c_proj"}
+        for mine, theirs in linears.items():
+            state[h + theirs + ".weight"] = ours[b + mine + ".weight"].t().contiguous()  # Conv1D: (in, out)
+            state[h + theirs + ".bias"] = ours[b + mine + ".bias"]
+    hf = transformers.GPT2LMHeadModel(hf_config)
+    missing, unexpected = hf.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if k != "lm_head.weight" or not cfg.tie_weights]:
+        raise CheckpointError(f"GPT2LMHeadModel did not take every weight (missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]})")
+    return hf.to(next(model.parameters()).dtype).eval()
+
+
 def _llama_state(cfg: ArchConfig, hf: dict[str, Tensor]) -> dict[str, Tensor]:
     hf = _strip(hf, "model.")
     out = {"tok_emb.weight": _take(hf, "embed_tokens.weight"), "norm_f.weight": _take(hf, "norm.weight")}

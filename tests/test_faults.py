@@ -109,7 +109,7 @@ def test_ctrl_c_mid_run_keeps_the_records_and_writes_the_report(tmp_path) -> Non
 
 def _start_smoke(out: Path) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "bench", "--preset", "smoke", "--only", "decode", "--backend",
-                             "torch-cpu", "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                             "torch-cpu", "--out", str(out), "--", "-k", "gpt2-tiny"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from models import CheckpointError, build, count_params, kv_cache, load_hf
+from models import CheckpointError, build, count_params, kv_cache, load_hf, variants
 
 transformers = pytest.importorskip("transformers", reason="transformers is the reference implementation")
 
@@ -142,3 +142,20 @@ def test_checkpoint_tokenizer_windows_count_the_bytes_they_cover(tmp_path) -> No
     assert target_bytes == 5 * 31  # every byte-level token is one byte of text
     with pytest.raises(CheckpointError, match="tokenizer"):
         load_tokenizer(tmp_path)  # a directory without tokenizer files
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_our_gpt2_weights_run_in_transformers_with_the_same_logits(tie: bool) -> None:
+    """`to_gpt2_lm_head` (the decode peer's transformers model, on our weights) is the inverse of `load_hf`:
+    the same logits in transformers, and our own model back; a model of another shape is refused."""
+    from models.hf import to_gpt2_lm_head
+
+    cfg = variants.get("gpt2-tiny").replace(tie_weights=tie)
+    ours = build(cfg, seed=5).eval()
+    hf = to_gpt2_lm_head(ours)
+    idx = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, ours(idx), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(load_hf(hf)(idx), ours(idx), atol=1e-6, rtol=0)
+    with pytest.raises(CheckpointError, match="not GPT-2-shaped"):
+        to_gpt2_lm_head(build(cfg.replace(pos="rope"), seed=0))

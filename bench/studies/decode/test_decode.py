@@ -51,6 +51,7 @@ class DecodeCase:
     prompt_len: int
     rounds: int
     paired: bool = False  # uncached at the sweep's longest uncached length: a cached run is timed beside each round
+    prefill: bool = True  # cached: a prefill over a prompt of `decode_tokens` tokens is timed too
 
     @property
     def id(self) -> str:
@@ -85,7 +86,9 @@ def _decode_cases(config: pytest.Config) -> list[DecodeCase]:
                 firsts.setdefault((b.family, b.device_type), b)
             usable = list(firsts.values())
         for variant in sweep.variants:
-            for backend in (b.name for b in usable):
+            for backend_obj in usable:
+                backend = backend_obj.name
+                prefill = sweep.prefill_per_shape_compilers or not backend_obj.compiles_per_shape
                 uncached = [t for t in sweep.lengths if not sweep.uncached_max_len or t <= sweep.uncached_max_len]
                 for batch in sweep.batches:
                     for cache_kind in sweep.caches:
@@ -93,14 +96,14 @@ def _decode_cases(config: pytest.Config) -> list[DecodeCase]:
                             if cache_kind == "none" and length not in uncached:
                                 continue
                             rounds = sweep.rounds if cache_kind == "raw" else sweep.uncached_rounds
-                            paired = cache_kind == "none" and "raw" in sweep.caches and length == max(uncached)
+                            paired = cache_kind == "none" and length == max(uncached)
                             out.append(DecodeCase(variant, backend, cache_kind, length, batch, sweep.dtype,
-                                                  sweep.prompt_len, rounds, paired))
+                                                  sweep.prompt_len, rounds, paired, prefill and cache_kind == "raw"))
     return out
 
 
 def _prefill_cases(config: pytest.Config) -> list[DecodeCase]:
-    return [c for c in _decode_cases(config) if c.cache == "raw"]
+    return [c for c in _decode_cases(config) if c.prefill]
 
 
 def _peer_cases(config: pytest.Config) -> list[PeerCase]:
@@ -141,26 +144,14 @@ def _positions_to_trace(prompt_len: int, n_steps: int, count: int) -> list[int]:
     return sorted({round(i * (n_steps - 1) / (count - 1)) for i in range(count)})
 
 
-_LAST_PREPARED: dict = {}  # the model last prepared (inference only: consecutive cases share it), and its key
+_PREPARED = harness.PreparedModels()  # inference only: cases of one model and engine share it
 
 
-def prepare(backend: backends.Backend, cpu_model: GPT, dtype: torch.dtype) -> object:
-    """`cpu_model` on `backend` in `dtype`, prepared once for consecutive cases (one prepared model at a
-    time: GPT-2 774M is 3 GB in fp32), or a skip carrying the engine's message. The source model is held
-    and compared by identity: the same architecture with other weights (the peer's) is another model."""
-    key = (backend.name, dtype)
-    if _LAST_PREPARED.get("source") is not cpu_model or _LAST_PREPARED.get("key") != key:
-        _LAST_PREPARED.clear()
-        started = time.perf_counter()
-        model = harness.prepare_or_skip(backend, cpu_model, dtype)
-        _LAST_PREPARED.update(source=cpu_model, key=key, model=model, seconds=time.perf_counter() - started)
-    return _LAST_PREPARED["model"]
-
-
-def prepared_seconds() -> float:
-    """How long the model last prepared took to prepare (an exported engine exports there unless its
-    export is cached on disk; a compiled engine compiles later, on first use)."""
-    return float(_LAST_PREPARED.get("seconds", 0.0))
+def prepare(backend: backends.Backend, cpu_model: GPT, dtype: torch.dtype) -> tuple[object, float]:
+    """`cpu_model` on `backend` in `dtype` and the seconds preparing it took (an exported engine exports
+    there unless its export is cached on disk; a compiled engine compiles later, on first use), kept for
+    the cases that follow; or a skip carrying the engine's message."""
+    return _PREPARED.get(backend, cpu_model, dtype)
 
 
 def test_decode(benchmark, record, ceiling, read_probe, energy, pytestconfig, decode_case: DecodeCase) -> None:
@@ -175,7 +166,7 @@ def test_decode(benchmark, record, ceiling, read_probe, energy, pytestconfig, de
         pytest.skip(str(exc))
     bandwidth = ceiling(torch.device(backend.device_type))
     dtype = DTYPES[case.dtype]
-    model = prepare(backend, cpu_model, dtype)
+    model, prepare_s = prepare(backend, cpu_model, dtype)
     device = backend.input_device
     prompt = _prompt(cfg.vocab_size, case.batch, case.prompt_len).to(device)
     tokens = torch.zeros(case.batch, total, dtype=torch.long, device=device)  # (B, P + T)
@@ -252,9 +243,17 @@ def test_decode(benchmark, record, ceiling, read_probe, energy, pytestconfig, de
         # engine compiles here (every bucket the timed run reaches: the warm-up decodes all T steps).
         graphs_before, started = len(compile_events), time.perf_counter()
         check = min(CHECK_STEPS, case.decode_tokens)
-        expected = generate(model, prompt, check, use_cache=cache is None)  # the other mode
+        # The other cache mode; an engine that compiles per shape is checked against eager torch's uncached
+        # forward instead (its own would compile a dynamic-shape graph only for this check)
+        if cache is not None and backend.compiles_per_shape:
+            other, _ = prepare(backends.reference(backend.device_type), cpu_model, dtype)
+            expected = generate(other, prompt, check, use_cache=False)
+        else:
+            expected = generate(model, prompt, check, use_cache=cache is None)
         (logits,), _ = prefill(timed_round=False)
-        decode(model, tokens, case.prompt_len, logits, case.decode_tokens if cache is not None else check, cache)
+        # an engine that compiles per shape decodes all T steps (every bucket compiled); the others `check` steps
+        warm_steps = case.decode_tokens if cache is not None and backend.compiles_per_shape else check
+        decode(model, tokens, case.prompt_len, logits, warm_steps, cache)
         calibrate()  # its shapes compiled too; this first figure is not a round's
         calibration.clear()
         if pair_cache is not None:
@@ -303,7 +302,7 @@ def test_decode(benchmark, record, ceiling, read_probe, energy, pytestconfig, de
                ceiling_Bps=bandwidth.decode_Bps, step_latency_s=step_latency,
                tokens_sha1=_sha1(tokens), calibration_s=calibration, paired_cached_s=paired_cached,
                ceiling_before_Bps=ceiling_before, ceiling_after_Bps=ceiling_after, warmup_s=warmup_s,
-               graphs_compiled=graphs, prepare_s=prepared_seconds(), energy_j=energy_j, **serving,
+               graphs_compiled=graphs, prepare_s=prepare_s, energy_j=energy_j, **serving,
                fused_ops=model.fused_ops() if hasattr(model, "fused_ops") else {})) | probe.reading.as_metrics())
 
 
@@ -319,7 +318,7 @@ def test_prefill(benchmark, record, ceiling, prefill_case: DecodeCase) -> None:
         pytest.skip(str(exc))
     dtype = DTYPES[case.dtype]
     ceiling(torch.device(backend.device_type))  # on first use: the device warmed up and its ceiling recorded
-    model = prepare(backend, cpu_model, dtype)
+    model, _ = prepare(backend, cpu_model, dtype)
     prompt = _prompt(cfg.vocab_size, case.batch, case.decode_tokens).to(backend.input_device)
     cache = model.make_cache(case.batch, case.decode_tokens)
 
@@ -340,11 +339,12 @@ def test_prefill(benchmark, record, ceiling, prefill_case: DecodeCase) -> None:
 
 @pytest.fixture(scope="module")
 def peer_models(pytestconfig: pytest.Config):
-    """transformers' model (a random-seeded GPT2LMHeadModel, or the --weights checkpoint's own class) and ours
-    loaded from it, per variant."""
+    """transformers' model and ours on the same weights, per variant: the --weights checkpoint in its own class
+    and ours loaded from it, or the decode benchmarks' random-seeded model and a GPT2LMHeadModel holding it."""
     transformers = pytest.importorskip("transformers", reason="transformers is needed for the peer comparison")
     from bench.plugin import run_config
     from models import load_hf
+    from models.hf import to_gpt2_lm_head
 
     made = {}
 
@@ -361,15 +361,11 @@ def peer_models(pytestconfig: pytest.Config):
                     pytest.fail(f"--weights {weights}: transformers did not load the checkpoint whole "
                                 f"({type(hf).__name__}): {wrong or info['error_msgs']}", pytrace=False)
                 label = f"checkpoint:{Path(weights).name}"
-            else:
-                cfg = variants.get(variant)
-                hf_cfg = transformers.GPT2Config(vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len,
-                                                 n_embd=cfg.d_model, n_layer=cfg.n_layer, n_head=cfg.n_head,
-                                                 bos_token_id=0, eos_token_id=0)
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(0)
-                    hf = transformers.GPT2LMHeadModel(hf_cfg)
-            made[variant] = (hf.eval(), load_hf(hf), label)
+                made[variant] = (hf.eval(), load_hf(hf), label)
+            else:  # the decode benchmarks' own model (its engines' prepared models and compiled graphs are
+                # reused) and transformers' GPT2LMHeadModel holding its weights
+                ours = _cpu_model(variant)
+                made[variant] = (to_gpt2_lm_head(ours), ours, label)
         return made[variant]
 
     return get
@@ -382,7 +378,7 @@ def test_peer(benchmark, record, ceiling, peer_models, peer_case: PeerCase) -> N
     hf_cpu, ours_cpu, label = peer_models(case.variant)
     device = backend.input_device
     ceiling(torch.device(backend.device_type))  # on first use: the device warmed up and its ceiling recorded
-    ours = prepare(backend, ours_cpu, torch.float32)
+    ours, _ = prepare(backend, ours_cpu, torch.float32)
     try:
         hf, hf_kwargs = backend.prepare_peer(hf_cpu, use_cache=case.cache == "raw")
     except backends.CannotPrepareError as exc:
