@@ -141,22 +141,26 @@ def test_probe_waits_for_a_spinning_thread_to_stop() -> None:
     assert 0.2 < waited < 1.0
 
 
-def test_decode_prepares_a_model_once_for_consecutive_cases_and_each_model_keeps_its_weights(monkeypatch) -> None:
+def test_prepared_models_are_kept_per_source_and_engine_within_a_budget() -> None:
+    """Cases coming back to a model on an engine share its prepared copy; the same shapes with other weights
+    are another model; past the byte budget the least recently used copy is let go."""
     from bench.backends import get
-    from bench.studies.decode import test_decode
+    from bench.harness import PreparedModels
 
-    monkeypatch.setattr(test_decode, "_LAST_PREPARED", {})
     backend = get("torch-cpu")
     first, second = (build(variants.get("gpt2-tiny"), seed=s).eval() for s in (0, 1))  # same shapes, other weights
-    a = test_decode.prepare(backend, first, torch.float32)
-    again = test_decode.prepare(backend, first, torch.float32)
-    b = test_decode.prepare(backend, second, torch.float32)
-    assert again is a  # consecutive cases share the prepared model
+    size = sum(p.numel() for p in first.parameters()) * 4
+    kept = PreparedModels(budget_bytes=2 * size)
+    (a, _), (b, _) = kept.get(backend, first, torch.float32), kept.get(backend, second, torch.float32)
+    assert kept.get(backend, first, torch.float32)[0] is a  # kept, though another model came between
     assert b is not a and a is not first  # a copy: the model itself is never changed
     idx = torch.arange(8)[None]  # (1, 8)
     with torch.inference_mode():
         torch.testing.assert_close(b(idx), second(idx), atol=0, rtol=0)  # eager torch: the model as it is
         assert not torch.allclose(b(idx), first(idx))
+    third = build(variants.get("gpt2-tiny"), seed=2).eval()
+    kept.get(backend, third, torch.float32)  # over the budget: `second`, the least recently used, goes
+    assert kept.get(backend, first, torch.float32)[0] is a and kept.get(backend, second, torch.float32)[0] is not b
 
 
 def test_roofline_gpt2_small_by_hand() -> None:
