@@ -30,8 +30,8 @@ class DecodeSweep:
     per_shape_compilers: bool = True  # include engines that compile per shape (torch-compile: seconds a graph)
     prefill_per_shape_compilers: bool = True  # also time prefills on them (each prompt length compiles a graph;
     # the decode records' TTFT still has their first-token latency)
-    first_of_family: bool = False  # only the first selected engine of each family and device type (the plain
-    # one: eager torch, onnxruntime's plain graph), for sweeps about scaling rather than engines
+    first_of_family: bool = False  # only the plain engine of each family and device type (the first the
+    # registry lists: eager torch, onnxruntime's plain graph), when selected: sweeps about scaling, not engines
 
 
 @dataclass(frozen=True)

@@ -80,11 +80,11 @@ def _decode_cases(config: pytest.Config) -> list[DecodeCase]:
         usable = [b for b in harness.selected_backends(config, backends.DECODE, DTYPES[sweep.dtype])
                   if (sweep.families is None or b.family in sweep.families)
                   and (sweep.per_shape_compilers or not b.compiles_per_shape)]
-        if sweep.first_of_family:  # registry order: the plain engine of each family before its variants
-            firsts: dict[tuple[str, str], backends.Backend] = {}
-            for b in usable:
+        if sweep.first_of_family:  # the plain engine of each family (registry order: it comes before its
+            firsts: dict[tuple[str, str], backends.Backend] = {}  # variants), where this run selected it
+            for b in backends.BACKENDS.values():
                 firsts.setdefault((b.family, b.device_type), b)
-            usable = list(firsts.values())
+            usable = [b for b in usable if firsts.get((b.family, b.device_type)) is b]
         for variant in sweep.variants:
             for backend_obj in usable:
                 backend = backend_obj.name
