@@ -308,11 +308,8 @@ class TorchCompileBackend:
         _check_feature(feature)
         if dtype not in DTYPE_NAMES:
             return f"{self.name} runs {', '.join(DTYPE_NAMES.values())}, not {dtype}"
-        if feature in (DECODE, MODULES, MODULE_TRANSFORMS, TORCH_PEER):  # transformed modules compile like any other
-            return None
-        if feature == CACHE_KINDS:
-            return (f"{self.name} decodes over its own static raw cache; archbench's quantized cache kinds are not "
-                    "compiled yet")
+        if feature in (DECODE, MODULES, MODULE_TRANSFORMS, TORCH_PEER, CACHE_KINDS):  # transformed modules and
+            return None  # cache kinds with a bucket view (`cache_reason`) compile like any other code
         return f"{self.name} runs torch modules as they are; it quantizes no graph"
 
     @staticmethod
@@ -389,6 +386,21 @@ class TorchCompileBackend:
                 "recompile_limit": RECOMPILE_LIMIT, "torch": torch.__version__, "threads": torch.get_num_threads(),
                 "transformers_peer": "static cache, generate's CompileConfig, the same options but "
                                      f"{', '.join(PEER_UNSUPPORTED_OPTIONS)}"}
+
+
+def cache_reason(backend: Backend, cache: object) -> str | None:
+    """None when `backend`'s Decoder runs over `cache` (a cache of a `models.kv_cache` kind), else why not:
+    the backend does not take cache kinds at all, or it compiles per shape and the kind offers no bucket view
+    (`models.kv_base.BucketedCache`: fixed shapes per bucket, the position in a tensor) to compile."""
+    from models.kv_base import BucketedCache
+
+    reason = backend.supports(torch.float32, CACHE_KINDS)
+    if reason:
+        return reason
+    if backend.compiles_per_shape and not isinstance(cache, BucketedCache):
+        return (f"{backend.name} compiles a decode step per bucket of positions; the {type(cache).__name__} has no "
+                "bucket view (models.kv_base.BucketedCache) to compile it over")
+    return None
 
 
 BACKENDS: Registry[Backend] = Registry("backend", {b.name: b for b in (

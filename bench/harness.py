@@ -96,6 +96,26 @@ class PreparedModels:
         return model, self._kept[key][2]
 
 
+_PREPARED = PreparedModels()  # one per run: every study's cases of one model and engine share it
+
+
+@functools.cache
+def random_model(variant: str) -> torch.nn.Module:
+    """`variant` with random weights (seed 0), in eval mode, built once per run: what speed and memory cases
+    run (they do not depend on what weights learned), the same object in every study, so the models
+    prepared on an engine from it (`prepared`) are shared between studies."""
+    from models import build, variants
+
+    return build(variants.get(variant), seed=0).eval()
+
+
+def prepared(backend: backends.Backend, cpu_model: torch.nn.Module,
+             dtype: torch.dtype = torch.float32) -> tuple[Any, float]:
+    """`cpu_model` on `backend` in `dtype` and the seconds preparing it took, kept for the cases (of any study)
+    that come back to it; or a skip carrying the engine's message."""
+    return _PREPARED.get(backend, cpu_model, dtype)
+
+
 def synced(fn: Callable[..., T], device: torch.device) -> Callable[..., T]:
     """`fn` followed by a device synchronisation: what pytest-benchmark's wall clock times must include
     (CUDA kernels run asynchronously; without it a round would time only their launches)."""

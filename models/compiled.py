@@ -29,10 +29,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .attention import causal_attention, masked_attention
+from .attention import causal_attention
 from .config import ArchConfig
 from .gpt import GPT
-from .kv_base import BufferedKVCache
+from .kv_base import AttendingCache, BucketedCache, BufferedKVCache
+from .raw_cache import RawBucketView
 
 MIN_BUCKET = 64  # the smallest attended slice of the cache, in tokens
 RECOMPILE_LIMIT = 512  # graphs per compiled function: buckets x prompt lengths x models of one process
@@ -96,30 +97,9 @@ class StaticKVCache(BufferedKVCache):
         super().reset()
         self.index.zero_()
 
-
-class _BucketView:
-    """The `AttendingCache` a compiled step sees: the first `bucket` slots of the static buffers
-    (bucket, n_layer, B, Hkv, hd) and the position as a tensor. Host-side checks and the position's
-    advance happen outside, in `CompiledDecoder.__call__`."""
-
-    def __init__(self, k: Tensor, v: Tensor, index: Tensor) -> None:
-        self.k, self.v, self.position = k, v, index
-
-    def check_append(self, batch: int, n_tokens: int) -> None:
-        """Checked on the host before the step."""
-
-    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
-        bucket = self.k.shape[0]
-        positions = self.position + torch.arange(k.shape[-2], device=k.device)  # (T,)
-        self.k[:, layer].index_copy_(0, positions, k.permute(2, 0, 1, 3).to(self.k.dtype))  # (T, B, Hkv, hd) in
-        self.v[:, layer].index_copy_(0, positions, v.permute(2, 0, 1, 3).to(self.v.dtype))
-        keys = self.k[:, layer].permute(1, 2, 0, 3).to(q.dtype)  # (B, Hkv, bucket, hd)
-        values = self.v[:, layer].permute(1, 2, 0, 3).to(q.dtype)  # (B, Hkv, bucket, hd)
-        mask = torch.arange(bucket, device=q.device)[None, :] <= positions[:, None]  # (T, bucket)
-        return masked_attention(q, keys, values, mask, impl)  # (B, H, T, hd)
-
-    def advance(self, n_tokens: int) -> None:
-        """Advanced on the host after the step."""
+    def bucket_view(self, bucket: int) -> RawBucketView:
+        """The first `bucket` slots (bucket, n_layer, B, Hkv, hd): the same memory and strides for every length."""
+        return RawBucketView(self.k[:bucket], self.v[:bucket], self.index, position_first=True)
 
 
 class _CachedStep(nn.Module):
@@ -130,8 +110,8 @@ class _CachedStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, idx: Tensor, k: Tensor, v: Tensor, index: Tensor) -> Tensor:
-        return self.model(idx, _BucketView(k, v, index))  # (B, T, vocab)
+    def forward(self, idx: Tensor, view: AttendingCache) -> Tensor:
+        return self.model(idx, view)  # (B, T, vocab)
 
 
 class CompileError(RuntimeError):
@@ -195,39 +175,43 @@ class CompiledDecoder:
                              device=param.device)
 
     def __call__(self, idx: Tensor, cache: Any = None) -> Tensor:
-        """Logits (B, T, vocab) of idx (B, T); with `cache` (from `make_cache`), appended at its position."""
+        """Logits (B, T, vocab) of idx (B, T); with `cache` (from `make_cache`, or a KV cache kind that offers a
+        bucket view: `models.kv_base.BucketedCache`), appended at its position."""
         B, T = idx.shape
         idx = idx.clone(memory_format=torch.contiguous_format)  # a view's strides would be guarded: one graph each
         if cache is None:
             self.model.check_positions(T)
             return self._run(self._uncached, idx)
-        if not isinstance(cache, StaticKVCache):
-            raise TypeError(f"a compiled decoder takes the StaticKVCache its make_cache makes, not "
-                            f"{type(cache).__name__}")
+        if not isinstance(cache, BucketedCache):
+            raise TypeError(f"a compiled decoder runs over caches with a bucket view (its make_cache's StaticKVCache "
+                            f"or a kind of models.kv_cache that has one), not {type(cache).__name__}")
         cache.check_append(B, T)
         self.model.check_positions(cache.position + T)
         bucket = bucket_for(cache.position + T)
         if T > 1:  # a prompt: one graph per bucket serves every length from 2
             torch._dynamo.mark_dynamic(idx, 1, min=2, max=bucket)
-        k, v = cache.k[:bucket], cache.v[:bucket]  # (bucket, n_layer, B, Hkv, hd): the same memory every step
+        view = cache.bucket_view(bucket)  # the first `bucket` positions: the same memory every step of the bucket
         if self.static_cache:
-            for t in (k, v, cache.index):
-                torch._dynamo.mark_static_address(t)
-        logits = self._run(self._cached, idx, k, v, cache.index)
+            for t in vars(view).values():
+                if isinstance(t, Tensor):
+                    torch._dynamo.mark_static_address(t)
+        logits = self._run(self._cached, idx, view)
         cache.advance(T)
         return logits
 
     def _run(self, compiled: Any, *args: Any) -> Tensor:
         """Call a compiled forward with inductor's config set to `options` (set around the call: freezing,
-        for one, is read outside the compiler, and a compile happens at a graph's first call). Forwards
-        without a cache compile without max-autotune: tuning GEMMs over dynamic shapes takes minutes."""
+        for one, is read outside the compiler, and a compile happens at a graph's first call), always in
+        inference mode: dynamo guards on the grad mode, so a caller under no_grad and one under
+        inference_mode would otherwise compile every graph twice. Forwards without a cache compile without
+        max-autotune: tuning GEMMs over dynamic shapes takes minutes."""
         import torch._inductor.config as inductor_config
         from torch._dynamo.exc import FailOnRecompileLimitHit, TorchDynamoException
 
         options = self.options if compiled is self._cached else {  # no CUDA graph per prefix length either
             k: v for k, v in self.options.items() if not k.startswith("max_autotune") and k != "triton.cudagraphs"}
         try:
-            with inductor_config.patch(options):
+            with inductor_config.patch(options), torch.inference_mode():
                 out = compiled(*args)
             return out.clone() if options.get("triton.cudagraphs") else out  # a replay reuses its output memory
         except (TorchDynamoException, FailOnRecompileLimitHit) as exc:  # unsupported code, backend, recompiles

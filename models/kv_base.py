@@ -7,6 +7,8 @@ Two protocols, both structural (`typing.Protocol`):
 - `AttendingCache`: what `GPT.forward` calls on a cache inside the model: `position`, `check_append`,
   `attend(layer, q, k, v, impl)` (store the new keys and values of `layer` and return the attention
   over everything stored) and `advance(T)` once every layer has attended.
+- `BucketedCache`: a cache a compiled decode step can run over (`models.compiled`): `bucket_view(bucket)`
+  is the `AttendingCache` the step sees, with fixed shapes for every step inside one bucket.
 
 `BufferedKVCache` keeps the bookkeeping every buffered kind shares (position, capacity, checks, bytes).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
 
+import torch
 from torch import Tensor, nn
 
 
@@ -70,6 +73,24 @@ class AttendingCache(Protocol):
     def advance(self, n_tokens: int) -> None: ...
 
 
+@runtime_checkable
+class BucketedCache(Protocol):
+    """A cache a compiled decode step runs over (`models.compiled.CompiledDecoder`)."""
+
+    position: int
+
+    def check_append(self, batch: int, n_tokens: int) -> None: ...
+
+    def bucket_view(self, bucket: int) -> AttendingCache:
+        """What a compiled step attends through: the buffers' first `bucket` positions (views, so the step's
+        writes land in this cache; fewer where the cache holds fewer) and the position as a 0-d int64 tensor,
+        so every step whose end falls inside one bucket has the same shapes and shares one graph. Attention
+        covers the whole view under a mask. The host advances the cache after the step."""
+        ...
+
+    def advance(self, n_tokens: int) -> None: ...
+
+
 class BufferedKVCache(nn.Module):
     """Shared bookkeeping of the caches held in preallocated torch buffers (position, capacity, bytes).
 
@@ -86,6 +107,15 @@ class BufferedKVCache(nn.Module):
         self.max_len = max_len
         self.position = 0
         self.coordinates_per_token = coordinates_per_token
+        self._index: Tensor | None = None  # `position` as a tensor, for compiled steps (not cache content)
+
+    def position_index(self) -> Tensor:
+        """`position` as a 0-d int64 tensor on the cache's device: the same tensor at every call (a compiled
+        step reads it; a CUDA graph replays over its address). Not a buffer: it is no cache content."""
+        if self._index is None:
+            self._index = torch.zeros((), dtype=torch.long, device=next(self.buffers()).device)
+        self._index.fill_(self.position)
+        return self._index
 
     def check_append(self, batch: int, n_tokens: int) -> None:
         """Raise a clear error if `n_tokens` more tokens of `batch` sequences do not fit."""

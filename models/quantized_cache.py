@@ -9,6 +9,11 @@ and an optional exact copy of recent keys:
   baseline needs this (it quantizes keys per channel over whole groups); the TurboQuant kinds accept
   it so that both families can be compared with the same exact recent keys.
 - `window=W` (TurboQuant only): the W most recent keys and values stay exact (a sliding window).
+
+TurboQuant and the uniform baseline also offer a bucket view (`models.kv_base.BucketedCache`), so a compiled
+decode step (`models.compiled`) runs over them: `QuantizedBucketView` stores at a position held in a
+tensor and attends over the whole view under masks. What a cache and its view read the same way (codes
+to scores and values over a static range of positions) is written once, in the `_...Reads` classes.
 """
 
 from __future__ import annotations
@@ -34,7 +39,31 @@ def _chunks(end: int, size: int) -> list[tuple[int, int]]:
     return [(lo, min(end, lo + size)) for lo in range(0, end, size)]
 
 
-class QuantizedKVCache(BufferedKVCache):
+class _QuantizedReads:
+    """Reading stored codes over a static range of positions: shared by a quantized cache and its bucket view.
+    Subclasses give `_stored_keys` and `_values` and may override `_prepare_queries` (work done once per
+    query, such as a rotation) and `_key_scores` to work on codes directly."""
+
+    head_dim: int
+
+    def _prepare_queries(self, q32: Tensor) -> tuple[Tensor, ...]:
+        """Per-query work done once before scoring every chunk (default: none)."""
+        return (q32,)
+
+    def _stored_keys(self, layer: int, lo: int, hi: int) -> Tensor:
+        """Stored keys lo..hi (B, Hkv, hi - lo, hd), dequantized, in the original basis."""
+        raise NotImplementedError
+
+    def _values(self, layer: int, lo: int, hi: int) -> Tensor:
+        """Stored values lo..hi (B, Hkv, hi - lo, hd), dequantized, in the original basis."""
+        raise NotImplementedError
+
+    def _key_scores(self, layer: int, queries: tuple[Tensor, ...], lo: int, hi: int) -> Tensor:
+        """Scores (B, Hkv, G*Tq, hi - lo) of the prepared queries against stored keys lo..hi."""
+        return queries[0] @ self._stored_keys(layer, lo, hi).transpose(-1, -2)
+
+
+class QuantizedKVCache(_QuantizedReads, BufferedKVCache):
     """What the quantized caches share: chunked attention and exact recent keys (see the module doc).
 
     Subclasses implement `append`, `bytes_per_token`, `_stored_keys` and `_values` (stored keys and
@@ -86,22 +115,6 @@ class QuantizedKVCache(BufferedKVCache):
         slots = torch.arange(exact_from, end, device=probs.device) % self.window
         return probs[..., exact_from:end] @ self.v_recent[layer][:, :, slots]
 
-    def _prepare_queries(self, q32: Tensor) -> tuple[Tensor, ...]:
-        """Per-query work done once before scoring every chunk (default: none)."""
-        return (q32,)
-
-    def _stored_keys(self, layer: int, lo: int, hi: int) -> Tensor:
-        """Stored keys lo..hi (B, Hkv, hi - lo, hd), dequantized, in the original basis."""
-        raise NotImplementedError
-
-    def _values(self, layer: int, lo: int, hi: int) -> Tensor:
-        """Stored values lo..hi (B, Hkv, hi - lo, hd), dequantized, in the original basis."""
-        raise NotImplementedError
-
-    def _key_scores(self, layer: int, queries: tuple[Tensor, ...], lo: int, hi: int) -> Tensor:
-        """Scores (B, Hkv, G*Tq, hi - lo) of the prepared queries against stored keys lo..hi."""
-        return queries[0] @ self._stored_keys(layer, lo, hi).transpose(-1, -2)
-
     def _weighted_values(self, layer: int, probs: Tensor, end: int) -> Tensor:
         """sum_t probs[..., t] v_t over the `end` stored values: (B, Hkv, G*Tq, hd)."""
         out = torch.zeros(*probs.shape[:-1], self.head_dim, device=probs.device)
@@ -141,7 +154,143 @@ class QuantizedKVCache(BufferedKVCache):
         return torch.cat(keys, dim=2), torch.cat(values, dim=2)
 
 
-class TurboQuantKVCache(QuantizedKVCache):
+class QuantizedBucketView(_QuantizedReads):
+    """The `AttendingCache` a compiled step sees of a quantized cache (`models.kv_base.BucketedCache`): the
+    cache's buffers over its first `length` positions (views: writes land in the cache), the position as a
+    0-d tensor, and the cache's options. New tokens are stored at the position (`_store`, the kind's); the
+    exact rings are updated without a branch on the position; attention covers all `length` positions under
+    the causal mask, reading the codes a chunk at a time as the cache does. The host checks the append
+    before the step and advances the cache after it."""
+
+    def __init__(self, cache: QuantizedKVCache, length: int) -> None:
+        self.position = cache.position_index()
+        self.length = length  # positions the view covers: static for every step in one bucket
+        self.head_dim, self.chunk = cache.head_dim, cache.chunk
+        self.key_group, self.window = cache.key_group, cache.window
+        self.recent = cache.key_group or cache.window
+        self.k_recent = getattr(cache, "k_recent", None)  # (n_layer, B, Hkv, recent, hd) rings, or None
+        self.v_recent = getattr(cache, "v_recent", None)
+
+    def check_append(self, batch: int, n_tokens: int) -> None:
+        """Checked on the host before the step."""
+
+    def advance(self, n_tokens: int) -> None:
+        """Advanced on the host after the step."""
+
+    def _store(self, layer: int, k: Tensor, v: Tensor, positions: Tensor) -> None:
+        """Quantize and store keys and values (B, Hkv, T, hd) of `layer` at `positions` (T,); the exact rings
+        still hold what they held before this append."""
+        raise NotImplementedError
+
+    def _exact_keys_from(self, end: Tensor) -> Tensor:
+        """As `QuantizedKVCache.exact_keys_from`, on a position tensor."""
+        if self.key_group:
+            return torch.div(end, self.key_group, rounding_mode="floor") * self.key_group
+        return (end - self.window).clamp_min(0) if self.window else end
+
+    def _remember_recent(self, layer: int, k: Tensor, v: Tensor, start: Tensor) -> None:
+        """Each ring slot s takes the newest of this append's tokens at a position p = s (mod ring size), if any."""
+        if not self.recent:
+            return
+        n_new = k.shape[-2]
+        slot = torch.arange(self.recent, device=k.device)  # (R,)
+        latest = start + n_new - 1 - (start + n_new - 1 - slot) % self.recent  # (R,): newest position in each slot
+        fresh = latest >= start  # (R,): slots this append writes
+        source = (latest - start).clamp(0, n_new - 1)  # (R,): which new token
+        for ring, new in ((self.k_recent, k), (self.v_recent, v)) if self.window else ((self.k_recent, k),):
+            ring[layer].copy_(torch.where(fresh[:, None], new.float()[:, :, source], ring[layer]))
+
+    def _weighted_values(self, layer: int, probs: Tensor, quantized: Tensor) -> Tensor:
+        """sum_t probs[..., t] v_t over the quantized values (`quantized` (L,): where they are read), (B, Hkv,
+        G*Tq, hd)."""
+        probs = probs * quantized
+        out = torch.zeros(*probs.shape[:-1], self.head_dim, device=probs.device)
+        for lo, hi in _chunks(self.length, self.chunk):
+            out += probs[..., lo:hi] @ self._values(layer, lo, hi)
+        return out
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
+        B, H, q_len, hd = q.shape
+        n_kv = k.shape[1]
+        groups = H // n_kv
+        start = self.position
+        positions = start + torch.arange(k.shape[-2], device=k.device)  # (T,)
+        end = start + k.shape[-2]
+        self._store(layer, k, v, positions)
+        self._remember_recent(layer, k, v, start)
+        q32 = q.float().reshape(B, n_kv, groups * q_len, hd)  # (B, Hkv, G*Tq, hd): query heads grouped
+        queries = self._prepare_queries(q32)
+        scores = torch.cat([self._key_scores(layer, queries, lo, hi) for lo, hi in _chunks(self.length, self.chunk)],
+                           dim=-1)  # (B, Hkv, G*Tq, L)
+        slots = torch.arange(self.length, device=q.device)  # (L,)
+        if self.recent:  # keys read exact from the ring
+            exact = (slots >= self._exact_keys_from(end)) & (slots < end)  # (L,)
+            ring_scores = q32 @ self.k_recent[layer].transpose(-1, -2)  # (B, Hkv, G*Tq, R)
+            scores = torch.where(exact, ring_scores[..., slots % self.recent], scores)
+        mask = (slots[None, :] <= positions[:, None]).repeat(groups, 1)  # (G*Tq, L)
+        probs = torch.softmax((scores / math.sqrt(hd)).masked_fill(~mask, float("-inf")), dim=-1)  # (B, Hkv, G*Tq, L)
+        if self.window:  # values read exact from the ring
+            exact_values = slots >= (end - self.window).clamp_min(0)  # (L,)
+            out = self._weighted_values(layer, probs, ~exact_values) + (probs * exact_values) @ self.v_recent[layer][
+                :, :, slots % self.window]
+        else:
+            out = self._weighted_values(layer, probs, torch.ones_like(slots, dtype=torch.bool))
+        return out.reshape(B, H, q_len, hd).to(q.dtype)  # (B, H, Tq, hd)
+
+
+class _TurboQuantReads(_QuantizedReads):
+    """TurboQuant's codes read back: queries rotated once, scored against codebook values times norms."""
+
+    k_codes: Tensor  # (n_layer, B, Hkv, positions, code bytes)
+    k_norms: Tensor  # (n_layer, B, Hkv, positions)
+    v_codes: Tensor
+    v_norms: Tensor
+    bits: int
+    quantizer: TurboQuantizer
+
+    def _rotated(self, layer: int, name: str, lo: int, hi: int) -> Tensor:
+        """Codebook values times norms of tokens lo..hi, in the rotated basis: (B, Hkv, hi - lo, hd)."""
+        codes = unpack_codes(getattr(self, f"{name}_codes")[layer, :, :, lo:hi], self.bits, self.head_dim)
+        norms = getattr(self, f"{name}_norms")[layer, :, :, lo:hi].float()
+        return self.quantizer.dequantize_rotated(codes) * norms[..., None]
+
+    def _prepare_queries(self, q32: Tensor) -> tuple[Tensor, ...]:
+        return (self.quantizer.rotate(q32),)  # rotated once
+
+    def _key_scores(self, layer: int, queries: tuple[Tensor, ...], lo: int, hi: int) -> Tensor:
+        return queries[0] @ self._rotated(layer, "k", lo, hi).transpose(-1, -2)
+
+    def _stored_keys(self, layer: int, lo: int, hi: int) -> Tensor:
+        return self.quantizer.unrotate(self._rotated(layer, "k", lo, hi))
+
+    def _values(self, layer: int, lo: int, hi: int) -> Tensor:
+        return self.quantizer.unrotate(self._rotated(layer, "v", lo, hi))
+
+
+class _TurboQuantBucket(_TurboQuantReads, QuantizedBucketView):
+    """A TurboQuant cache's bucket view."""
+
+    def __init__(self, cache: TurboQuantKVCache, length: int) -> None:
+        super().__init__(cache, length)
+        self.bits, self.quantizer = cache.bits, cache.quantizer
+        for name in ("k_codes", "k_norms", "v_codes", "v_norms"):
+            setattr(self, name, getattr(cache, name)[:, :, :, :length])
+
+    def _store(self, layer: int, k: Tensor, v: Tensor, positions: Tensor) -> None:
+        for name, x in (("k", k), ("v", v)):
+            codes, norms = self.quantizer.quantize_rotated(x)  # (B, Hkv, T, hd), (B, Hkv, T)
+            getattr(self, f"{name}_codes")[layer].index_copy_(2, positions, pack_codes(codes, self.bits))
+            getattr(self, f"{name}_norms")[layer].index_copy_(2, positions, norms.to(self.k_norms.dtype))
+
+    def _weighted_values(self, layer: int, probs: Tensor, quantized: Tensor) -> Tensor:
+        probs = probs * quantized
+        out_rot = torch.zeros(*probs.shape[:-1], self.head_dim, device=probs.device)
+        for lo, hi in _chunks(self.length, self.chunk):
+            out_rot += probs[..., lo:hi] @ self._rotated(layer, "v", lo, hi)
+        return self.quantizer.unrotate(out_rot)  # de-rotated once
+
+
+class TurboQuantKVCache(_TurboQuantReads, QuantizedKVCache):
     """Keys and values as TurboQuant codes (`bits` per coordinate) plus one norm per vector.
 
     Attention never expands the cache to full precision: the query is rotated once and scored against
@@ -175,12 +324,6 @@ class TurboQuantKVCache(QuantizedKVCache):
         getattr(self, f"{name}_codes")[layer, :, :, start:end] = pack_codes(codes, self.bits)
         getattr(self, f"{name}_norms")[layer, :, :, start:end] = norms.to(self.k_norms.dtype)
 
-    def _rotated(self, layer: int, name: str, lo: int, hi: int) -> Tensor:
-        """Codebook values times norms of tokens lo..hi, in the rotated basis: (B, Hkv, hi - lo, hd)."""
-        codes = unpack_codes(getattr(self, f"{name}_codes")[layer, :, :, lo:hi], self.bits, self.head_dim)
-        norms = getattr(self, f"{name}_norms")[layer, :, :, lo:hi].float()
-        return self.quantizer.dequantize_rotated(codes) * norms[..., None]
-
     def append(self, layer: int, k: Tensor, v: Tensor) -> None:
         """Store keys and values (B, Hkv, T, hd) of `layer` at the current position, without attending."""
         start, end = self._span(k)
@@ -188,23 +331,15 @@ class TurboQuantKVCache(QuantizedKVCache):
         self._store(layer, "v", v, start, end)
         self._remember_recent(layer, k, v, start)
 
-    def _prepare_queries(self, q32: Tensor) -> tuple[Tensor, ...]:
-        return (self.quantizer.rotate(q32),)  # rotated once
-
-    def _key_scores(self, layer: int, queries: tuple[Tensor, ...], lo: int, hi: int) -> Tensor:
-        return queries[0] @ self._rotated(layer, "k", lo, hi).transpose(-1, -2)
-
-    def _stored_keys(self, layer: int, lo: int, hi: int) -> Tensor:
-        return self.quantizer.unrotate(self._rotated(layer, "k", lo, hi))
-
-    def _values(self, layer: int, lo: int, hi: int) -> Tensor:
-        return self.quantizer.unrotate(self._rotated(layer, "v", lo, hi))
-
     def _weighted_values(self, layer: int, probs: Tensor, end: int) -> Tensor:
         out_rot = torch.zeros(*probs.shape[:-1], self.head_dim, device=probs.device)
         for lo, hi in _chunks(self.exact_values_from(end), self.chunk):
             out_rot += probs[..., lo:hi] @ self._rotated(layer, "v", lo, hi)
         return self.quantizer.unrotate(out_rot) + self._exact_values(layer, probs, end)  # de-rotated once
+
+    def bucket_view(self, bucket: int) -> QuantizedBucketView:
+        """See `models.kv_base.BucketedCache`."""
+        return _TurboQuantBucket(self, min(bucket, self.max_len))
 
 
 class SplitTurboQuantKVCache(QuantizedKVCache):
@@ -364,7 +499,44 @@ class TurboQuantProdKVCache(QuantizedKVCache):
                                                           self.head_dim))
 
 
-class UniformKVCache(QuantizedKVCache):
+def minmax_quantize(x: Tensor, dim: int, levels: int) -> tuple[Tensor, Tensor]:
+    """Min-max codes of x along `dim` in 0..levels, and the (scale, offset) pairs (fp16) of each slice,
+    stacked along `dim`."""
+    lo, hi = x.amin(dim=dim, keepdim=True), x.amax(dim=dim, keepdim=True)
+    scale = ((hi - lo) / levels).clamp_min(1e-8)
+    codes = torch.round((x - lo) / scale).clamp(0, levels)
+    return codes, torch.cat((scale, lo), dim=dim).half()
+
+
+class _UniformReads(_QuantizedReads):
+    """The uniform baseline's codes read back: keys per channel over whole groups, values per token."""
+
+    k_codes: Tensor  # (n_layer, B, Hkv, hd, packed bytes along the tokens of whole groups)
+    k_scale: Tensor  # (n_layer, B, Hkv, groups, hd, 2)
+    v_codes: Tensor  # (n_layer, B, Hkv, positions, code bytes)
+    v_scale: Tensor  # (n_layer, B, Hkv, positions, 2)
+    bits: int
+    key_group: int
+
+    def _stored_keys(self, layer: int, lo: int, hi: int) -> Tensor:
+        """Dequantized keys lo..hi (B, Hkv, hi - lo, hd), all in complete groups."""
+        G = self.key_group
+        g0, g1 = lo // G, -(-hi // G)
+        packed = self.k_codes[layer, :, :, :, g0 * G * self.bits // 8: g1 * G * self.bits // 8]
+        codes = unpack_codes(packed, self.bits, (g1 - g0) * G).float()  # (B, Hkv, hd, n)
+        params = self.k_scale[layer, :, :, g0:g1].float()  # (B, Hkv, groups, hd, 2)
+        scale = params[..., 0].transpose(-1, -2).repeat_interleave(G, dim=-1)  # (B, Hkv, hd, n)
+        offset = params[..., 1].transpose(-1, -2).repeat_interleave(G, dim=-1)
+        keys = (codes * scale + offset).transpose(-1, -2)  # (B, Hkv, n, hd)
+        return keys[:, :, lo - g0 * G: hi - g0 * G]
+
+    def _values(self, layer: int, lo: int, hi: int) -> Tensor:
+        codes = unpack_codes(self.v_codes[layer, :, :, lo:hi], self.bits, self.head_dim).float()
+        params = self.v_scale[layer, :, :, lo:hi].float()
+        return codes * params[..., :1] + params[..., 1:]
+
+
+class UniformKVCache(_UniformReads, QuantizedKVCache):
     """A plain min-max uniform quantizer at `bits`, KIVI-style: the baseline TurboQuant is compared with.
 
     Values are quantized per token (one scale and offset per vector); keys per channel over groups
@@ -406,13 +578,6 @@ class UniformKVCache(QuantizedKVCache):
         k_bytes = per_vector + self.head_dim * 2 * NORM_BYTES / self.key_group
         return int(n_layer * batch * heads * (v_bytes + k_bytes))
 
-    def _quantize(self, x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
-        """Min-max codes of x along `dim`, and (scale, offset) pairs (fp16) per slice."""
-        lo, hi = x.amin(dim=dim, keepdim=True), x.amax(dim=dim, keepdim=True)
-        scale = ((hi - lo) / self.levels).clamp_min(1e-8)
-        codes = torch.round((x - lo) / scale).clamp(0, self.levels)
-        return codes, torch.cat((scale, lo), dim=dim).half()
-
     def _store_keys(self, layer: int, k: Tensor, start: int, end: int) -> None:
         """Quantize every group that fills with these keys (B, Hkv, T, hd); its earlier tokens come from the
         exact ring, which `append` then updates."""
@@ -421,33 +586,59 @@ class UniformKVCache(QuantizedKVCache):
             lo = g * G
             earlier = self.k_recent[layer, :, :, : max(0, start - lo)]  # tokens lo..start, stored before
             group = torch.cat((earlier, k[:, :, max(lo, start) - start: lo + G - start].float()), dim=2)
-            codes, params = self._quantize(group, dim=2)  # per channel over the group: (B, Hkv, G, hd)
+            codes, params = minmax_quantize(group, 2, self.levels)  # per channel over the group: (B, Hkv, G, hd)
             span = slice(lo * self.bits // 8, (lo + G) * self.bits // 8)
             self.k_codes[layer, :, :, :, span] = pack_codes(codes.transpose(-1, -2), self.bits)
             self.k_scale[layer, :, :, g] = params.transpose(-1, -2).reshape(*params.shape[:2], self.head_dim, 2)
 
-    def _stored_keys(self, layer: int, lo: int, hi: int) -> Tensor:
-        """Dequantized keys lo..hi (B, Hkv, hi - lo, hd), all in complete groups."""
-        G = self.key_group
-        g0, g1 = lo // G, -(-hi // G)
-        packed = self.k_codes[layer, :, :, :, g0 * G * self.bits // 8: g1 * G * self.bits // 8]
-        codes = unpack_codes(packed, self.bits, (g1 - g0) * G).float()  # (B, Hkv, hd, n)
-        params = self.k_scale[layer, :, :, g0:g1].float()  # (B, Hkv, groups, hd, 2)
-        scale = params[..., 0].transpose(-1, -2).repeat_interleave(G, dim=-1)  # (B, Hkv, hd, n)
-        offset = params[..., 1].transpose(-1, -2).repeat_interleave(G, dim=-1)
-        keys = (codes * scale + offset).transpose(-1, -2)  # (B, Hkv, n, hd)
-        return keys[:, :, lo - g0 * G: hi - g0 * G]
-
-    def _values(self, layer: int, lo: int, hi: int) -> Tensor:
-        codes = unpack_codes(self.v_codes[layer, :, :, lo:hi], self.bits, self.head_dim).float()
-        params = self.v_scale[layer, :, :, lo:hi].float()
-        return codes * params[..., :1] + params[..., 1:]
-
     def append(self, layer: int, k: Tensor, v: Tensor) -> None:
         """Store keys and values (B, Hkv, T, hd) of `layer` at the current position, without attending."""
         start, end = self._span(k)
-        codes, params = self._quantize(v.float(), dim=-1)  # per token
+        codes, params = minmax_quantize(v.float(), -1, self.levels)  # per token
         self.v_codes[layer, :, :, start:end] = pack_codes(codes, self.bits)
         self.v_scale[layer, :, :, start:end] = params
         self._store_keys(layer, k, start, end)
         self._remember_recent(layer, k, v, start)
+
+    def bucket_view(self, bucket: int) -> QuantizedBucketView:
+        """See `models.kv_base.BucketedCache`."""
+        return _UniformBucket(self, min(bucket, self.max_len))
+
+
+class _UniformBucket(_UniformReads, QuantizedBucketView):
+    """A uniform cache's bucket view. A single-token step quantizes the key group it writes into (from the
+    ring, stale slots and all: an incomplete group is read exact and quantized again until it completes);
+    a prompt quantizes every group it completes, all groups of the view at once, kept where completed."""
+
+    def __init__(self, cache: UniformKVCache, length: int) -> None:
+        super().__init__(cache, length)
+        self.bits, self.levels = cache.bits, cache.levels
+        self.groups = -(-length // cache.key_group)  # key groups the view covers (the last may be partial)
+        self.v_codes, self.v_scale = cache.v_codes[:, :, :, :length], cache.v_scale[:, :, :, :length]
+        self.k_codes = cache.k_codes[..., : self.groups * cache.key_group * self.bits // 8]
+        self.k_scale = cache.k_scale[:, :, :, : self.groups]
+
+    def _store(self, layer: int, k: Tensor, v: Tensor, positions: Tensor) -> None:
+        codes, params = minmax_quantize(v.float(), -1, self.levels)  # per token
+        self.v_codes[layer].index_copy_(2, positions, pack_codes(codes, self.bits))
+        self.v_scale[layer].index_copy_(2, positions, params)
+        G, group_bytes = self.key_group, self.key_group * self.bits // 8
+        start, n_new = positions[0], k.shape[-2]
+        if n_new == 1:  # the group of this token: ring slots 0..G-1 hold its positions (p % G)
+            group = self.k_recent[layer].index_copy(2, (start % G)[None], k.float())  # (B, Hkv, G, hd)
+            codes, params = minmax_quantize(group, 2, self.levels)  # (B, Hkv, G, hd), (B, Hkv, 2, hd)
+            g = torch.div(start, G, rounding_mode="floor")
+            self.k_codes[layer].index_copy_(3, g * group_bytes + torch.arange(group_bytes, device=k.device),
+                                            pack_codes(codes.transpose(-1, -2), self.bits))  # (B, Hkv, hd, G bytes)
+            self.k_scale[layer].index_copy_(2, g[None], params.transpose(-1, -2)[:, :, None])  # (B, Hkv, 1, hd, 2)
+            return
+        t = torch.arange(self.groups * G, device=k.device)  # (nG*G,): every position of the view's groups
+        new = (t >= start) & (t < start + n_new)
+        keys = torch.where(new[:, None], k.float()[:, :, (t - start).clamp(0, n_new - 1)],
+                           self.k_recent[layer][:, :, t % G])  # (B, Hkv, nG*G, hd): earlier ones from the ring
+        codes, params = minmax_quantize(keys.unflatten(2, (self.groups, G)), 3, self.levels)  # (B,Hkv,nG,G,hd)
+        group_end = (torch.arange(self.groups, device=k.device) + 1) * G  # (nG,)
+        done = (group_end <= start + n_new) & (group_end > start)  # (nG,): the groups this append completes
+        packed = pack_codes(codes.transpose(-1, -2), self.bits).transpose(2, 3).flatten(3)  # (B, Hkv, hd, nG*Gb)
+        self.k_codes[layer].copy_(torch.where(done.repeat_interleave(group_bytes), packed, self.k_codes[layer]))
+        self.k_scale[layer].copy_(torch.where(done[:, None, None], params.transpose(-1, -2), self.k_scale[layer]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .attention import causal_attention
+from .attention import causal_attention, masked_attention
 from .kv_base import BufferedKVCache
 
 
@@ -38,3 +38,39 @@ class RawKVCache(BufferedKVCache):
         if k_all.dtype != q.dtype:  # a lower-precision cache is read back in the compute dtype
             k_all, v_all = k_all.to(q.dtype), v_all.to(q.dtype)
         return causal_attention(q, k_all, v_all, q_start=start, impl=impl)  # (B, H, T, hd)
+
+    def bucket_view(self, bucket: int) -> RawBucketView:
+        """See `models.kv_base.BucketedCache`."""
+        return RawBucketView(self.k[:, :, :, :bucket], self.v[:, :, :, :bucket], self.position_index())
+
+
+class RawBucketView:
+    """The `AttendingCache` a compiled step sees of full-precision buffers: keys and values of every layer
+    over the first L positions, laid out (n_layer, B, Hkv, L, hd) or, `position_first`,
+    (L, n_layer, B, Hkv, hd) (`models.compiled.StaticKVCache`), and the position as a 0-d tensor. New keys
+    and values are written at the position (`index_copy_`); attention reads all L positions under a mask.
+    The host checks the append before the step and advances the cache after it."""
+
+    def __init__(self, k: Tensor, v: Tensor, index: Tensor, position_first: bool = False) -> None:
+        self.k, self.v, self.position, self.position_first = k, v, index, position_first
+
+    def check_append(self, batch: int, n_tokens: int) -> None:
+        """Checked on the host before the step."""
+
+    def advance(self, n_tokens: int) -> None:
+        """Advanced on the host after the step."""
+
+    def _layer(self, buffer: Tensor, layer: int) -> tuple[Tensor, int]:
+        """One layer's buffer and its token dimension."""
+        return (buffer[:, layer], 0) if self.position_first else (buffer[layer], 2)
+
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, impl: str = "sdpa") -> Tensor:
+        positions = self.position + torch.arange(k.shape[-2], device=k.device)  # (T,)
+        read = []
+        for buffer, new in ((self.k, k), (self.v, v)):
+            stored, dim = self._layer(buffer, layer)
+            stored.index_copy_(dim, positions, (new.permute(2, 0, 1, 3) if dim == 0 else new).to(stored.dtype))
+            read.append((stored.permute(1, 2, 0, 3) if dim == 0 else stored).to(q.dtype))  # (B, Hkv, L, hd)
+        keys, values = read
+        mask = torch.arange(keys.shape[-2], device=q.device)[None, :] <= positions[:, None]  # (T, L)
+        return masked_attention(q, keys, values, mask, impl)  # (B, H, T, hd)

@@ -164,6 +164,17 @@ class QuantizedVectors:
         return self.codes.numel() * self.codes.element_size() + self.norms.numel() * self.norms.element_size()
 
 
+def quantize_rotated(x: Tensor, rotation: Tensor, thresholds: Tensor) -> tuple[Tensor, Tensor]:
+    """TurboQuant's codes (..., dim) of x (..., dim): the bucket of each coordinate of its rotated unit
+    direction among `thresholds`; and its norms (...,) in fp32. Tensors in, so a compiled step can take a
+    quantizer's rotation and thresholds as inputs."""
+    x32 = x.float()
+    norms = x32.norm(dim=-1)  # (...,)
+    unit = x32 / norms.clamp_min(torch.finfo(torch.float32).tiny)[..., None]  # (..., dim)
+    codes = torch.bucketize(unit @ rotation.T, thresholds)  # (..., dim) in [0, 2^b)
+    return codes, norms
+
+
 class TurboQuantizer(nn.Module):
     """TurboQuant's MSE quantizer of vectors of `dim` at `bits` per coordinate (plus one norm per vector)."""
 
@@ -195,11 +206,7 @@ class TurboQuantizer(nn.Module):
 
     def quantize_rotated(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Integer codes (..., dim) of the rotated unit direction of x, and the norms (...,) in fp32."""
-        x32 = x.float()
-        norms = x32.norm(dim=-1)  # (...,)
-        unit = x32 / norms.clamp_min(torch.finfo(torch.float32).tiny)[..., None]  # (..., dim)
-        codes = torch.bucketize(self.rotate(unit), self.thresholds)  # (..., dim) in [0, 2^b)
-        return codes, norms
+        return quantize_rotated(x, self.rotation, self.thresholds)
 
     def quantize(self, x: Tensor) -> QuantizedVectors:
         """Quantize x (..., dim) to packed codes and norms."""

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bench import backends
-from models import build
+from models import build, kv_cache
 from models.compiled import MIN_BUCKET, CompiledDecoder, CompileError, StaticKVCache, bucket_for, compile_events
 from models.kv_base import CacheFullError
 
@@ -114,11 +114,11 @@ def test_static_cache_bookkeeping() -> None:
     assert int(cache.index) == 0 == cache.position
 
 
-def test_compiled_decoder_refuses_other_caches_and_learned_overflow() -> None:
+def test_compiled_decoder_refuses_caches_without_a_bucket_view_and_learned_overflow() -> None:
     model = build(tiny_config(), seed=0).eval()
     decoder = CompiledDecoder(model, backend="eager")
-    with pytest.raises(TypeError, match="StaticKVCache"):
-        decoder(torch.zeros(1, 2, dtype=torch.long), model.make_cache(1, 8))
+    with pytest.raises(TypeError, match=r"bucket view.*TurboQuantProdKVCache"):
+        decoder(torch.zeros(1, 2, dtype=torch.long), kv_cache.make("tq3-prod", model.config, 1, 8))
     with pytest.raises(ValueError, match="learned position table holds 48"):
         decoder(torch.zeros(1, 49, dtype=torch.long))
 
@@ -136,7 +136,12 @@ def test_a_failed_compile_raises_never_runs_eager() -> None:
 def test_torch_compile_backend_prepares_a_compiled_decoder() -> None:
     backend = backends.get("torch-compile")
     assert backend.supports(torch.float32, backends.DECODE) is None
-    assert "not compiled yet" in backend.supports(torch.float32, backends.CACHE_KINDS)
+    assert backend.supports(torch.float32, backends.CACHE_KINDS) is None
+    cfg = tiny_config()
+    assert backends.cache_reason(backend, kv_cache.spec("tq3").probe(cfg)) is None
+    assert "no bucket view" in backends.cache_reason(backend, kv_cache.spec("tq3-prod").probe(cfg))
+    assert backends.cache_reason(backends.get("torch-cpu"), kv_cache.spec("tq3-prod").probe(cfg)) is None
+    assert "cache kinds" in backends.cache_reason(backends.get("onnxruntime"), kv_cache.spec("tq3").probe(cfg))
     settings = backend.settings()
     assert settings["backend"] == "inductor" and "bucket" in settings["decode"]
     assert "freezing=True" in settings["options"]
@@ -178,3 +183,54 @@ def test_transformers_fast_path_on_the_compiled_engine_generates_our_tokens() ->
         assert torch.equal(tokens, generate(ours, prompt, 12))
     with pytest.raises(backends.CannotPrepareError, match="static cache"):
         backend.prepare_peer(hf, use_cache=False)
+
+
+BUCKETED_KINDS = [("raw-fp16", {}), ("raw-bf16", {}), ("tq3", {}), ("tq2", {"window": 16}), ("tq4", {"key_group": 32}),
+                  ("uniform3", {}), ("uniform2", {"key_group": 16})]
+
+
+def _cache_parity(model, decoder, kind: str, options: dict, prompt_len: int, steps: int, seed: int = 0,
+                  atol: float = 1e-4) -> None:
+    """The compiled decoder over a cache of `kind` against the eager model over another of the same kind:
+    logits within `atol` at the prompt and every step, identical greedy tokens."""
+    cfg = model.config
+    eager_cache = kv_cache.make(kind, cfg, 2, prompt_len + steps, **options)
+    compiled_cache = kv_cache.make(kind, cfg, 2, prompt_len + steps, **options)
+    prompt = torch.randint(0, cfg.vocab_size, (2, prompt_len), generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        expected, got = model(prompt, eager_cache), decoder(prompt, compiled_cache)
+        torch.testing.assert_close(got, expected, atol=atol, rtol=0)
+        token = expected[:, -1:].argmax(-1)  # (B, 1)
+        for _ in range(steps):
+            expected, got = model(token, eager_cache), decoder(token, compiled_cache)
+            torch.testing.assert_close(got, expected, atol=atol, rtol=0)
+            assert torch.equal(got.argmax(-1), expected.argmax(-1))
+            token = expected[:, -1:].argmax(-1)
+
+
+@pytest.mark.parametrize(("kind", "options"), BUCKETED_KINDS, ids=[f"{k}{''.join(f'-{o}{v}' for o, v in opts.items())}"
+                                                                     for k, opts in BUCKETED_KINDS])
+def test_compiled_step_over_cache_kinds_matches_their_eager_caches(kind: str, options: dict) -> None:
+    """Every kind with a bucket view, its options included (exact key groups, a window), compiled (dynamo's
+    trace; `eager` backend) gives its eager cache's logits: a prompt that completes key groups, then steps
+    that complete more, fill and overwrite the rings and cross into the second bucket, in one graph per bucket
+    plus the prompt's."""
+    model = build(tiny_config(pos="rope", n_kv_head=2, max_seq_len=160), seed=0).eval()
+    decoder = CompiledDecoder(model, backend="eager")
+    before = len(compile_events)
+    _cache_parity(model, decoder, kind, options, prompt_len=40, steps=40)
+    assert len(compile_events) - before == 3  # the prompt (bucket 64), steps in buckets 64 and 128
+
+
+def test_inductor_over_quantized_caches_with_freezing() -> None:
+    """Inductor with freezing, as the engine runs: the uniform cache (a prompt completing a key group, then a
+    step completing the next) and TurboQuant caches of two seeds through the same decoder, each equal to its
+    own eager cache (the quantizer's rotation is an input of the graph, never folded into it as a constant)."""
+    engine = backends.get("torch-compile")
+    if engine.unavailable_reason():
+        pytest.skip(engine.unavailable_reason())
+    model = build(tiny_config(pos="rope", n_layer=1, n_kv_head=2, max_seq_len=64), seed=0).eval()
+    decoder = CompiledDecoder(model, options={"freezing": True})
+    _cache_parity(model, decoder, "uniform3", {}, prompt_len=40, steps=24)
+    for seed in (0, 1):
+        _cache_parity(model, decoder, "tq3", {"seed": seed}, prompt_len=8, steps=2)

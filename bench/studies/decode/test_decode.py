@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import asdict, dataclass
-from functools import cache
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,7 @@ from bench.studies.decode.records import (
     PrefillMetrics,
     PrefillParams,
 )
-from models import GPT, PositionLimitError, build, generate, variants
+from models import GPT, PositionLimitError, generate, variants
 from models.compiled import compile_events
 from models.generate import decode
 from profiles import roofline
@@ -123,10 +122,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             metafunc.parametrize(arg, cases, ids=[c.id for c in cases])
 
 
-@cache
 def _cpu_model(variant: str) -> GPT:
     """Random-initialised weights (seed 0): decode speed does not depend on what the weights learned."""
-    return build(variants.get(variant), seed=0).eval()
+    return harness.random_model(variant)
 
 
 def _prompt(vocab: int, batch: int, length: int) -> torch.Tensor:
@@ -144,14 +142,11 @@ def _positions_to_trace(prompt_len: int, n_steps: int, count: int) -> list[int]:
     return sorted({round(i * (n_steps - 1) / (count - 1)) for i in range(count)})
 
 
-_PREPARED = harness.PreparedModels()  # inference only: cases of one model and engine share it
-
-
 def prepare(backend: backends.Backend, cpu_model: GPT, dtype: torch.dtype) -> tuple[object, float]:
     """`cpu_model` on `backend` in `dtype` and the seconds preparing it took (an exported engine exports
-    there unless its export is cached on disk; a compiled engine compiles later, on first use), kept for
-    the cases that follow; or a skip carrying the engine's message."""
-    return _PREPARED.get(backend, cpu_model, dtype)
+    there unless its export is cached on disk; a compiled engine compiles later, on first use), shared
+    with the cases and studies that follow (`harness.prepared`); or a skip carrying the engine's message."""
+    return harness.prepared(backend, cpu_model, dtype)
 
 
 def test_decode(benchmark, record, ceiling, read_probe, energy, pytestconfig, decode_case: DecodeCase) -> None:

@@ -28,6 +28,8 @@ class KVMemorySweep:
     probe_kinds: tuple[str, ...] = ("raw-fp32", "raw-fp16", "tq3")
     probe_batch: int = 1
     probe_rope: bool = True  # probe with RoPE positions (random weights): no learned-table length limit
+    compiled_kinds: tuple[str, ...] | None = None  # the kinds engines that compile per shape also run (None: all;
+    # each kind compiles a prompt graph and a step graph per bucket on them: seconds each)
 
 
 @dataclass(frozen=True)
@@ -62,15 +64,19 @@ SWEEPS = {
     "smoke": KVSweeps(memory=(KVMemorySweep("gpt2-tiny", (16, 32), rounds=1, prompt_len=4),),
                       capacity_variants=CAPACITY_VARIANTS, quantize_bits=(1, 2, 3, 4)),
     "quick": KVSweeps(
-        memory=(KVMemorySweep("gpt2-small", (64,), kinds=("raw-fp32", "raw-fp16", "tq3", "uniform3"),
-                              probe_lengths=(8192,), probe_kinds=("raw-fp16", "tq3")),),
+        # quantized kinds on a compiled engine compile for minutes on GPT-2 124M (freezing skips inductor's cache):
+        # the standard preset runs them
+        memory=(KVMemorySweep("gpt2-small", (48,), kinds=("raw-fp32", "raw-fp16", "tq3", "uniform3"),
+                              compiled_kinds=(), probe_lengths=(8192,), probe_kinds=("raw-fp16", "tq3")),),
         accuracy=(KVAccuracySweep(windows=32),),
         capacity_variants=CAPACITY_VARIANTS, capacity_kinds=("raw-fp32", "raw-fp16", "tq4", "tq3", "tq2", "uniform3"),
         quantize_bits=(1, 2, 3, 4)),
     "standard": KVSweeps(
         memory=(KVMemorySweep("gpt2-small", (128, 512, 1000), batches=(1, 8),
                               kinds=("raw-fp32", "raw-fp16", "raw-bf16", "tq2", "tq3", "tq4", "uniform2", "uniform3",
-                                     "uniform4"), probe_lengths=(8192, 32768)),),
+                                     "uniform4"), compiled_kinds=(), probe_lengths=(8192, 32768)),
+                # every engine, compiled ones included, at the quick preset's length (one bucket of 64 positions)
+                KVMemorySweep("gpt2-small", (48,), kinds=("raw-fp16", "tq3", "uniform3"))),
         accuracy=(KVAccuracySweep(), KVAccuracySweep(reference="gpt2-mini-hd64")),
         capacity_variants=CAPACITY_VARIANTS, capacity_kinds=("raw-fp32", "raw-fp16", "tq4", "tq3", "tq2", "uniform3"),
         quantize_bits=(1, 2, 3, 4)),

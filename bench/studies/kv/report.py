@@ -26,6 +26,7 @@ from reports.page import (
 )
 
 RAW_FP32, RAW_FP16 = kv_cache.raw_kind(torch.float32), kv_cache.raw_kind(torch.float16)
+TARGET_TQ3_TIME_VS_FP16 = 1.5  # on a compiled engine: a 3-bit cache's decode at most 1.5x raw fp16's time
 
 
 def family_of(kind: str, recorded: object = None) -> str:
@@ -91,6 +92,33 @@ def kv_memory(df: pd.DataFrame) -> pd.DataFrame:
         refs.append(ref or "–")
     d["speed_vs_raw"], d["speed_ref"] = ratios, refs
     return _with_family(d)
+
+
+def _compiles(backend: str) -> bool:
+    """Whether `backend` is a registered engine that compiles its code (a results file may name others)."""
+    from bench import backends
+
+    return backend in backends.BACKENDS and backends.get(backend).compiles_per_shape
+
+
+def targets(df: pd.DataFrame) -> pd.DataFrame:
+    """The 3-bit cache's decode time against raw fp16's, on each compiled engine at its longest length (a
+    3-bit cache is judged where its quantized attention runs compiled, not by eager overhead)."""
+    mem = kv_memory(df)
+    tq3 = kind_with("turboquant", 3)
+    if mem.empty or tq3 is None:
+        return pd.DataFrame()
+    rows = []
+    keys = ["machine", "variant", "backend", "p_batch"]
+    for key, g in mem[[_compiles(b) for b in mem["backend"]]].groupby(keys):
+        longest = g[g["p_decode_tokens"] == g["p_decode_tokens"].max()].set_index("p_cache")
+        if {tq3, RAW_FP16} <= set(longest.index):
+            ratio = float(longest.loc[tq3, TIME] / longest.loc[RAW_FP16, TIME])
+            length = int(longest["p_decode_tokens"].iloc[0])
+            rows.append({**dict(zip(keys, key, strict=True)),
+                         "target": f"{tq3} decode time <= {TARGET_TQ3_TIME_VS_FP16}x {RAW_FP16}'s (T={length})",
+                         "measured": f"{ratio:.2f}x", "met": ratio <= TARGET_TQ3_TIME_VS_FP16})
+    return pd.DataFrame(rows)
 
 
 def kv_accuracy(df: pd.DataFrame) -> pd.DataFrame:
@@ -376,6 +404,13 @@ def section(df: pd.DataFrame) -> Section | None:
               fmt(r.tokens_per_s), f"{r.speed_vs_raw:.2f}x ({r.speed_ref})"] for r in mem.itertuples()],
             note="Random weights: memory and speed only; accuracy is not measured here (the accuracy table is on "
                  "the trained reference model)."))
+        met = targets(df)
+        if not met.empty:
+            out.tables.append(Table(
+                "Target: a 3-bit cache's decode on a compiled engine",
+                ["machine", "variant", "backend", "batch", "target", "measured", "met"],
+                [[r.machine, r.variant, r.backend, fmt(int(r.p_batch)), r.target, r.measured,
+                  "yes" if r.met else "no"] for r in met.itertuples()]))
     quant = quantize_rows(df)
     if not quant.empty:
         out.tables.append(Table(

@@ -20,7 +20,6 @@ import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import asdict
-from functools import cache
 
 import pytest
 import torch
@@ -60,21 +59,20 @@ def _sweeps(config: pytest.Config) -> KVSweeps:
 
 
 def _peak_backends(config: pytest.Config) -> list[backends.Backend]:
-    """One backend per device type among those that take archbench's cache kinds: the probe runs in a fresh
-    eager process, so a second engine on the same device would measure the same thing again."""
-    by_device: dict[str, backends.Backend] = {}
-    for backend in harness.selected_backends(config, backends.CACHE_KINDS):
-        by_device.setdefault(backend.device_type, backend)
-    return list(by_device.values())
+    """The reference (eager) backends selected that take archbench's cache kinds, one per device type: the
+    probe runs in a fresh eager process, so it is eager torch's figure (another engine on the same device
+    would measure the same thing again under another name)."""
+    return [b for b in harness.selected_backends(config, backends.CACHE_KINDS) if b.reference]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     sweeps = _sweeps(metafunc.config)
     if "kv_memory_case" in metafunc.fixturenames:
-        usable = [b.name for b in harness.selected_backends(metafunc.config, backends.CACHE_KINDS)]
-        cases = [(s, backend, kind, length, batch) for s in sweeps.memory for backend in usable
-                 for kind in (s.kinds or kv_cache.representative_kinds()) for length in s.lengths
-                 for batch in s.batches]
+        usable = harness.selected_backends(metafunc.config, backends.CACHE_KINDS)
+        cases = [(s, backend.name, kind, length, batch) for s in sweeps.memory for backend in usable
+                 for kind in (s.kinds or kv_cache.representative_kinds())
+                 if not (backend.compiles_per_shape and s.compiled_kinds is not None and kind not in s.compiled_kinds)
+                 for length in s.lengths for batch in s.batches]
         metafunc.parametrize("kv_memory_case", cases,
                              ids=[f"{s.variant}-{b}-{k}-T{t}-B{n}" for s, b, k, t, n in cases])
     if "kv_peak_case" in metafunc.fixturenames:
@@ -98,9 +96,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("kv_quantize_bits", list(sweeps.quantize_bits))
 
 
-@cache
 def _cpu_model(variant: str):
-    return build(variants.get(variant), seed=0).eval()
+    return harness.random_model(variant)  # the decode study's model: its prepared engines are shared
 
 
 def _sha1(tokens: torch.Tensor) -> str:
@@ -113,9 +110,12 @@ def test_kv_memory(benchmark, record, kv_memory_case) -> None:
     backend = harness.available_or_skip(backends.get(backend_name))
     cfg = variants.get(sweep.variant)
     total = sweep.prompt_len + length
-    model = harness.prepare_or_skip(backend, _cpu_model(sweep.variant))
+    model, _ = harness.prepared(backend, _cpu_model(sweep.variant))
     device = backend.input_device
     spec = kv_cache.spec(kind)
+    reason = backends.cache_reason(backend, spec.probe(cfg))
+    if reason:
+        pytest.skip(reason)
     prompt = torch.randint(0, cfg.vocab_size, (batch, sweep.prompt_len),
                            generator=torch.Generator().manual_seed(7)).to(device)
     tokens = torch.zeros(batch, total, dtype=torch.long, device=device)

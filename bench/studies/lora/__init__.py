@@ -29,12 +29,14 @@ class LoraSweep:
     reference: str = "gpt2-tiny-hd64"  # the trained reference model (models.reference)
     overhead_variant: str = "gpt2-mini"
     overhead_rank: int = 16
+    overhead_per_shape_compilers: bool = False  # also time the adapters on engines that compile per shape (three
+    # graphs to compile: no adapter, unmerged, merged)
 
 
 SWEEPS = {
     "quick": (LoraSweep(),),
     "standard": (LoraSweep(ranks=(2, 8, 32, 128, 512), lrs=(3e-4, 1e-3, 3e-3, 1e-2), seeds=(0, 1, 2, 3, 4), steps=150,
-                           eval_windows=64),),
+                           eval_windows=64, overhead_per_shape_compilers=True),),
 }
 
 STUDY = Study(

@@ -128,12 +128,13 @@ def section(df: pd.DataFrame) -> Section | None:
              for r in table.itertuples()]))
         out.notes.append(_reading(fine))
     if not over.empty:
-        base = over[over["p_mode"] == "none"].set_index("machine")[TIME]
+        base = over[over["p_mode"] == "none"].set_index(["machine", "backend"])[TIME]
         out.tables.append(Table(
-            "Forward time with an adapter on every projection (batch 4 x 128 tokens)",
-            ["machine", "variant", "mode", "rank", "time", "vs no adapter"],
-            [[r.machine, r.variant, r.p_mode, fmt(int(r.p_rank)), f"{1e3 * getattr(r, TIME):.2f} ms",
-              f"{getattr(r, TIME) / base.get(r.machine, float('nan')):.2f}x"] for r in over.itertuples()]))
+            "Forward time with an adapter on every projection (batch 4 x 128 tokens), by engine",
+            ["machine", "variant", "backend", "mode", "rank", "time", "vs no adapter"],
+            [[r.machine, r.variant, r.backend, r.p_mode, fmt(int(r.p_rank)), f"{1e3 * getattr(r, TIME):.2f} ms",
+              f"{getattr(r, TIME) / base.get((r.machine, r.backend), float('nan')):.2f}x"]
+             for r in over.itertuples()]))
     return out
 
 
