@@ -7,6 +7,7 @@ the study registry (`bench.studies`), each drawn by that study's own report half
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 from pathlib import Path
 
@@ -82,8 +83,8 @@ def _study_parts(df: pd.DataFrame) -> tuple[list[Section], list[str], list]:
     return sections, lines, claims
 
 
-def render(results: list[Results]) -> str:
-    """The report page as a string."""
+def render(results: list[Results], sources: list[str] | None = None) -> str:
+    """The report page as a string; `sources` names the results files (default: their file names)."""
     df = to_frame(results)
     sections, summary, claims = _study_parts(df)
     env = jinja2.Environment(loader=jinja2.PackageLoader("reports", "templates"),
@@ -95,14 +96,17 @@ def render(results: list[Results]) -> str:
               "css": row["status"].replace(" ", "-")} for row in scoreboard(df, claims)]
     return env.get_template("report.html.j2").render(
         title="archbench report", generated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        sources=[str(r.path) for r in results], summary=summary, env_header=header, env_rows=rows,
+        sources=sources or [Path(r.path).name for r in results], summary=summary, env_header=header, env_rows=rows,
         sections=sections, n_benchmarks=len(df), scoreboard=board, several_machines=len(results) > 1)
 
 
 def build_report(paths: list[str | Path], out: str | Path) -> Path:
-    """Load every results file, render the report, write it to `out`."""
+    """Load every results file, render the report, write it to `out`. The page names each file by its path
+    relative to the page (a report and its results moved together still name them right; no absolute path of
+    the machine that built it is written into it)."""
     results = [load(p) for p in paths]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(results), encoding="utf-8")
+    sources = [os.path.relpath(Path(p).resolve(), out.parent.resolve()) for p in paths]
+    out.write_text(render(results, sources), encoding="utf-8")
     return out

@@ -63,6 +63,7 @@ def test_smoke_preset_writes_results_and_report(tmp_path) -> None:
     html = (tmp_path / "index.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 and "could not be built" not in html
     assert "Serving figures for" in html and "TPOT p99" in html and "energy counter (cpu)" in html
+    assert "<code>results.json</code>" in html and str(tmp_path) not in html  # no path of this machine
     assert json.loads((tmp_path / "run-config.json").read_text())["preset"] == "smoke"
     check = subprocess.run([sys.executable, "-m", "reports", "check", "--baseline", str(tmp_path / "results.json"),
                             str(tmp_path / "results.json")], cwd=ROOT, capture_output=True, text=True)

@@ -118,9 +118,14 @@ def test_a_baseline_of_several_runs_gates_on_their_median(tmp_path, capsys) -> N
     speedups = [g for g in gates if g.gate == "cache speed-up"]
     assert speedups and all(g.passed and "median of 3 runs" in g.limit for g in speedups)
     assert all(g.passed for g in gates)
-    # one fast outlier among the runs does not raise the reference; a median twice as fast does
-    high = [_write(tmp_path, f"h{i}.json", _scale_uncached(data, f)) for i, f in enumerate((2.0, 2.0, 1.0))]
+    # one fast outlier among the runs does not raise the reference; a baseline twice as fast does
+    high = [_write(tmp_path, f"h{i}.json", _scale_uncached(data, f)) for i, f in enumerate((2.0, 2.0, 2.0))]
     assert not any(g.passed for g in check([load(r) for r in high], load(SMOKE)) if g.gate == "cache speed-up")
+    # a median twice as fast with one baseline run as slow as this one: the run is inside the spread of the
+    # baseline code itself, not a regression (the limit is 0.95x the lowest baseline run)
+    spread = [_write(tmp_path, f"s{i}.json", _scale_uncached(data, f)) for i, f in enumerate((2.0, 2.0, 1.0))]
+    gates = [g for g in check([load(r) for r in spread], load(SMOKE)) if g.gate == "cache speed-up"]
+    assert gates and all(g.passed and "lowest baseline run" in g.limit for g in gates)
     # `reports baseline` writes the runs into a directory that `check --baseline` reads
     to = tmp_path / "base"
     assert reports_main(["baseline", *map(str, runs), "--to", str(to)]) == 0

@@ -9,7 +9,10 @@ Gates, each on the statistic that is steadiest on a noisy machine:
 - `cache speed-up`: the cache's speed-up at the longest uncached length is >= 0.8x the baseline's:
   the median ratio of paired rounds (each uncached round timed right after a cached run of the same
   length) where both runs have them, else from those fitted curves (or the measured times where
-  fewer than 3 lengths).
+  fewer than 3 lengths). With a baseline of several runs the limit is the lower of that and 0.95x
+  the lowest baseline run: the tiny models' speed-up at 512 tokens spreads 7.3-11.7x between runs of
+  the same code on a shared 2-core VM, so 0.8x the median failed a quarter of the baseline's own
+  runs; a run as low as the baseline code itself measured is not a regression.
 - `identical tokens`: cached and uncached decode agree; ours and transformers agree.
 - `missing`: a group the baseline measured and the run did not.
 With a baseline of several runs each reference figure is the median over them. Slopes and fitted
@@ -33,6 +36,7 @@ CACHED_SLOPE_DRIFT = 0.15
 UNCACHED_SLOPE_MIN = 1.6
 UNCACHED_MIN_LENGTH = 256
 SPEEDUP_KEEP = 0.8
+SPEEDUP_KEEP_LOWEST = 0.95  # of the lowest baseline run, where the baseline has several
 KEY = ["variant", "backend", "p_batch", "p_dtype"]
 
 
@@ -177,9 +181,12 @@ def gates(ctx: GateContext) -> list[Gate]:
             column = "speedup_paired" if _finite(b["speedup_paired"]) and _finite(c["speedup_paired"]) \
                 else "speedup_fit"
             how = "paired" if column == "speedup_paired" else "fitted"
-            limit = SPEEDUP_KEEP * b[column]
+            limit, why = SPEEDUP_KEEP * b[column], f"{SPEEDUP_KEEP} x baseline"
+            lowest = b.get(f"{column}_min")
+            if int(b.get(f"{column}_runs", 1)) >= 2 and _finite(lowest) and SPEEDUP_KEEP_LOWEST * lowest < limit:
+                limit, why = SPEEDUP_KEEP_LOWEST * lowest, f"{SPEEDUP_KEEP_LOWEST} x the lowest baseline run"
             out.append(Gate("cache speed-up", f"{subject} T={c['longest']}", f"{c[column]:.2f}x ({how})",
-                            f">= {limit:.2f}x ({SPEEDUP_KEEP} x baseline {_spread(b, column, '.2f', 'x')})",
+                            f">= {limit:.2f}x ({why}; baseline {_spread(b, column, '.2f', 'x')})",
                             bool(c[column] >= limit)))
     agree = token_agreement(cur_df)
     for _, r in agree.iterrows() if not agree.empty else []:

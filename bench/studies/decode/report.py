@@ -73,7 +73,8 @@ def slopes(df: pd.DataFrame, time_col: str = TIME) -> pd.DataFrame:
     `slope`: least squares over the upper half of the lengths (with its standard error); `slope_all`:
     over every length (the steadiest against noise); `end_slope`: between the two longest lengths;
     `model_end_slope`: the local slope at the longest length of a*T + b*T^2 fitted to every length
-    (fixed per-forward costs flatten the uncached curve at short lengths; this sees past them).
+    (fixed per-forward costs flatten the uncached curve at short lengths; this sees past them). Groups
+    measured at one length have no slope and no row.
     """
     d = _timed_decode_rows(df, time_col)
     rows = []
@@ -81,6 +82,8 @@ def slopes(df: pd.DataFrame, time_col: str = TIME) -> pd.DataFrame:
         return d
     for key, g in d.groupby([*GROUP, "p_cache"]):
         g = g.sort_values("p_decode_tokens")
+        if g["p_decode_tokens"].nunique() < 2:
+            continue
         all_fit = fit_loglog(g["p_decode_tokens"].tolist(), g[TIME].tolist())
         upper = upper_half(g["p_decode_tokens"].tolist())
         gu = g[g["p_decode_tokens"].isin(upper)]
