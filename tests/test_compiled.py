@@ -25,22 +25,29 @@ PROMPT = 8
 STEPS = MIN_BUCKET  # crosses from the first bucket into the second
 
 
-def _parity(model, decoder, steps: int = STEPS, atol: float = 1e-4, uncached: bool = True) -> None:
-    """Greedy decode with the eager model and its compiled decoder side by side: logits within `atol` at
-    prefill and every step, identical tokens; and (`uncached`) a forward without a cache."""
-    prompt = torch.randint(0, model.config.vocab_size, (2, PROMPT), generator=torch.Generator().manual_seed(0))
-    eager_cache, static_cache = model.make_cache(2, PROMPT + steps), decoder.make_cache(2, PROMPT + steps)
+def _side_by_side(model, decoder, eager_cache, compiled_cache, prompt, steps: int, atol: float) -> None:
+    """Greedy decode with the eager model over `eager_cache` and the compiled decoder over `compiled_cache`:
+    logits within `atol` at the prompt and every step, identical tokens."""
     with torch.inference_mode():
-        expected, got = model(prompt, eager_cache), decoder(prompt, static_cache)
+        expected, got = model(prompt, eager_cache), decoder(prompt, compiled_cache)
         torch.testing.assert_close(got, expected, atol=atol, rtol=0)
         token = expected[:, -1:].argmax(-1)  # (B, 1)
         for _ in range(steps):
-            expected, got = model(token, eager_cache), decoder(token, static_cache)
+            expected, got = model(token, eager_cache), decoder(token, compiled_cache)
             torch.testing.assert_close(got, expected, atol=atol, rtol=0)
             assert torch.equal(got.argmax(-1), expected.argmax(-1))
             token = expected[:, -1:].argmax(-1)
-        if uncached:  # dynamic shapes
-            full = torch.randint(0, model.config.vocab_size, (2, 21), generator=torch.Generator().manual_seed(1))
+
+
+def _parity(model, decoder, steps: int = STEPS, atol: float = 1e-4, uncached: bool = True) -> None:
+    """The model's own cache against the decoder's static one (`_side_by_side`); and (`uncached`) a forward
+    without a cache."""
+    prompt = torch.randint(0, model.config.vocab_size, (2, PROMPT), generator=torch.Generator().manual_seed(0))
+    _side_by_side(model, decoder, model.make_cache(2, PROMPT + steps), decoder.make_cache(2, PROMPT + steps), prompt,
+                  steps, atol)
+    if uncached:  # dynamic shapes
+        full = torch.randint(0, model.config.vocab_size, (2, 21), generator=torch.Generator().manual_seed(1))
+        with torch.inference_mode():
             torch.testing.assert_close(decoder(full), model(full), atol=atol, rtol=0)
 
 
@@ -191,21 +198,12 @@ BUCKETED_KINDS = [("raw-fp16", {}), ("raw-bf16", {}), ("tq3", {}), ("tq2", {"win
 
 def _cache_parity(model, decoder, kind: str, options: dict, prompt_len: int, steps: int, seed: int = 0,
                   atol: float = 1e-4) -> None:
-    """The compiled decoder over a cache of `kind` against the eager model over another of the same kind:
-    logits within `atol` at the prompt and every step, identical greedy tokens."""
+    """The compiled decoder over a cache of `kind` against the eager model over another of the same kind
+    (`_side_by_side`)."""
     cfg = model.config
-    eager_cache = kv_cache.make(kind, cfg, 2, prompt_len + steps, **options)
-    compiled_cache = kv_cache.make(kind, cfg, 2, prompt_len + steps, **options)
     prompt = torch.randint(0, cfg.vocab_size, (2, prompt_len), generator=torch.Generator().manual_seed(seed))
-    with torch.inference_mode():
-        expected, got = model(prompt, eager_cache), decoder(prompt, compiled_cache)
-        torch.testing.assert_close(got, expected, atol=atol, rtol=0)
-        token = expected[:, -1:].argmax(-1)  # (B, 1)
-        for _ in range(steps):
-            expected, got = model(token, eager_cache), decoder(token, compiled_cache)
-            torch.testing.assert_close(got, expected, atol=atol, rtol=0)
-            assert torch.equal(got.argmax(-1), expected.argmax(-1))
-            token = expected[:, -1:].argmax(-1)
+    _side_by_side(model, decoder, kv_cache.make(kind, cfg, 2, prompt_len + steps, **options),
+                  kv_cache.make(kind, cfg, 2, prompt_len + steps, **options), prompt, steps, atol)
 
 
 @pytest.mark.parametrize(("kind", "options"), BUCKETED_KINDS, ids=[f"{k}{''.join(f'-{o}{v}' for o, v in opts.items())}"
