@@ -28,6 +28,31 @@ def switch_id(switches: dict) -> str:
     return "-".join(str(v) if not isinstance(v, bool) else ("tied" if v else "untied") for v in switches.values())
 
 
+def covering_pairs(combinations: list[dict]) -> list[dict]:
+    """A subset of `combinations` in which every pair of values of two different switches occurs (all-pairs,
+    chosen greedily: each pick covers the most pairs not yet covered; deterministic)."""
+    def pairs(combination: dict) -> set:
+        return set(itertools.combinations(sorted(combination.items()), 2))
+
+    uncovered = set().union(*map(pairs, combinations))
+    chosen = []
+    while uncovered:
+        best = max(combinations, key=lambda c: len(pairs(c) & uncovered))
+        chosen.append(best)
+        uncovered -= pairs(best)
+    return chosen
+
+
+PAIRWISE_SWITCHES = covering_pairs(ALL_SWITCHES)
+
+
+def every_switch_tiered() -> list:
+    """ALL_SWITCHES as pytest params for the costly parity tests: the all-pairs subset runs in every test run,
+    the other combinations are marked `thorough` (`pytest --thorough`; CI runs them)."""
+    return [pytest.param(s, id=switch_id(s), marks=() if s in PAIRWISE_SWITCHES else pytest.mark.thorough)
+            for s in ALL_SWITCHES]
+
+
 def write_byte_level_checkpoint(directory, n_layer: int = 2, seed: int = 0, model_type: str = "gpt2"):
     """A small transformers checkpoint (`model_type` gpt2 or llama) with a byte-level tokenizer (token id =
     byte value, 256 is end-of-text), written to `directory` without any download: what `--weights` expects."""

@@ -13,19 +13,14 @@ from bench.__main__ import parse_args
 from bench.backends import get as get_backend
 from bench.run import RESULTS
 from bench.studies.decode import report as decode_report
+from reports.__main__ import main as reports_main
 from reports.load import load, to_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _run_bench(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=600)
-
-
-def test_smoke_preset_writes_results_and_report(tmp_path) -> None:
-    proc = _run_bench("--preset", "smoke", "--backend", "torch-cpu", "--out", str(tmp_path))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def test_smoke_preset_writes_results_and_report(smoke_run: Path, capsys) -> None:
+    tmp_path = smoke_run  # `python -m bench --preset smoke --backend torch-cpu --out DIR` (conftest)
     results = load(tmp_path / "results.json")
     assert not results.partial
     df = to_frame([results])
@@ -65,14 +60,14 @@ def test_smoke_preset_writes_results_and_report(tmp_path) -> None:
     assert "Serving figures for" in html and "TPOT p99" in html and "energy counter (cpu)" in html
     assert "<code>results.json</code>" in html and str(tmp_path) not in html  # no path of this machine
     assert json.loads((tmp_path / "run-config.json").read_text())["preset"] == "smoke"
-    check = subprocess.run([sys.executable, "-m", "reports", "check", "--baseline", str(tmp_path / "results.json"),
-                            str(tmp_path / "results.json")], cwd=ROOT, capture_output=True, text=True)
+    reports_main(["check", "--baseline", str(tmp_path / "results.json"), str(tmp_path / "results.json")])
+    check = capsys.readouterr().out
     # Against itself every relative gate passes; the absolute slope thresholds are not meaningful on
     # one round of 8-32 tokens, so only they may fail here.
-    failed = [line for line in check.stdout.splitlines() if line.startswith("FAIL")]
+    failed = [line for line in check.splitlines() if line.startswith("FAIL")]
     assert all(line.split()[1:3] in (["cached", "slope"], ["uncached", "slope"]) and "vs baseline" not in line
-               for line in failed), check.stdout
-    assert "PASS    identical tokens" in check.stdout and "gates passed" in check.stdout
+               for line in failed), check
+    assert "PASS    identical tokens" in check and "gates passed" in check
     _pytest_benchmark_tools_read(tmp_path / "results.json")
 
 
@@ -197,22 +192,27 @@ def test_the_peer_runs_the_checkpoints_own_class_and_names_it(tmp_path) -> None:
 
 
 def test_shards_partition_the_benchmarks_and_keep_sweeps_whole() -> None:
-    """--shard K/N splits the benchmarks without overlap or loss (a Slurm array: the test after next)."""
-    def collect(*extra: str) -> set[str]:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "bench", "--preset", "smoke", "--collect-only", "-q",
-                               "-p", "no:cacheprovider", *extra], cwd=ROOT, capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stdout[-2000:]
-        return {line for line in proc.stdout.splitlines() if "::" in line}
+    """--shard K/N splits the benchmarks without overlap or loss (a Slurm array: the test after next). The
+    collections run side by side: they are mostly interpreter start-up."""
+    def collect(*extra: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "pytest", "bench", "--collect-only", "-q", "-p",
+                                 "no:cacheprovider", *extra], cwd=ROOT, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
 
-    everything = collect()
-    shards = [collect("--shard", f"{k}/3") for k in (1, 2, 3)]
+    def tests(proc: subprocess.Popen) -> set[str]:
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-2000:] + err[-2000:]
+        return {line for line in out.splitlines() if "::" in line}
+
+    started = [collect("--preset", "smoke", *shard) for shard in ([], *(["--shard", f"{k}/3"] for k in (1, 2, 3)))]
+    bad = collect("--shard", "0/2")
+    everything, *shards = map(tests, started)
     assert set().union(*shards) == everything and sum(map(len, shards)) == len(everything)
     for shard in shards:  # every length of a decode sweep lands in the same shard
         for test in (t for t in shard if "test_decode[" in t and "-T8-" in t):
             assert test.replace("-T8-", "-T32-") in shard
-    bad = subprocess.run([sys.executable, "-m", "pytest", "bench", "--shard", "0/2", "--collect-only", "-q"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "K must be between 1 and N" in bad.stderr
+    _, err = bad.communicate(timeout=300)
+    assert bad.returncode != 0 and "K must be between 1 and N" in err
 
 
 @pytest.mark.parametrize(("environ", "expected"), [
@@ -233,6 +233,7 @@ def test_a_slurm_array_task_is_its_own_shard(environ, expected) -> None:
         assert shard_from_slurm(environ) == expected
 
 
+@pytest.mark.thorough  # four runs; the partition itself is checked by the test above in every run
 def test_three_shards_merged_are_one_unsharded_run(tmp_path) -> None:
     """Three Slurm array tasks of one run, merged with `reports merge`, hold the same records as the run
     unsharded (the exact-count benchmarks: their figures do not depend on timing). The four runs start

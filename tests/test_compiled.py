@@ -1,10 +1,12 @@
 """torch.compile's decode (`models.compiled`): the static cache and the compiled step give the eager
 model's logits at prefill and every step, compile a bounded number of graphs, and fail loudly.
 
-Every switch combination is traced by dynamo with the `eager` backend (the graph capture, the static
-cache's in-place writes and masks, at trace cost); inductor itself, whose cold compiles take seconds per
-graph on a CPU, runs on the combination with the most distinct parts, and on all of them with
-ARCHBENCH_INDUCTOR_PARITY=1 (about ten minutes cold on two cores).
+Switch combinations are traced by dynamo with the `eager` backend (the graph capture, the static cache's
+in-place writes and masks, at trace cost): an all-pairs subset in every run, all 36 with `--thorough`.
+Inductor itself with freezing, as the engine runs it (cold compiles of seconds per graph on a CPU, and with
+freezing no graph cache), runs in the thorough tier on the combination with the most distinct parts and the
+quantized caches; on every combination with ARCHBENCH_INDUCTOR_PARITY=1 and --thorough (about ten
+minutes cold on two cores).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from models import build, kv_cache
 from models.compiled import MIN_BUCKET, CompiledDecoder, CompileError, StaticKVCache, bucket_for, compile_events
 from models.kv_base import CacheFullError
 
-from .helpers import ALL_SWITCHES, switch_id, tiny_config
+from .helpers import every_switch_tiered, tiny_config
 
 PROMPT = 8
 STEPS = MIN_BUCKET  # crosses from the first bucket into the second
@@ -51,7 +53,7 @@ def _parity(model, decoder, steps: int = STEPS, atol: float = 1e-4, uncached: bo
             torch.testing.assert_close(decoder(full), model(full), atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize("switches", ALL_SWITCHES, ids=switch_id)
+@pytest.mark.parametrize("switches", every_switch_tiered())
 def test_compiled_decode_every_switch(switches) -> None:
     """Prefill and 20 steps of every combination within 1e-4 of eager (with inductor also an uncached forward)."""
     inductor = os.environ.get("ARCHBENCH_INDUCTOR_PARITY") == "1"
@@ -59,6 +61,7 @@ def test_compiled_decode_every_switch(switches) -> None:
     _parity(model, CompiledDecoder(model, backend="inductor" if inductor else "eager"), steps=20, uncached=inductor)
 
 
+@pytest.mark.thorough  # inductor with freezing: compiled again every run (no graph cache)
 def test_inductor_decode_matches_eager() -> None:
     """Inductor's code with freezing (weights folded into the graph, as the engine runs it): prefill, every
     step across two buckets and an uncached forward within 1e-4. The engine's max-autotune GEMMs (minutes
@@ -220,6 +223,7 @@ def test_compiled_step_over_cache_kinds_matches_their_eager_caches(kind: str, op
     assert len(compile_events) - before == 3  # the prompt (bucket 64), steps in buckets 64 and 128
 
 
+@pytest.mark.thorough  # about 30 s of inductor compiling: freezing bypasses inductor's graph cache
 def test_inductor_over_quantized_caches_with_freezing() -> None:
     """Inductor with freezing, as the engine runs: the uniform cache (a prompt completing a key group, then a
     step completing the next) and TurboQuant caches of two seeds through the same decoder, each equal to its

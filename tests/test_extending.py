@@ -50,7 +50,7 @@ def test_toy_kind_is_a_cache_kind_like_any_other(registered) -> None:
 
 def test_toys_run_in_the_smoke_preset_and_appear_in_the_report(registered, tmp_path) -> None:
     config = validate(preset="smoke", studies=["decode", "kv", "toy"], backends=["torch-cpu", "toy-eager"],
-                      out=tmp_path)
+                      out=tmp_path, pytest_args=["-k", "not llama"])  # the GPT-2 models are enough here
     assert run_and_report(config) == 0
     df = to_frame([load(tmp_path / "results.json")])
     toy_decode = df[(df["study"] == "decode") & (df["backend"] == "toy-eager")]

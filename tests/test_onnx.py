@@ -9,7 +9,7 @@ from models import build, generate
 from models.kv_base import KVCache
 from models.onnx_export import ExportError, OrtModel, export, fuse, input_names, output_names
 
-from .helpers import ALL_SWITCHES, switch_id, tiny_config
+from .helpers import every_switch_tiered, tiny_config
 
 onnx = pytest.importorskip("onnx", reason="onnx is needed to export")
 pytest.importorskip("onnxruntime", reason="onnxruntime runs the exported graphs")
@@ -34,7 +34,7 @@ def _model(**switches):
 
 
 @pytest.mark.parametrize("graph", ["plain", "fused"])
-@pytest.mark.parametrize("switches", ALL_SWITCHES, ids=switch_id)
+@pytest.mark.parametrize("switches", every_switch_tiered())
 def test_onnxruntime_equals_torch_for_every_switch(switches, graph, export_dir) -> None:
     """The plain export and the transformer optimizer's fused graph: logits within 1e-4 of eager torch at
     prefill and every step, presents growing by one, identical greedy tokens."""

@@ -1,6 +1,14 @@
 """Every figure of a report, from every study, as a reader sees it: axes labelled, legends in words, tick
-labels and panel titles that do not collide, no lone point on a log axis."""
+labels and panel titles that do not collide, no lone point on a log axis; and the same report in a real
+browser: headless Chromium, where one is installed (skipped otherwise; `.ci/run` installs Debian's chromium
+when it can and sets ARCHBENCH_REQUIRE_BROWSER=1, so CI fails rather than skips). The screenshot goes to
+ARCHBENCH_ARTIFACTS when set (CI: under its run's output directory). Both read one report, built once."""
 
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -11,6 +19,7 @@ from reports import page
 from reports.build import build_report
 
 DATA = Path(__file__).parent / "data"
+EVERY_STUDY = [DATA / "smoke_results.json", DATA / "studies_results.json"]
 RAW_NAMES = {"label", "kind", "impl", "mode", "panel", "case"}
 
 
@@ -59,22 +68,34 @@ def _problems(fig: plt.Figure) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("files", [["smoke_results.json", "studies_results.json"]], ids=["every-study"])
-def test_every_figure_reads_cleanly(files, tmp_path, monkeypatch) -> None:
-    seen: list[str] = []
-    problems: list[str] = []
+@dataclass
+class CheckedReport:
+    """A report of every study built with each figure checked as it was finished."""
+    path: Path
+    seen: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+@pytest.fixture(scope="module")
+def every_study_report(tmp_path_factory) -> CheckedReport:
+    report = CheckedReport(tmp_path_factory.mktemp("report") / "index.html")
     finish = page.finish
 
     def checked(fig: plt.Figure) -> None:
         finish(fig)
         fig.canvas.draw()
-        seen.append(fig.axes[0].get_title() if fig.axes else "?")
-        problems.extend(_problems(fig))
+        report.seen.append(fig.axes[0].get_title() if fig.axes else "?")
+        report.problems.extend(_problems(fig))
 
-    monkeypatch.setattr(page, "finish", checked)
-    build_report([DATA / f for f in files], tmp_path / "index.html")
-    assert len(seen) >= 10  # the figures of every study were drawn through the check
-    assert not problems, "\n".join(problems)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(page, "finish", checked)
+        build_report(EVERY_STUDY, report.path)
+    return report
+
+
+def test_every_figure_reads_cleanly(every_study_report: CheckedReport) -> None:
+    assert len(every_study_report.seen) >= 10  # the figures of every study were drawn through the check
+    assert not every_study_report.problems, "\n".join(every_study_report.problems)
 
 
 def test_finish_turns_colliding_ticks_and_renames_columns() -> None:
@@ -88,3 +109,52 @@ def test_finish_turns_colliding_ticks_and_renames_columns() -> None:
     assert ax.get_legend().get_title().get_text() == "module kind"
     assert not _problems(fig)
     plt.close(fig)
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+PROBE = """<script>
+window.addEventListener("load", () => {
+  const imgs = Array.from(document.images);
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.setAttribute("data-figures", ok + "/" + imgs.length);
+  const page = document.documentElement;
+  document.body.setAttribute("data-overflow", Math.max(0, page.scrollWidth - page.clientWidth));
+});
+</script>"""
+
+
+def _browser() -> str | None:
+    return next((path for name in BROWSERS if (path := shutil.which(name))), None)
+
+
+def _chromium(browser: str, profile: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}",
+           "--window-size=1280,900", "--virtual-time-budget=5000", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+
+
+def test_every_figure_loads_and_nothing_overflows_in_headless_chromium(every_study_report: CheckedReport,
+                                                                       tmp_path) -> None:
+    """Every study's section (the smoke and studies records together) in a 1280-pixel-wide window: every
+    figure decoded, nothing wider than the page; a screenshot of the top of the page is kept."""
+    browser = _browser()
+    if browser is None:
+        if os.environ.get("ARCHBENCH_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"ARCHBENCH_REQUIRE_BROWSER=1 but no browser found (looked for {', '.join(BROWSERS)})")
+        pytest.skip(f"no headless browser installed (looked for {', '.join(BROWSERS)})")
+    report = every_study_report.path
+    probed = tmp_path / "probed.html"
+    probed.write_text(report.read_text().replace("</body>", PROBE + "</body>"))
+    proc = _chromium(browser, tmp_path / "profile", "--dump-dom", probed.as_uri())
+    match = re.search(r'data-figures="(\d+)/(\d+)"', proc.stdout)
+    assert match, f"the page did not finish loading in {browser}: {proc.stderr[-1500:]}"
+    loaded, total = map(int, match.groups())
+    assert total > 0 and loaded == total, f"{loaded} of {total} figures loaded"
+    overflow = int(re.search(r'data-overflow="(\d+)"', proc.stdout).group(1))
+    assert overflow == 0, f"the page is {overflow} px wider than the window"
+    shots = Path(os.environ.get("ARCHBENCH_ARTIFACTS") or tmp_path)
+    shots.mkdir(parents=True, exist_ok=True)
+    shot = shots / "report-screenshot.png"
+    _chromium(browser, tmp_path / "profile", f"--screenshot={shot}", report.as_uri())
+    assert shot.exists() and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "no screenshot was written"
