@@ -171,12 +171,17 @@ class CompiledDecoder:
         """A static cache of the model's dtype on its device."""
         param = next(self.model.parameters())
         cfg = self.config
-        return StaticKVCache(cfg.n_layer, batch, cfg.kv_heads, cfg.head_dim, max_len, dtype=param.dtype,
-                             device=param.device)
+        with torch.inference_mode(False):  # ordinary tensors in any mode (`BufferedKVCache`)
+            return StaticKVCache(cfg.n_layer, batch, cfg.kv_heads, cfg.head_dim, max_len, dtype=param.dtype,
+                                 device=param.device)
 
     def __call__(self, idx: Tensor, cache: Any = None) -> Tensor:
         """Logits (B, T, vocab) of idx (B, T); with `cache` (from `make_cache`, or a KV cache kind that offers a
         bucket view: `models.kv_base.BucketedCache`), appended at its position."""
+        with torch.inference_mode():  # what the graphs are given is made in one mode: dynamo guards on it
+            return self._call(idx, cache)
+
+    def _call(self, idx: Tensor, cache: Any) -> Tensor:
         B, T = idx.shape
         idx = idx.clone(memory_format=torch.contiguous_format)  # a view's strides would be guarded: one graph each
         if cache is None:

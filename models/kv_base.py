@@ -96,7 +96,9 @@ class BufferedKVCache(nn.Module):
 
     Subclasses register their buffers (non-persistent) and implement `append`, `attend` and
     `bytes_per_token`; `coordinates_per_token` is the number of key and value coordinates one token
-    stores (2 x layers x kv heads x head_dim x batch).
+    stores (2 x layers x kv heads x head_dim x batch). Caches are made (`kv_cache.make`) with ordinary
+    tensors even under `torch.inference_mode`: a compiled step guards on the kind of tensor it is given,
+    so a cache of inference tensors would compile every graph a second time.
     """
 
     def __init__(self, batch: int, max_len: int, coordinates_per_token: int) -> None:
@@ -113,7 +115,8 @@ class BufferedKVCache(nn.Module):
         """`position` as a 0-d int64 tensor on the cache's device: the same tensor at every call (a compiled
         step reads it; a CUDA graph replays over its address). Not a buffer: it is no cache content."""
         if self._index is None:
-            self._index = torch.zeros((), dtype=torch.long, device=next(self.buffers()).device)
+            with torch.inference_mode(False):  # an ordinary tensor, as the buffers are
+                self._index = torch.zeros((), dtype=torch.long, device=next(self.buffers()).device)
         self._index.fill_(self.position)
         return self._index
 

@@ -55,7 +55,8 @@ class CacheSpec:
         if unknown:
             raise ValueError(f"the {self.kind} cache takes no option {', '.join(unknown)}; its options: "
                              f"{', '.join(self.options) or 'none'}")
-        return self.factory(cfg, batch, max_len, device, **options)
+        with torch.inference_mode(False):  # ordinary tensors in any mode (`BufferedKVCache`)
+            return self.factory(cfg, batch, max_len, device, **options)
 
     def probe(self, cfg: ArchConfig, batch: int = 1, tokens: int = PROBE_TOKENS) -> BufferedKVCache:
         """A cache of this kind on the meta device: every buffer's shape and dtype, no memory."""

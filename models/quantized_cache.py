@@ -25,7 +25,15 @@ from torch import Tensor
 
 from .attention import grouped_causal_softmax
 from .kv_base import BufferedKVCache
-from .turboquant import QJLSketch, QuantizedVectors, TurboQuantizer, pack_codes, packed_bytes, unpack_codes
+from .turboquant import (
+    QJLSketch,
+    QuantizedVectors,
+    TurboQuantizer,
+    pack_codes,
+    packed_bytes,
+    quantize_rotated,
+    unpack_codes,
+)
 
 NORM_BYTES = 2  # every norm, scale and offset is stored in fp16
 
@@ -239,32 +247,35 @@ class QuantizedBucketView(_QuantizedReads):
 
 
 class _TurboQuantReads(_QuantizedReads):
-    """TurboQuant's codes read back: queries rotated once, scored against codebook values times norms."""
+    """TurboQuant's codes read back: queries rotated once, scored against codebook values times norms.
+    The quantizer is read through its tensors (`rotation`, `levels`): a bucket view holds them as plain
+    tensors, so a compiled step takes them as inputs and every cache of a kind shares its graphs."""
 
     k_codes: Tensor  # (n_layer, B, Hkv, positions, code bytes)
     k_norms: Tensor  # (n_layer, B, Hkv, positions)
     v_codes: Tensor
     v_norms: Tensor
     bits: int
-    quantizer: TurboQuantizer
+    rotation: Tensor  # (hd, hd): R of y = R x
+    levels: Tensor  # (2^bits,): the codebook, unit scale
 
     def _rotated(self, layer: int, name: str, lo: int, hi: int) -> Tensor:
         """Codebook values times norms of tokens lo..hi, in the rotated basis: (B, Hkv, hi - lo, hd)."""
         codes = unpack_codes(getattr(self, f"{name}_codes")[layer, :, :, lo:hi], self.bits, self.head_dim)
         norms = getattr(self, f"{name}_norms")[layer, :, :, lo:hi].float()
-        return self.quantizer.dequantize_rotated(codes) * norms[..., None]
+        return self.levels[codes] * norms[..., None]
 
     def _prepare_queries(self, q32: Tensor) -> tuple[Tensor, ...]:
-        return (self.quantizer.rotate(q32),)  # rotated once
+        return (q32 @ self.rotation.T,)  # rotated once: (B, Hq, Tq, hd)
 
     def _key_scores(self, layer: int, queries: tuple[Tensor, ...], lo: int, hi: int) -> Tensor:
         return queries[0] @ self._rotated(layer, "k", lo, hi).transpose(-1, -2)
 
     def _stored_keys(self, layer: int, lo: int, hi: int) -> Tensor:
-        return self.quantizer.unrotate(self._rotated(layer, "k", lo, hi))
+        return self._rotated(layer, "k", lo, hi) @ self.rotation  # de-rotated: (B, Hkv, hi - lo, hd)
 
     def _values(self, layer: int, lo: int, hi: int) -> Tensor:
-        return self.quantizer.unrotate(self._rotated(layer, "v", lo, hi))
+        return self._rotated(layer, "v", lo, hi) @ self.rotation
 
 
 class _TurboQuantBucket(_TurboQuantReads, QuantizedBucketView):
@@ -272,13 +283,14 @@ class _TurboQuantBucket(_TurboQuantReads, QuantizedBucketView):
 
     def __init__(self, cache: TurboQuantKVCache, length: int) -> None:
         super().__init__(cache, length)
-        self.bits, self.quantizer = cache.bits, cache.quantizer
+        self.bits = cache.bits
+        self.rotation, self.levels, self.thresholds = cache.rotation, cache.levels, cache.quantizer.thresholds
         for name in ("k_codes", "k_norms", "v_codes", "v_norms"):
             setattr(self, name, getattr(cache, name)[:, :, :, :length])
 
     def _store(self, layer: int, k: Tensor, v: Tensor, positions: Tensor) -> None:
         for name, x in (("k", k), ("v", v)):
-            codes, norms = self.quantizer.quantize_rotated(x)  # (B, Hkv, T, hd), (B, Hkv, T)
+            codes, norms = quantize_rotated(x, self.rotation, self.thresholds)  # (B, Hkv, T, hd), (B, Hkv, T)
             getattr(self, f"{name}_codes")[layer].index_copy_(2, positions, pack_codes(codes, self.bits))
             getattr(self, f"{name}_norms")[layer].index_copy_(2, positions, norms.to(self.k_norms.dtype))
 
@@ -287,7 +299,7 @@ class _TurboQuantBucket(_TurboQuantReads, QuantizedBucketView):
         out_rot = torch.zeros(*probs.shape[:-1], self.head_dim, device=probs.device)
         for lo, hi in _chunks(self.length, self.chunk):
             out_rot += probs[..., lo:hi] @ self._rotated(layer, "v", lo, hi)
-        return self.quantizer.unrotate(out_rot)  # de-rotated once
+        return out_rot @ self.rotation  # de-rotated once
 
 
 class TurboQuantKVCache(_TurboQuantReads, QuantizedKVCache):
@@ -312,6 +324,14 @@ class TurboQuantKVCache(_TurboQuantReads, QuantizedKVCache):
                                  persistent=False)
             self.register_buffer(f"{name}_norms", torch.zeros(*shape, dtype=norm_dtype, device=device),
                                  persistent=False)
+
+    @property
+    def rotation(self) -> Tensor:
+        return self.quantizer.rotation  # (hd, hd)
+
+    @property
+    def levels(self) -> Tensor:
+        return self.quantizer.levels  # (2^bits,)
 
     @property
     def bytes_per_token(self) -> int:

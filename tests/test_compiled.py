@@ -223,6 +223,29 @@ def test_compiled_step_over_cache_kinds_matches_their_eager_caches(kind: str, op
     assert len(compile_events) - before == 3  # the prompt (bucket 64), steps in buckets 64 and 128
 
 
+@pytest.mark.parametrize("kind", [None, "raw-fp32", "tq3", "uniform3"], ids=lambda k: k or "static")
+def test_a_kinds_graphs_serve_its_later_caches_made_in_any_mode(kind: str | None) -> None:
+    """The graphs a decode compiled serve every later cache of its kind: one made under no_grad, the next
+    under inference_mode (dynamo guards on the kind of tensor it is given; the caches and the inputs are
+    made alike in every mode), of another quantizer seed (its rotation and codebook are graph inputs).
+    A benchmark's caches made outside inference mode and `generate`'s made inside it used to compile
+    GPT-2 124M's graphs twice (about 40 s a run with freezing)."""
+    model = build(tiny_config(pos="rope", n_layer=1, max_seq_len=64), seed=0).eval()
+    decoder = CompiledDecoder(model, backend="eager")
+    prompt = torch.randint(0, model.config.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(0))
+    graphs = []
+    for mode, seed in ((torch.no_grad, 0), (torch.inference_mode, 1)):
+        before = len(compile_events)
+        with mode():
+            options = {"seed": seed} if kind == "tq3" else {}
+            cache = decoder.make_cache(1, 24) if kind is None else kv_cache.make(kind, model.config, 1, 24, **options)
+            token = decoder(prompt, cache)[:, -1:].argmax(-1)  # (1, 1)
+            for _ in range(8):
+                token = decoder(token, cache)[:, -1:].argmax(-1)
+        graphs.append(len(compile_events) - before)
+    assert graphs == [2, 0]  # the prompt's and the step's, once
+
+
 @pytest.mark.thorough  # about 30 s of inductor compiling: freezing bypasses inductor's graph cache
 def test_inductor_over_quantized_caches_with_freezing() -> None:
     """Inductor with freezing, as the engine runs: the uniform cache (a prompt completing a key group, then a
