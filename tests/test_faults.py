@@ -97,9 +97,11 @@ def test_ctrl_c_mid_run_keeps_the_records_and_writes_the_report(tmp_path) -> Non
     import signal
 
     out = tmp_path / "run"
+    # As from a terminal: SIGINT at its default disposition. A test run started in the background by a
+    # non-interactive shell (`pytest ... &`) ignores SIGINT, and its children inherit that.
     proc = subprocess.Popen([sys.executable, "-m", "bench", "--preset", "smoke", "--only", "decode", "--out", str(out)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for_records(proc, out / INCOMING / RECORDS)  # a run in progress writes in its work directory
     os.killpg(proc.pid, signal.SIGINT)
     output, _ = proc.communicate(timeout=300)
