@@ -133,7 +133,7 @@ def finish(fig: plt.Figure) -> None:
             legend.set_title(readable(legend.get_title().get_text()))
             for text in legend.get_texts():
                 text.set_text(readable(text.get_text()))
-    fig.canvas.draw()
+    fig.draw_without_rendering()  # the layout (text extents, ticks) without rasterising: savefig renders once
     renderer = fig.canvas.get_renderer()
     for ax in fig.axes:
         for rotation in (30, 60, 90):
@@ -143,7 +143,7 @@ def finish(fig: plt.Figure) -> None:
             ax.tick_params(axis="x", labelrotation=rotation)
             for t in labels:
                 t.set_horizontalalignment("right" if rotation < 90 else "center")
-            fig.canvas.draw()
+            fig.draw_without_rendering()
     if len(fig.axes) > 1:
         fig.tight_layout()
 

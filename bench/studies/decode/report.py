@@ -340,13 +340,23 @@ def _panel(d: pd.DataFrame) -> pd.Series:
     return d["variant"] + " · " + d["backend"] + " · B" + d["p_batch"].astype(str) + " · " + d["machine"]
 
 
+def _with_lengths(d: pd.DataFrame, panel: str = "panel") -> pd.DataFrame:
+    """Rows of the panels that span two or more lengths: one length is a point on a log axis, which a table
+    row reads better (`single_length_engines`, the cached-decode table)."""
+    return d[d.groupby(panel)["p_decode_tokens"].transform("nunique") > 1] if not d.empty else d
+
+
 def fig_scaling(df: pd.DataFrame) -> str | None:
     """Log-log total decode time vs tokens decoded, per cache mode, with the fitted slopes in the legend."""
     d = decode_rows(df)
     if d.empty:
         return None
     fits = slopes(df)
-    d["panel"], fits["panel"] = _panel(d), _panel(fits)
+    d["panel"] = _panel(d)
+    d = _with_lengths(d)
+    if d.empty:
+        return None
+    fits["panel"] = _panel(fits) if not fits.empty else pd.Series(dtype=str)
     d["mode"] = d["p_cache"].map(CACHE_LABELS)
     panels = sorted(d["panel"].unique())
     fig, panel_axes = facet_grid(len(panels), height=3.8)
@@ -411,17 +421,34 @@ def fig_roofline(df: pd.DataFrame) -> str | None:
     return to_png_base64(fig)
 
 
-def fig_engines(df: pd.DataFrame) -> str | None:
-    """Decode tokens/s vs length for every engine, per variant and cache mode."""
+def _engine_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Decode rows of the comparisons two or more engines ran, each with its `panel` (variant, cache, batch,
+    machine)."""
     d = decode_rows(df)
     if d.empty or d["backend"].nunique() < 2:
-        return None
+        return d.iloc[0:0]
     multi = d.groupby(["machine", "variant", "p_cache", "p_batch"])["backend"].transform("nunique") > 1
     d = d[multi].copy()
-    if d.empty:
-        return None
     d["panel"] = (d["variant"] + " · " + d["p_cache"].map(CACHE_LABELS) + " · B" + d["p_batch"].astype(str)
                   + " · " + d["machine"])
+    return d
+
+
+def single_length_engines(df: pd.DataFrame) -> pd.DataFrame:
+    """The engines compared at one length only (the figure leaves them to a table): one row per engine."""
+    d = _engine_rows(df)
+    if d.empty:
+        return d
+    return d[d.groupby("panel")["p_decode_tokens"].transform("nunique") == 1].sort_values(
+        ["machine", "variant", "p_cache", "p_batch", "tokens_per_s"], ascending=[True, True, True, True, False])
+
+
+def fig_engines(df: pd.DataFrame) -> str | None:
+    """Decode tokens/s vs length for every engine, per variant and cache mode (comparisons of two or more
+    lengths)."""
+    d = _with_lengths(_engine_rows(df))
+    if d.empty:
+        return None
     panels = sorted(d["panel"].unique())
     fig, panel_axes = facet_grid(len(panels), height=3.6)
     for ax, panel in zip(panel_axes, panels, strict=True):
@@ -516,6 +543,17 @@ def section(df: pd.DataFrame) -> Section | None:
                  "(fastest round against it). A shared machine's bandwidth moves by tens of percent within "
                  "seconds, so each cached round is also set against the read bandwidth probed right before and "
                  "right after it (the mean of the two; the median over rounds is shown)."))
+    single = single_length_engines(df)
+    if not single.empty:
+        out.tables.append(Table(
+            "Engines side by side at one length",
+            ["machine", "variant", "cache", "batch", "T", "engine", "tokens/s", "vs the fastest"],
+            [[r.machine, r.variant, CACHE_LABELS.get(r.p_cache, r.p_cache), fmt(r.p_batch), fmt(r.p_decode_tokens),
+              r.backend, fmt(r.tokens_per_s), f"{r.tokens_per_s / best:.2f}x"]
+             for (_, g) in single.groupby("panel", sort=False) for best in [g["tokens_per_s"].max()]
+             for r in g.itertuples()],
+            note="Comparisons measured at one length (the figure above shows those of several lengths); "
+                 "fastest round of each engine."))
     targets = decode_targets(df)
     if not targets.empty:
         out.tables.append(Table(
