@@ -54,3 +54,15 @@ def smoke_run(tmp_path_factory) -> Path:
                            str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture
+def unrasterised_figures(monkeypatch) -> None:
+    """Report figures made (their data paths run) but not laid out or rasterised: for tests of a report's
+    text and tables; `test_report_figures` draws every figure and checks it."""
+    from matplotlib.figure import Figure
+
+    from reports import page
+
+    monkeypatch.setattr(page, "finish", lambda fig: None)
+    monkeypatch.setattr(Figure, "savefig", lambda fig, target, **options: target.write(b"\x89PNG\r\n\x1a\n"))

@@ -326,7 +326,7 @@ def test_every_claim_is_registered_once_and_has_a_case() -> None:
     assert {r["status"] for r in board} == {UNMEASURED}
 
 
-def test_report_opens_with_the_scoreboard_per_machine(tmp_path) -> None:
+def test_report_opens_with_the_scoreboard_per_machine(tmp_path, unrasterised_figures) -> None:
     smoke = Path(__file__).parent / "data" / "smoke_results.json"
     data = json.loads(smoke.read_text())
     other = copy.deepcopy(data)

@@ -320,7 +320,7 @@ def _decode_only(tmp_path: Path, data: dict) -> Path:
     return _write(tmp_path, "decode-only.json", kept)
 
 
-def test_decode_targets_are_judged_from_the_measured_figures(tmp_path) -> None:
+def test_decode_targets_are_judged_from_the_measured_figures(tmp_path, unrasterised_figures) -> None:
     sample = Path(__file__).parent.parent / "reports" / "samples" / "cpu-amd-epyc-2core-quick" / "results.json"
     data = json.loads(sample.read_text())  # a real quick run: GPT-2 124M on torch-cpu and onnxruntime
     for bench in data["benchmarks"]:  # this test judges against the session's ceiling: no probes
@@ -355,7 +355,7 @@ def _gpt2_small_cached(data: dict):
             yield bench
 
 
-def test_targets_use_the_ceiling_probed_beside_each_round(tmp_path) -> None:
+def test_targets_use_the_ceiling_probed_beside_each_round(tmp_path, unrasterised_figures) -> None:
     sample = Path(__file__).parent.parent / "reports" / "samples" / "cpu-amd-epyc-2core-quick" / "results.json"
     data = json.loads(sample.read_text())
     expected = {}
@@ -394,7 +394,7 @@ def test_targets_use_the_ceiling_probed_beside_each_round(tmp_path) -> None:
     assert not targets["target"].str.contains("probed").any()
 
 
-def test_peer_table_gives_the_ratio_on_each_engine(tmp_path) -> None:
+def test_peer_table_gives_the_ratio_on_each_engine(tmp_path, unrasterised_figures) -> None:
     data = json.loads(SMOKE.read_text())
     decode = next(b for b in data["benchmarks"] if b["extra_info"]["study"] == "decode"
                   and b["extra_info"]["params"].get("phase") == "decode")
