@@ -178,7 +178,9 @@ class CompiledDecoder:
     def __call__(self, idx: Tensor, cache: Any = None) -> Tensor:
         """Logits (B, T, vocab) of idx (B, T); with `cache` (from `make_cache`, or a KV cache kind that offers a
         bucket view: `models.kv_base.BucketedCache`), appended at its position."""
-        with torch.inference_mode():  # what the graphs are given is made in one mode: dynamo guards on it
+        # Always in inference mode, whatever the caller's: dynamo guards on the grad mode and on the kind of
+        # tensor it is given (inputs and views made here), so another mode would compile every graph again.
+        with torch.inference_mode():
             return self._call(idx, cache)
 
     def _call(self, idx: Tensor, cache: Any) -> Tensor:
@@ -206,17 +208,16 @@ class CompiledDecoder:
 
     def _run(self, compiled: Any, *args: Any) -> Tensor:
         """Call a compiled forward with inductor's config set to `options` (set around the call: freezing,
-        for one, is read outside the compiler, and a compile happens at a graph's first call), always in
-        inference mode: dynamo guards on the grad mode, so a caller under no_grad and one under
-        inference_mode would otherwise compile every graph twice. Forwards without a cache compile without
-        max-autotune: tuning GEMMs over dynamic shapes takes minutes."""
+        for one, is read outside the compiler, and a compile happens at a graph's first call); `__call__`
+        has entered inference mode. Forwards without a cache compile without max-autotune: tuning GEMMs
+        over dynamic shapes takes minutes."""
         import torch._inductor.config as inductor_config
         from torch._dynamo.exc import FailOnRecompileLimitHit, TorchDynamoException
 
         options = self.options if compiled is self._cached else {  # no CUDA graph per prefix length either
             k: v for k, v in self.options.items() if not k.startswith("max_autotune") and k != "triton.cudagraphs"}
         try:
-            with inductor_config.patch(options), torch.inference_mode():
+            with inductor_config.patch(options):
                 out = compiled(*args)
             return out.clone() if options.get("triton.cudagraphs") else out  # a replay reuses its output memory
         except (TorchDynamoException, FailOnRecompileLimitHit) as exc:  # unsupported code, backend, recompiles

@@ -284,7 +284,8 @@ class _TurboQuantBucket(_TurboQuantReads, QuantizedBucketView):
     def __init__(self, cache: TurboQuantKVCache, length: int) -> None:
         super().__init__(cache, length)
         self.bits = cache.bits
-        self.rotation, self.levels, self.thresholds = cache.rotation, cache.levels, cache.quantizer.thresholds
+        quantizer = cache.quantizer
+        self.rotation, self.levels, self.thresholds = quantizer.rotation, quantizer.levels, quantizer.thresholds
         for name in ("k_codes", "k_norms", "v_codes", "v_norms"):
             setattr(self, name, getattr(cache, name)[:, :, :, :length])
 
