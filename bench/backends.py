@@ -67,6 +67,8 @@ class Backend(Protocol):
     reference: bool  # the backend others on its device are compared with (eager torch)
     fuses_ops: bool  # a compiler or graph optimiser fuses ops (eager torch runs its kernels one by one)
     compiles_per_shape: bool  # compiles code for each new input shape on first use (seconds per graph)
+    own_prefill: bool  # a prompt runs on this engine's own code (False: on eager torch, the way transformers'
+    # compiled generate prefills; its prefill figures would be the reference's under another name)
 
     @property
     def input_device(self) -> torch.device: ...
@@ -104,6 +106,7 @@ class TorchBackend:
     reference: bool = True
     fuses_ops: bool = False
     compiles_per_shape: bool = False
+    own_prefill: bool = True
 
     @property
     def input_device(self) -> torch.device:
@@ -158,6 +161,7 @@ class OnnxRuntimeBackend:
     reference: bool = False
     fuses_ops: bool = True
     compiles_per_shape: bool = False  # the export (cached on disk) serves every shape
+    own_prefill: bool = True
 
     @property
     def provider(self) -> str:
@@ -278,7 +282,8 @@ MODULE_OPSET = 23  # standalone modules: the opset with RMSNormalization beside 
 class TorchCompileBackend:
     """torch.compile with inductor as its users run it. Decode is the gpt-fast recipe
     (`models.compiled.CompiledDecoder`): a static cache with a tensor position, one fixed-shape graph per
-    power-of-two bucket of attended positions, uncached forwards with dynamic shapes; whatever cannot be
+    power-of-two bucket of attended positions, the prompt eager unless `compile_prefill` (as transformers'
+    compiled generate and gpt-fast by default run it), uncached forwards with dynamic shapes; whatever cannot be
     compiled fails (a skip with torch.compile's message), never an eager run in its place. Standalone
     modules compile for their example's shape. Inductor's caches live under archbench's cache
     directory, so a second run reuses the compiled code."""
@@ -289,6 +294,12 @@ class TorchCompileBackend:
     reference: bool = False
     fuses_ops: bool = True
     compiles_per_shape: bool = True
+    compile_prefill: bool = False  # prompts eager (transformers' compiled generate, gpt-fast's default); True
+    # compiles them too (one dynamic-length graph per bucket: ~20 s for GPT-2 124M with freezing on a CPU)
+
+    @property
+    def own_prefill(self) -> bool:
+        return self.compile_prefill
 
     @property
     def input_device(self) -> torch.device:
@@ -327,7 +338,7 @@ class TorchCompileBackend:
             raise CannotPrepareError(reason)
         self._use_cache_dir()
         return CompiledDecoder(copy.deepcopy(model).to(device=self.input_device, dtype=dtype).eval(),
-                               **self.compile_options())
+                               **self.compile_options(), compile_prefill=self.compile_prefill)
 
     def compile_options(self) -> dict:
         """What torch.compile is given (recorded in `settings`). On the CPU: freezing (weights folded into
@@ -383,6 +394,8 @@ class TorchCompileBackend:
                 "modules": "standalone modules (norms) with default options, static shapes",
                 "decode": f"static cache, fixed shapes per power-of-two bucket (from {MIN_BUCKET} positions), "
                           "fullgraph; uncached forwards dynamic",
+                "prefill": "compiled, the prompt's length dynamic" if self.compile_prefill else
+                           "eager torch over the static cache (as transformers' compiled generate prefills)",
                 "recompile_limit": RECOMPILE_LIMIT, "torch": torch.__version__, "threads": torch.get_num_threads(),
                 "transformers_peer": "static cache, generate's CompileConfig, the same options but "
                                      f"{', '.join(PEER_UNSUPPORTED_OPTIONS)}"}

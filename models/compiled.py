@@ -9,8 +9,12 @@ is guarded, every step recompiles until the limit, then it runs eager. Here inst
   the buffer under a mask. `bucket` is the smallest power of two (at least `MIN_BUCKET`) that holds
   the step's end (the cache's buffer is a power of two long too), so a step costs what its length needs (the O(T) of
   decode stays visible) and every step inside one bucket shares one compiled graph: a decode of T
-  tokens compiles about log2(T / MIN_BUCKET) + 1 graphs, and prompts (their length marked dynamic) one
-  per bucket they end in.
+  tokens compiles about log2(T / MIN_BUCKET) + 1 graphs.
+- Prompts run the eager model over the same cache by default, as transformers' compiled `generate` runs
+  its prefill and as gpt-fast does unless asked to compile it: a prompt is one forward per request, and
+  compiling it (with freezing and max-autotune, ~20 s for GPT-2 124M on a CPU, no graph cache) buys
+  little. With `compile_prefill=True` prompts compile too (their length marked dynamic), one graph per
+  bucket they end in.
   Forwards without a cache (recomputing the prefix) compile once with dynamic shapes (without
   max-autotune, whose GEMM tuning over dynamic shapes takes minutes).
 - Everything compiles with `fullgraph=True`, and hitting the recompile limit raises: what cannot be
@@ -140,10 +144,11 @@ class CompiledDecoder:
     """A `models.Decoder` whose forwards run torch.compile'd code: cached ones over a `StaticKVCache`
     (static shapes per bucket; a prompt's length is marked dynamic, so prompts of every length share their
     bucket's graph), uncached ones with dynamic shapes. `backend` and `options` go to torch.compile as
-    given (inductor's options, e.g. {"freezing": True, "max_autotune": True})."""
+    given (inductor's options, e.g. {"freezing": True, "max_autotune": True}). Prompts (more than one token
+    over a cache) run the eager model unless `compile_prefill`."""
 
     def __init__(self, model: GPT, backend: Any = "inductor", options: dict | None = None, *,
-                 static_cache: bool | None = None) -> None:
+                 static_cache: bool | None = None, compile_prefill: bool = False) -> None:
         if options and backend != "inductor":
             raise ValueError(f"compile options are inductor's; backend {backend!r} takes none")
         self.options = dict(options or {})
@@ -160,6 +165,7 @@ class CompiledDecoder:
         torch._dynamo.config.fail_on_recompile_limit_hit = True  # never fall back to eager in silence
         self.model = model
         self.config: ArchConfig = model.config
+        self.compile_prefill = compile_prefill
         counted = counting(backend)
         self._cached = torch.compile(_CachedStep(model), backend=counted, fullgraph=True, dynamic=False)
         self._uncached = torch.compile(model, backend=counted, fullgraph=True, dynamic=True)
@@ -192,6 +198,8 @@ class CompiledDecoder:
         if not isinstance(cache, BucketedCache):
             raise TypeError(f"a compiled decoder runs over caches with a bucket view (its make_cache's StaticKVCache "
                             f"or a kind of models.kv_cache that has one), not {type(cache).__name__}")
+        if T > 1 and not self.compile_prefill:
+            return self.model(idx, cache)  # the eager prefill, into the same cache (B, T, vocab)
         cache.check_append(B, T)
         self.model.check_positions(cache.position + T)
         bucket = bucket_for(cache.position + T)

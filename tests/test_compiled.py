@@ -74,15 +74,17 @@ def test_inductor_decode_matches_eager() -> None:
     _parity(model, CompiledDecoder(model, options={"freezing": True}))
 
 
-@pytest.mark.parametrize("static_cache", [False, True], ids=["cache-as-input", "cache-at-static-address"])
-def test_graphs_per_bucket_are_counted_and_shared(static_cache: bool) -> None:
-    """A decode of 200 tokens compiles one graph per bucket it crosses (64, 128, 256) plus the prompt's;
-    caches of other lengths and prompts of other lengths, fed as views of a token buffer the way the
-    decode loop does, reuse every one of them. The same with the cache's slices marked as static
-    addresses (the CUDA-graph path), whose steps must equal eager's."""
+@pytest.mark.parametrize(("static_cache", "compile_prefill"), [(False, False), (False, True), (True, False)],
+                         ids=["cache-as-input", "compiled-prompts", "cache-at-static-address"])
+def test_graphs_per_bucket_are_counted_and_shared(static_cache: bool, compile_prefill: bool) -> None:
+    """A decode of 200 tokens compiles one graph per bucket it crosses (64, 128, 256), and with
+    `compile_prefill` one for the prompt (else the prompt runs eager: no graph); caches of other lengths and
+    prompts of other lengths, fed as views of a token buffer the way the decode loop does, reuse every one
+    of them. The same with the cache's slices marked as static addresses (the CUDA-graph path), whose
+    steps after an eager prompt must equal eager's; and compiled prompts equal eager's too."""
     model = build(tiny_config(pos="rope", max_seq_len=512), seed=0).eval()
-    decoder = CompiledDecoder(model, backend="eager", static_cache=static_cache)
-    if static_cache:
+    decoder = CompiledDecoder(model, backend="eager", static_cache=static_cache, compile_prefill=compile_prefill)
+    if static_cache or compile_prefill:
         _parity(model, decoder, uncached=False)
     before, counts = len(compile_events), []
     with torch.inference_mode():
@@ -95,7 +97,7 @@ def test_graphs_per_bucket_are_counted_and_shared(static_cache: bool) -> None:
                 tokens[:, end - 1] = logits[:, -1].argmax(-1)
                 logits = decoder(tokens[:, end - 1 : end], cache)
             counts.append(len(compile_events) - before)
-    assert counts == [1 + 3] * 3  # the prompt (bucket 64) and decode steps in buckets 64, 128, 256; then none
+    assert counts == [compile_prefill + 3] * 3  # (the prompt's, bucket 64) steps in buckets 64, 128, 256; then none
     assert [bucket_for(end) for end in (1, 64, 65, 128, 129, 300)] == [64, 64, 128, 128, 256, 512]
 
 
@@ -140,7 +142,7 @@ def test_a_failed_compile_raises_never_runs_eager() -> None:
     model = build(tiny_config(), seed=0).eval()
     decoder = CompiledDecoder(model, backend=broken)
     with pytest.raises(CompileError, match="no code for this graph"), torch.inference_mode():
-        decoder(torch.zeros(1, 4, dtype=torch.long), decoder.make_cache(1, 8))
+        decoder(torch.zeros(1, 1, dtype=torch.long), decoder.make_cache(1, 8))
 
 
 def test_torch_compile_backend_prepares_a_compiled_decoder() -> None:
@@ -155,11 +157,13 @@ def test_torch_compile_backend_prepares_a_compiled_decoder() -> None:
     settings = backend.settings()
     assert settings["backend"] == "inductor" and "bucket" in settings["decode"]
     assert "freezing=True" in settings["options"]
+    assert not backend.own_prefill and settings["prefill"].startswith("eager")  # as transformers' generate
     if backend.unavailable_reason():
         pytest.skip(backend.unavailable_reason())
     model = build(tiny_config(), seed=0).eval()
     decoder = backend.prepare(model, torch.float32)
     assert isinstance(decoder, CompiledDecoder) and decoder.model is not model  # a copy: the model is unchanged
+    assert not decoder.compile_prefill
 
 
 def test_transformers_fast_path_on_the_compiled_engine_generates_our_tokens() -> None:
@@ -209,18 +213,22 @@ def _cache_parity(model, decoder, kind: str, options: dict, prompt_len: int, ste
                   kv_cache.make(kind, cfg, 2, prompt_len + steps, **options), prompt, steps, atol)
 
 
+@pytest.mark.parametrize("compile_prefill", [  # the engine's path in every run; the compiled-prompt option thorough
+    pytest.param(False, id="eager-prompt"), pytest.param(True, id="compiled-prompt", marks=pytest.mark.thorough)])
 @pytest.mark.parametrize(("kind", "options"), BUCKETED_KINDS, ids=[f"{k}{''.join(f'-{o}{v}' for o, v in opts.items())}"
                                                                      for k, opts in BUCKETED_KINDS])
-def test_compiled_step_over_cache_kinds_matches_their_eager_caches(kind: str, options: dict) -> None:
+def test_compiled_step_over_cache_kinds_matches_their_eager_caches(kind: str, options: dict,
+                                                                   compile_prefill: bool) -> None:
     """Every kind with a bucket view, its options included (exact key groups, a window), compiled (dynamo's
-    trace; `eager` backend) gives its eager cache's logits: a prompt that completes key groups, then steps
-    that complete more, fill and overwrite the rings and cross into the second bucket, in one graph per bucket
-    plus the prompt's."""
+    trace; `eager` backend) gives its eager cache's logits: a prompt that completes key groups (run eager, as
+    the engine runs it, whose state the compiled steps then read; or compiled), then steps that complete
+    more, fill and overwrite the rings and cross into the second bucket, in one graph per bucket (plus the
+    compiled prompt's)."""
     model = build(tiny_config(pos="rope", n_kv_head=2, max_seq_len=160), seed=0).eval()
-    decoder = CompiledDecoder(model, backend="eager")
+    decoder = CompiledDecoder(model, backend="eager", compile_prefill=compile_prefill)
     before = len(compile_events)
     _cache_parity(model, decoder, kind, options, prompt_len=40, steps=40)
-    assert len(compile_events) - before == 3  # the prompt (bucket 64), steps in buckets 64 and 128
+    assert len(compile_events) - before == 2 + compile_prefill  # steps in buckets 64 and 128 (the prompt's)
 
 
 @pytest.mark.parametrize("kind", [None, "raw-fp32", "tq3", "uniform3"], ids=lambda k: k or "static")
@@ -243,14 +251,15 @@ def test_a_kinds_graphs_serve_its_later_caches_made_in_any_mode(kind: str | None
             for _ in range(8):
                 token = decoder(token, cache)[:, -1:].argmax(-1)
         graphs.append(len(compile_events) - before)
-    assert graphs == [2, 0]  # the prompt's and the step's, once
+    assert graphs == [1, 0]  # the step's, once (the prompt runs eager)
 
 
 @pytest.mark.thorough  # about 30 s of inductor compiling: freezing bypasses inductor's graph cache
 def test_inductor_over_quantized_caches_with_freezing() -> None:
-    """Inductor with freezing, as the engine runs: the uniform cache (a prompt completing a key group, then a
-    step completing the next) and TurboQuant caches of two seeds through the same decoder, each equal to its
-    own eager cache (the quantizer's rotation is an input of the graph, never folded into it as a constant)."""
+    """Inductor with freezing, as the engine runs: the uniform cache (an eager prompt completing a key group,
+    then a compiled step completing the next) and TurboQuant caches of two seeds through the same decoder,
+    each equal to its own eager cache (the quantizer's rotation is an input of the graph, never folded into
+    it as a constant)."""
     engine = backends.get("torch-compile")
     if engine.unavailable_reason():
         pytest.skip(engine.unavailable_reason())

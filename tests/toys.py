@@ -59,6 +59,7 @@ class ToyBackend:
     reference: bool = False
     fuses_ops: bool = False
     compiles_per_shape: bool = False
+    own_prefill: bool = True
 
     @property
     def input_device(self) -> torch.device:

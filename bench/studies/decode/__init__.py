@@ -28,8 +28,6 @@ class DecodeSweep:
     uncached_max_len: int | None = None  # the uncached (O(T^2)) mode stops here, when set
     families: tuple[str, ...] | None = None  # only backends of these families (None: every selected backend)
     per_shape_compilers: bool = True  # include engines that compile per shape (torch-compile: seconds a graph)
-    prefill_per_shape_compilers: bool = True  # also time prefills on them (each prompt length compiles a graph;
-    # the decode records' TTFT still has their first-token latency)
     first_of_family: bool = False  # only the plain engine of each family and device type (the first the
     # registry lists: eager torch, onnxruntime's plain graph), when selected: sweeps about scaling, not engines
 
@@ -66,10 +64,10 @@ SWEEPS = {
             DecodeSweep(("gpt2-tiny",), (32, 64, 128, 256, 512), uncached_max_len=256, families=("onnxruntime",),
                         first_of_family=True),
             # GPT-2 124M: the engines side by side (cached, T=32: prompt and decode inside one bucket of 64
-            # positions, so a compiled engine compiles two graphs), and the cache's pay-off at T=32 on the plain
+            # positions, so a compiled engine compiles one step graph), and the cache's pay-off at T=32 on the plain
             # engine of each family (compiling the uncached forward costs minutes, and says nothing the others
             # do not)
-            DecodeSweep(("gpt2-small",), (32,), caches=("raw",), rounds=3, prefill_per_shape_compilers=False),
+            DecodeSweep(("gpt2-small",), (32,), caches=("raw",), rounds=3),
             DecodeSweep(("gpt2-small",), (32,), caches=("none",), uncached_rounds=2, first_of_family=True),
         ),
         peer=(PeerSweep("gpt2-small", (32,), caches=("raw",), rounds=2),),

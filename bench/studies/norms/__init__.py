@@ -31,7 +31,7 @@ class NormSweep:
     widths: tuple[int, ...] = (256, 768, 2048, 4096)
     rows: int = 2048  # tokens per norm call (batch x sequence)
     share_variants: tuple[str, ...] = ("gpt2-small",)  # the norms' share of a decode step (LayerNorm and RMSNorm)
-    share_tokens: int = 32
+    share_tokens: int = 16  # cached steps profiled (the share is per step; the profiler slows a step ~4x)
 
 
 SWEEPS = {
