@@ -123,21 +123,28 @@ def test_kv_memory(benchmark, record, kv_memory_case) -> None:
     with MemoryProbe(device) as alloc_probe:
         cache_obj = kv_cache.make(kind, cfg, batch, total, device=device)
 
-    def prefill():
+    round_probes: list[MemoryProbe] = []  # each timed round's memory, read outside its timing
+
+    def prefill(timed_round: bool = True):
         cache_obj.reset()
-        return (harness.synced(model, device)(prompt, cache_obj)[:, -1],), {}
+        logits = harness.synced(model, device)(prompt, cache_obj)[:, -1]  # (B, vocab)
+        if timed_round:
+            round_probes.append(MemoryProbe(device).__enter__())
+        return (logits,), {}
+
+    def round_ended(_logits) -> None:
+        round_probes[-1].__exit__(None, None, None)
 
     with torch.inference_mode():
-        (logits,), _ = prefill()
+        (logits,), _ = prefill(timed_round=False)
         decode(model, tokens, sweep.prompt_len, logits, length, cache_obj)  # warm, and the tokens to compare
         if kind == RAW_FP32:  # the raw fp32 cache is the model's own: the same tokens as the model's greedy
             # decode (random weights: no accuracy is judged here, the accuracy test does that)
             assert torch.equal(tokens, generate(model, prompt, length))
         benchmark.pedantic(harness.synced(lambda lg: decode(model, tokens, sweep.prompt_len, lg, length, cache_obj),
-                                          device), setup=prefill, rounds=sweep.rounds, warmup_rounds=0)
-        with MemoryProbe(device) as probe:
-            (logits,), _ = prefill()
-            decode(model, tokens, sweep.prompt_len, logits, length, cache_obj)
+                                          device), setup=prefill, teardown=round_ended, rounds=sweep.rounds,
+                           warmup_rounds=0)
+    probe = round_probes[-1]  # the last round's decode (its prefill untimed and outside the probe)
     record("kv_memory", sweep.variant, backend,
            params=CacheDecodeParams(cache=kind, cache_family=spec.family, bits=spec.code_bits, decode_tokens=length,
                                     prompt_tokens=sweep.prompt_len, batch=batch, max_len=total),
