@@ -286,7 +286,7 @@ class TorchCompileBackend:
     compiled generate and gpt-fast by default run it), uncached forwards with dynamic shapes; whatever cannot be
     compiled fails (a skip with torch.compile's message), never an eager run in its place. Standalone
     modules compile for their example's shape. Inductor's caches live under archbench's cache
-    directory, so a second run reuses the compiled code."""
+    directory (`bench/__init__.py` points inductor there), so a second run reuses the compiled code."""
 
     name: str
     device_type: str
@@ -323,12 +323,6 @@ class TorchCompileBackend:
             return None  # cache kinds with a bucket view (`cache_reason`) compile like any other code
         return f"{self.name} runs torch modules as they are; it quantizes no graph"
 
-    @staticmethod
-    def _use_cache_dir() -> None:
-        from models.paths import cache_dir
-
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "inductor"))  # a second run starts fast
-
     def prepare(self, model: GPT, dtype: torch.dtype = torch.float32) -> Decoder:
         """A copy of `model` on this device in `dtype` behind a `CompiledDecoder` (compiled on first use)."""
         from models.compiled import CompiledDecoder
@@ -336,7 +330,6 @@ class TorchCompileBackend:
         reason = self.supports(dtype, DECODE)
         if reason:
             raise CannotPrepareError(reason)
-        self._use_cache_dir()
         return CompiledDecoder(copy.deepcopy(model).to(device=self.input_device, dtype=dtype).eval(),
                                **self.compile_options(), compile_prefill=self.compile_prefill)
 
@@ -365,7 +358,6 @@ class TorchCompileBackend:
             raise CannotPrepareError("transformers compiles generate only over its static cache; its uncached "
                                      "generate would run eager against a compiled archbench")
 
-        self._use_cache_dir()
         options = self.compile_options()
         peer_options = {k: v for k, v in options["options"].items() if k not in PEER_UNSUPPORTED_OPTIONS}
         config = CompileConfig(fullgraph=True, dynamic=False, backend=options["backend"], mode=None,
@@ -375,7 +367,6 @@ class TorchCompileBackend:
 
     def prepare_module(self, module: nn.Module, example: Tensor) -> PreparedModule:
         """`module` compiled by inductor for `example`'s shape (compiled here, on the first call)."""
-        self._use_cache_dir()
         compiled = torch.compile(copy.deepcopy(module).to(self.input_device).eval(), dynamic=False)
         x = example.to(self.input_device)
         try:

@@ -166,6 +166,27 @@ def test_torch_compile_backend_prepares_a_compiled_decoder() -> None:
     assert not decoder.compile_prefill
 
 
+def test_inductors_caches_live_in_archbenchs_cache_directory_whatever_is_imported(tmp_path) -> None:
+    """Importing torchao fixes inductor's cache directory for the process (its default under /tmp); archbench
+    points inductor at its own cache directory before the studies import it, and keeps a directory the user
+    set. A cold archbench cache is then cold for inductor too."""
+    import subprocess
+    import sys
+
+    from bench.run import ROOT
+
+    probe = ("import bench, torchao; from torch._inductor.runtime.cache_dir_utils import cache_dir; "
+             "print(cache_dir())")
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["ARCHBENCH_CACHE_DIR"] = str(tmp_path / "archbench")
+    mine = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert mine.returncode == 0, mine.stderr[-2000:]
+    assert mine.stdout.strip() == str(tmp_path / "archbench" / "inductor")
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / "users-own")
+    users = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert users.stdout.strip() == str(tmp_path / "users-own"), users.stderr[-2000:]
+
+
 def test_transformers_fast_path_on_the_compiled_engine_generates_our_tokens() -> None:
     """The compiled engine's peer is transformers' own fast path (static cache, generate compiling its decode
     step with the engine's options); dynamo's eager backend here stands in for inductor so the test stays
