@@ -141,11 +141,11 @@ def counting(backend: Any) -> Any:
 
 
 class CompiledDecoder:
-    """A `models.Decoder` whose forwards run torch.compile'd code: cached ones over a `StaticKVCache`
-    (static shapes per bucket; a prompt's length is marked dynamic, so prompts of every length share their
-    bucket's graph), uncached ones with dynamic shapes. `backend` and `options` go to torch.compile as
-    given (inductor's options, e.g. {"freezing": True, "max_autotune": True}). Prompts (more than one token
-    over a cache) run the eager model unless `compile_prefill`."""
+    """A `models.Decoder` whose forwards run torch.compile'd code: cached steps over a `StaticKVCache` (static
+    shapes per bucket), uncached forwards with dynamic shapes. Prompts (more than one token over a cache) run
+    the eager model, unless `compile_prefill`: then their length is marked dynamic, so prompts of every length
+    share their bucket's graph. `backend` and `options` go to torch.compile as given (inductor's options,
+    e.g. {"freezing": True, "max_autotune": True})."""
 
     def __init__(self, model: GPT, backend: Any = "inductor", options: dict | None = None, *,
                  static_cache: bool | None = None, compile_prefill: bool = False) -> None:
