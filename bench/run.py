@@ -161,25 +161,6 @@ def validate(preset: str = "quick", studies: list[str] | tuple[str, ...] | None 
                      pytest_args=tuple(pytest_args))
 
 
-def train_references(config: RunConfig) -> None:
-    """Train (or load) every reference model the chosen studies' sweeps need, here, where the progress bar
-    shows; the suites then load them from the cache."""
-    from bench import studies
-    from models.reference import reference_model
-
-    needed: set[str] = set()
-    for name in config.study_names():
-        study = studies.get(name)
-        sweep = study.sweep(config.preset)
-        if sweep is not None:
-            needed |= set(study.references(sweep))
-    for variant in sorted(needed):
-        result = reference_model(variant, progress=True)
-        state = "loaded from the cache" if result.from_cache else f"trained in {result.seconds:.0f} s"
-        print(f"archbench: reference model {variant} {state}: {result.val_bits_per_byte:.3f} bits/byte "
-              f"on held-out files (unigram {result.unigram_bits_per_byte:.3f})", flush=True)
-
-
 class ProvidedConfig:
     """A pytest plugin object that hands the validated RunConfig to `bench.plugin` (no options re-parsed)."""
 
@@ -188,8 +169,9 @@ class ProvidedConfig:
 
 
 def run(config: RunConfig) -> int:
-    """Train the references, then run the chosen studies' suites under pytest-benchmark in this process,
-    writing records as they are measured and pytest-benchmark's JSON at the end; pytest's exit code."""
+    """Run the chosen studies' suites under pytest-benchmark in this process (the plugin first makes what
+    their cases read from the cache: `bench.prepare`), writing records as they are measured and
+    pytest-benchmark's JSON at the end; pytest's exit code."""
     import pytest
 
     from bench import studies
@@ -200,7 +182,6 @@ def run(config: RunConfig) -> int:
     if not suites:
         print(f"archbench: no chosen study runs in preset {config.preset!r}", file=sys.stderr)
         return 5
-    train_references(config)
     args = [*suites, "-p", "bench.plugin", "-p", "no:cacheprovider", "-q", "-rs", "--rootdir", str(ROOT),
             f"--benchmark-json={out / RESULTS}", "--benchmark-columns=mean,stddev,rounds",
             "--benchmark-sort=fullname", *config.pytest_args]

@@ -3,23 +3,26 @@ byte), keyed by everything that decides it, computed once and reused by later ru
 
 Only JSON-ready results are kept (never models: `models.reference` caches those). The key is a hash of
 the payload the caller gives (the configuration, the seed, the corpus fingerprint) plus the versions
-of Python and torch; a write is atomic, so a crash never leaves half a result under a key.
+of Python and torch; a write is atomic, so a crash never leaves half a result under a key. A result is
+computed on one CPU thread (`one_thread`): its last bits then do not depend on the machine's core count
+or on whether `bench.prepare` made it in a worker process or a suite made it itself.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 
 from .paths import cache_dir
 
-MEMO_VERSION = 1  # bump when what a memoised computation returns changes in a way its payload cannot see
+MEMO_VERSION = 2  # bump when a result changes in a way its payload cannot see (2: computed on one thread)
 
 
 def memo_path(namespace: str, payload: dict) -> Path:
@@ -30,16 +33,34 @@ def memo_path(namespace: str, payload: dict) -> Path:
     return cache_dir() / "memo" / namespace / f"{key}.json"
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the body on one CPU thread (torch's intra-op pool), restoring the thread count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def is_memoized(namespace: str, payload: dict) -> bool:
+    """Whether a result for `payload` is on disk (it is read, and recomputed if damaged, by `memoized`)."""
+    return memo_path(namespace, payload).is_file()
+
+
 def memoized(namespace: str, payload: dict, compute: Callable[[], dict]) -> tuple[dict, bool]:
     """`compute()`'s result for `payload`: read from the cache when there, else computed and saved;
-    returns it and whether it came from the cache. An unreadable entry is computed again."""
+    returns it and whether it came from the cache. An unreadable entry is computed again. `compute` runs on
+    one thread (`one_thread`)."""
     path = memo_path(namespace, payload)
     if path.is_file():
         try:
             return json.loads(path.read_text()), True
         except (OSError, ValueError):
             pass  # a damaged entry: compute it again below
-    result = compute()
+    with one_thread():
+        result = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(result))

@@ -6,7 +6,9 @@ give identical weights, and caches the checkpoint (safetensors + JSON) under the
 directory, keyed by the architecture, the training settings, the corpus fingerprint and the
 versions of Python and torch (and the device, when it is not the CPU). `ARCHBENCH_CACHE_DIR`
 overrides the directory. Training runs on CUDA when a GPU is visible (seconds instead of minutes),
-else on the CPU; `ARCHBENCH_TRAIN_DEVICE` overrides the choice.
+else on the CPU, on one thread (`models.memo.one_thread`: the weights then do not depend on the core
+count, and `bench.prepare` trains several at once in processes); `ARCHBENCH_TRAIN_DEVICE` overrides the
+choice of device.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from torch import Tensor
 from . import corpus as corpus_mod
 from .config import ArchConfig
 from .gpt import GPT, build, from_state_dict
+from .memo import one_thread
 from .paths import cache_dir, cache_entry_problem, private_dir, untrusted_reason, write_checksum
 
-TRAINER_VERSION = 1  # bump when training changes in a way the cache key cannot see
+TRAINER_VERSION = 2  # bump when training changes in a way the cache key cannot see (2: one CPU thread)
 DEFAULT_VARIANT = "gpt2-tiny-hd64"  # GPT-2's head_dim (64), so KV-cache quantizers see what they would on GPT-2
 
 
@@ -162,6 +165,25 @@ def train(arch: ArchConfig, tc: TrainConfig = TrainConfig(), *, corpus: corpus_m
     return TrainResult(model, val_bpb, unigram, losses, seconds)
 
 
+def _entry(variant: str | ArchConfig, tc: TrainConfig, directory: Path | None, device: str | None
+           ) -> tuple[ArchConfig, corpus_mod.Corpus, str, str, Path]:
+    """(config, corpus, device, key, folder) of a reference model's cache entry."""
+    from . import variants
+
+    arch = variants.get(variant) if isinstance(variant, str) else variant
+    corpus = corpus_mod.load()
+    device = device or train_device()
+    key = cache_key(arch, tc, corpus, device)
+    return arch, corpus, device, key, (directory or cache_dir()) / "reference" / key
+
+
+def is_cached(variant: str | ArchConfig = DEFAULT_VARIANT, tc: TrainConfig = TrainConfig(), *,
+              directory: Path | None = None, device: str | None = None) -> bool:
+    """Whether `reference_model` would find this model in the cache (its files are checked when it loads)."""
+    folder = _entry(variant, tc, directory, device)[-1]
+    return (folder / "model.safetensors").is_file() and (folder / "meta.json").is_file()
+
+
 def reference_model(variant: str | ArchConfig = DEFAULT_VARIANT, tc: TrainConfig = TrainConfig(), *,
                     progress: bool = True, directory: Path | None = None,
                     device: str | None = None) -> TrainResult:
@@ -169,13 +191,7 @@ def reference_model(variant: str | ArchConfig = DEFAULT_VARIANT, tc: TrainConfig
     `device`, default `train_device()`) and saved there."""
     from safetensors.torch import load_file, save_file
 
-    from . import variants
-
-    arch = variants.get(variant) if isinstance(variant, str) else variant
-    corpus = corpus_mod.load()
-    device = device or train_device()
-    key = cache_key(arch, tc, corpus, device)
-    folder = (directory or cache_dir()) / "reference" / key
+    arch, corpus, device, key, folder = _entry(variant, tc, directory, device)
     weights, meta_file = folder / "model.safetensors", folder / "meta.json"
     if weights.exists() or meta_file.exists():  # a cache entry: used only when it checks out
         problem = cache_entry_problem(weights) or (untrusted_reason(meta_file) if meta_file.is_file() else
@@ -190,7 +206,9 @@ def reference_model(variant: str | ArchConfig = DEFAULT_VARIANT, tc: TrainConfig
                 problem = f"{weights.parent} does not load ({type(exc).__name__}: {exc})"
         print(f"archbench: the cached reference model cannot be used ({problem}); training it again",
               file=sys.stderr, flush=True)
-    result = train(arch, tc, corpus=corpus, progress=progress, desc=f"training reference {key[:8]}", device=device)
+    with one_thread():
+        result = train(arch, tc, corpus=corpus, progress=progress, desc=f"training reference {key[:8]}",
+                       device=device)
     private_dir(folder)
     state = {k: v.contiguous() for k, v in result.model.state_dict().items()
              if not (arch.tie_weights and k == "lm_head.weight")}  # a tied head is stored once

@@ -3,15 +3,17 @@ other file changed) run in the smoke preset, land in the records and appear in t
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from bench import backends, studies
+from bench import backends, prepare, studies
 from bench.run import run_and_report, validate
 from models import kv_cache
 from reports.check import check
 from reports.load import load, to_frame
 
-from .toys import TOY_KIND, TOY_STUDY, ToyBackend
+from .toys import TOY_KIND, TOY_STUDY, ToyBackend, toy_entry
 
 
 @pytest.fixture
@@ -48,7 +50,8 @@ def test_toy_kind_is_a_cache_kind_like_any_other(registered) -> None:
     assert kv_cache.bits_per_coordinate("toy-int8", cfg, 10) == pytest.approx(8 + 16 / 16)
 
 
-def test_toys_run_in_the_smoke_preset_and_appear_in_the_report(registered, tmp_path) -> None:
+def test_toys_run_in_the_smoke_preset_and_appear_in_the_report(registered, tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("ARCHBENCH_CACHE_DIR", str(tmp_path / "cache"))  # the toy's cached computations: made anew
     config = validate(preset="smoke", studies=["decode", "kv", "toy"], backends=["torch-cpu", "toy-eager"],
                       out=tmp_path, pytest_args=["-k", "not llama"])  # the GPT-2 models are enough here
     assert run_and_report(config) == 0
@@ -60,6 +63,8 @@ def test_toys_run_in_the_smoke_preset_and_appear_in_the_report(registered, tmp_p
     assert set(kinds["backend"]) == {"torch-cpu", "toy-eager"} and set(kinds["p_cache_family"]) == {"absmax"}
     assert (kinds["m_bits_per_coordinate"] == 8.5).all()  # int8 codes and an fp16 scale per 32-dim vector
     assert set(df[df["study"] == "toy"]["p_width"]) == {64, 1024}
+    makers = {int(toy_entry(w).read_text()) for w in (64, 1024)}  # made before the suite, in workers where cores allow
+    assert (os.getpid() not in makers) == (prepare.default_workers() > 1), makers
     html = (tmp_path / "index.html").read_text()
     assert "Toy study: softmax time against width" in html and "Softmax takes longer on wider rows." in html
     assert "toy-eager" in html[html.index('id="decode"'):html.index('id="kv"')]

@@ -4,12 +4,15 @@
 - `ToyBackend`: eager torch behind a Decoder of its own (family "toy"); it decodes and takes archbench's
   cache kinds, nothing else.
 - `toy-int8`: keys and values as int8 codes with one fp16 absmax scale per vector (family "absmax").
-- the `toy` study: softmax time against width (`tests/toy_suite.py`), its section, a claim and a gate.
+- the `toy` study: softmax time against width (`tests/toy_suite.py`), its section, a claim and a gate;
+  each case reads a "cached computation" that `bench.prepare` makes before the suite starts.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,11 +22,13 @@ import torch
 from torch import Tensor
 
 from bench import backends
+from bench.prepare import Prerequisite
 from bench.study import Study
 from models import GPT, ArchConfig
 from models.attention import causal_attention
 from models.kv_base import BufferedKVCache
 from models.kv_cache import CacheSpec
+from models.paths import cache_dir
 from reports.gates import Gate, GateContext
 from reports.load import TIME
 from reports.page import Section, Table, fmt, study_rows
@@ -138,6 +143,26 @@ class ToySweep:
     rows: int = 256
 
 
+def toy_entry(width: int) -> Path:
+    """Where the toy study's cached computation for `width` lives."""
+    return cache_dir() / "toy" / f"softmax-{width}.txt"
+
+
+def make_toy_entry(width: int) -> None:
+    """The toy study's cached computation: a file naming the process that made it."""
+    toy_entry(width).parent.mkdir(parents=True, exist_ok=True)
+    toy_entry(width).write_text(str(os.getpid()))
+
+
+def _made(width: int) -> bool:
+    return toy_entry(width).is_file()
+
+
+def toy_prerequisite(width: int) -> Prerequisite:
+    return Prerequisite(f"toy {width}", f"toy entry {width}", functools.partial(make_toy_entry, width),
+                        functools.partial(_made, width))
+
+
 def section(df: pd.DataFrame) -> Section | None:
     d = study_rows(df, "toy")
     if d.empty:
@@ -181,3 +206,22 @@ TOY_STUDY = Study(
     judge=SimpleNamespace(CLAIMS=(Claim("toy-grows", "Softmax takes longer on wider rows.", "toy", grows),),
                           gates=gates),
 )
+
+
+# ---- cached computations for bench.prepare ----------------------------------------------------------------
+
+
+def write_pid(path: str, after: str | None = None) -> None:
+    """Write this process's id to `path`; with `after`, first check that file was made already."""
+    if after is not None and not Path(after).is_file():
+        raise RuntimeError(f"{after} was not made first")
+    Path(path).write_text(str(os.getpid()))
+
+
+def raise_error(message: str) -> None:
+    raise RuntimeError(message)
+
+
+def die() -> None:
+    """End the process at once, as a crash of a native library would."""
+    os._exit(3)

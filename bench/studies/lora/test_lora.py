@@ -10,14 +10,12 @@
 
 from __future__ import annotations
 
-from functools import cache
-
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bench import backends, harness
-from bench.studies.lora import STUDY, LoraSweep
+from bench.prepare import needs
+from bench.studies.lora import STUDY, LoraSweep, training
 from bench.studies.lora.records import (
     FinetuneMetrics,
     FinetuneParams,
@@ -26,11 +24,10 @@ from bench.studies.lora.records import (
     VarianceMetrics,
     VarianceParams,
 )
+from bench.studies.lora.training import SCALINGS
 from models import build, corpus, variants
 from models.corpus import NATS_TO_BITS
-from models.lora import apply_lora, finetune, lora_parameters, lora_scaling, merge_lora, update_variance
-
-SCALINGS = {"lora": False, "rslora": True}
+from models.lora import apply_lora, lora_parameters, lora_scaling, merge_lora, update_variance
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -41,7 +38,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "lora_finetune_case" in metafunc.fixturenames:
         cases = [(s, scaling, r, lr, seed) for s in sweeps for scaling in SCALINGS for r in s.ranks for lr in s.lrs
                  for seed in s.seeds]
-        metafunc.parametrize("lora_finetune_case", cases,
+        metafunc.parametrize("lora_finetune_case",
+                             [pytest.param(c, marks=needs(training.finetune(*c).prerequisite())) for c in cases],
                              ids=[f"{c[1]}-r{c[2]}-lr{c[3]:g}-seed{c[4]}" for c in cases])
     if "lora_overhead_case" in metafunc.fixturenames:
         engines = harness.selected_backends(metafunc.config, backends.MODULE_TRANSFORMS)
@@ -72,53 +70,19 @@ def test_lora_variance(benchmark, record, lora_variance_case) -> None:
                                    expected_slope=0.0 if SCALINGS[scaling] else -1.0))
 
 
-@cache
-def _adapt_split(seq_len: int, eval_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `adapt` package's bytes: the first 90% to fine-tune on, windows of the last 10% to evaluate."""
-    tokens = corpus.load().tokens("adapt")
-    cut = int(tokens.numel() * 0.9)
-    return tokens[:cut], corpus.eval_windows(tokens[cut:], seq_len, eval_windows)
-
-
-def _bits_per_byte(model, windows: torch.Tensor) -> float:
-    with torch.inference_mode():
-        logits = model(windows[:, :-1])
-        return F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten()).item() * NATS_TO_BITS
-
-
 def test_lora_finetune(benchmark, record, lora_finetune_case) -> None:
-    import dataclasses
-
-    from models.memo import memoized
-    from models.reference import TrainConfig, reference_model
-
     sweep, scaling, rank, lr, seed = lora_finetune_case
-    base = reference_model(sweep.reference, progress=False).model.eval()
-    train_tokens, eval_windows = _adapt_split(sweep.seq_len, sweep.eval_windows)
-
-    def run() -> dict:
-        model = apply_lora(base, rank, sweep.alpha, rslora=SCALINGS[scaling], seed=seed)
-        before = _bits_per_byte(model, eval_windows)
-        losses, grad_norms = finetune(model, train_tokens, steps=sweep.steps, lr=lr, batch_size=sweep.batch_size,
-                                      seq_len=sweep.seq_len, seed=seed)
-        return {"losses": losses, "grad_norms": grad_norms, "before": before,
-                "after": _bits_per_byte(model, eval_windows),
-                "adapter_params": sum(p.numel() for p in lora_parameters(model))}
-
-    data = corpus.load()
-    payload = {"reference": base.config.to_dict(), "reference_training": dataclasses.asdict(TrainConfig()),
-               "corpus": data.fingerprint, "scaling": scaling, "rank": rank, "alpha": sweep.alpha, "lr": lr,
-               "steps": sweep.steps, "batch": sweep.batch_size, "seq_len": sweep.seq_len, "seed": seed,
-               "eval_windows": sweep.eval_windows}
+    run = training.finetune(sweep, scaling, rank, lr, seed)
     result: dict = {}
-    benchmark.pedantic(lambda: result.update(zip(("run", "cached"), memoized("lora-finetune", payload, run),
-                                                 strict=True)), rounds=1, warmup_rounds=0)
+    benchmark.pedantic(lambda: result.update(zip(("run", "cached"), run.result(), strict=True)), rounds=1,
+                       warmup_rounds=0)
     outcome = result["run"]
     losses = [v * NATS_TO_BITS for v in outcome["losses"]]  # bits per byte
     tail = max(1, len(losses) // 5)
     assert all(v == v for v in losses), "the fine-tune diverged to NaN"
-    cut = int(data.tokens("adapt").numel() * 0.9)
-    unigram = corpus.unigram_bits_per_byte(train_tokens, data.tokens("adapt")[cut:])
+    train_tokens = training.adapt_split(sweep.seq_len, sweep.eval_windows)[0]
+    adapt = corpus.load().tokens("adapt")
+    unigram = corpus.unigram_bits_per_byte(train_tokens, adapt[train_tokens.numel():])
     record("lora", sweep.reference, backends.reference("cpu"),
            params=FinetuneParams(scaling=scaling, rank=rank, alpha=sweep.alpha, lr=lr, steps=sweep.steps,
                                  batch=sweep.batch_size, seq_len=sweep.seq_len, seed=seed),

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -22,7 +21,8 @@ import torch
 from torch import nn
 
 from bench import backends, harness
-from bench.studies.norms import STUDY
+from bench.prepare import needs
+from bench.studies.norms import STUDY, training
 from bench.studies.norms.records import (
     GradientsMetrics,
     GradientsParams,
@@ -51,7 +51,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "norm_stability_case" in metafunc.fixturenames:
         cases = [(s, n, w, lr, seed) for s in sweeps for n, w in s.stability_arms for lr in s.stability_lrs
                  for seed in s.stability_seeds]
-        metafunc.parametrize("norm_stability_case", cases,
+        metafunc.parametrize("norm_stability_case",
+                             [pytest.param(c, marks=needs(training.stability(*c).prerequisite())) for c in cases],
                              ids=[f"{n}-warmup{w}-lr{lr:g}-seed{seed}" for _, n, w, lr, seed in cases])
     if "norm_speed_case" in metafunc.fixturenames:
         usable = [b.name for b in harness.selected_backends(metafunc.config, backends.MODULES)]
@@ -84,24 +85,11 @@ def test_norm_gradients(benchmark, record, norm_gradient_case) -> None:
 
 
 def test_norm_stability(benchmark, record, norm_stability_case) -> None:
-    from models import corpus
-    from models.memo import memoized
-    from models.reference import TrainConfig, train
-
     sweep, norm, warmup, lr, seed = norm_stability_case
-    cfg = variants.get("gpt2-tiny").replace(norm=norm, n_layer=sweep.stability_depth, tie_weights=False)
-    tc = TrainConfig(steps=sweep.stability_steps, batch_size=16, seq_len=64, lr=lr, warmup_steps=warmup,
-                     grad_clip=0.0, seed=seed, eval_windows=32)
-
-    def run() -> dict:
-        trained = train(cfg, tc, progress=False)
-        return {"losses": trained.train_losses, "val_bpb": trained.val_bits_per_byte,
-                "unigram_bpb": trained.unigram_bits_per_byte}
-
-    payload = {"arch": cfg.to_dict(), "train": dataclasses.asdict(tc), "corpus": corpus.load().fingerprint}
+    run = training.stability(sweep, norm, warmup, lr, seed)
     result: dict = {}
-    benchmark.pedantic(lambda: result.update(zip(("run", "cached"), memoized("norm-stability", payload, run),
-                                                 strict=True)), rounds=1, warmup_rounds=0)
+    benchmark.pedantic(lambda: result.update(zip(("run", "cached"), run.result(), strict=True)), rounds=1,
+                       warmup_rounds=0)
     outcome = result["run"]
     bits = [v / math.log(2) if v is not None else math.nan for v in outcome["losses"]]
     tail = bits[-max(1, len(bits) // 10):]

@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bench import backends, harness
+from bench import backends, harness, prepare
+from bench.prepare import needs
 from bench.studies.positions import STUDY, PositionSweep
 from bench.studies.positions.records import (
     ExtrapolationMetrics,
@@ -25,9 +26,10 @@ from bench.studies.positions.records import (
     SpeedParams,
 )
 from models import PositionLimitError, build, corpus, count_params, variants
-from models.config import POS_KINDS
+from models.config import POS_KINDS, ArchConfig
 from models.corpus import NATS_TO_BITS
 from models.generate import decode
+from models.reference import TrainConfig, reference_model
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -42,7 +44,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("position_speed_case", cases, ids=[f"{b}-{p}-{ph}" for _, b, p, ph in cases])
     if "position_extrapolation_case" in metafunc.fixturenames:
         cases = [(s, p, seed) for s in sweeps for p in POS_KINDS for seed in s.seeds]
-        metafunc.parametrize("position_extrapolation_case", cases, ids=[f"{p}-seed{seed}" for _, p, seed in cases])
+        params = [pytest.param(c, marks=needs(prepare.trained(*_training(*c), label=f"positions {c[1]} seed {c[2]}")))
+                  for c in cases]
+        metafunc.parametrize("position_extrapolation_case", params, ids=[f"{p}-seed{seed}" for _, p, seed in cases])
 
 
 def test_position_params(benchmark, record, position_params_case) -> None:
@@ -100,24 +104,24 @@ def test_position_speed(benchmark, record, position_speed_case) -> None:
            metrics=SpeedMetrics())
 
 
-def _arm(sweep: PositionSweep, pos: str):
+def _arm(sweep: PositionSweep, pos: str) -> ArchConfig:
     """The arm's config: the base model with only its positions (and the sinusoidal scale) changed."""
     return variants.get(sweep.base).replace(pos=pos, max_seq_len=sweep.train_len,
                                             embed_scale=sweep.sinusoidal_embed_scale and pos == "sinusoidal")
 
 
-def _trained(sweep: PositionSweep, pos: str, seed: int):
-    from models.reference import TrainConfig, reference_model
-
+def _training(sweep: PositionSweep, pos: str, seed: int) -> tuple[ArchConfig, TrainConfig]:
+    """The arm's model and its training settings (the model is trained once and cached: `models.reference`)."""
     tc = TrainConfig(steps=sweep.steps, batch_size=sweep.batch_size, seq_len=sweep.train_len,
                      warmup_steps=min(30, sweep.steps // 5), eval_windows=sweep.eval_windows, seed=seed)
-    return reference_model(_arm(sweep, pos), tc, progress=False)
+    return _arm(sweep, pos), tc
 
 
 def test_position_extrapolation(benchmark, record, position_extrapolation_case) -> None:
     sweep, pos, seed = position_extrapolation_case
     result: dict = {}
-    benchmark.pedantic(lambda: result.update(trained=_trained(sweep, pos, seed)), rounds=1, warmup_rounds=0)
+    benchmark.pedantic(lambda: result.update(trained=reference_model(*_training(sweep, pos, seed), progress=False)),
+                       rounds=1, warmup_rounds=0)
     model = result["trained"].model.eval()
     val = corpus.load().tokens("val")
     by_length: dict[str, dict] = {}

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from bench import backends, harness
-from bench.studies.tying import STUDY
+from bench import backends, harness, prepare
+from bench.prepare import needs
+from bench.studies.tying import STUDY, TyingSweep
 from bench.studies.tying.records import CountMetrics, CountParams, QualityMetrics, QualityParams
 from models import build, count_params, variants
+from models.config import ArchConfig
+from models.reference import TrainConfig, reference_model
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -22,7 +25,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("tying_params_case", cases, ids=[v for _, v in cases])
     if "tying_quality_case" in metafunc.fixturenames:
         cases = [(s, tied) for s in sweeps for tied in (True, False)]
-        metafunc.parametrize("tying_quality_case", cases, ids=["tied" if t else "untied" for _, t in cases])
+        ids = ["tied" if t else "untied" for _, t in cases]
+        params = [pytest.param(c, marks=needs(prepare.trained(*_training(*c), label=f"tying {i}")))
+                  for c, i in zip(cases, ids, strict=True)]
+        metafunc.parametrize("tying_quality_case", params, ids=ids)
 
 
 def test_tying_params(benchmark, record, tying_params_case) -> None:
@@ -45,16 +51,18 @@ def test_tying_params(benchmark, record, tying_params_case) -> None:
                                 saved_share_of_tied=saved / counts["tied"]))
 
 
-def test_tying_quality(benchmark, record, tying_quality_case) -> None:
-    from models.reference import TrainConfig, reference_model
-
-    sweep, tied = tying_quality_case
-    cfg = variants.get(sweep.base).replace(tie_weights=tied)
+def _training(sweep: TyingSweep, tied: bool) -> tuple[ArchConfig, TrainConfig]:
+    """The arm's model and its training settings (the model is trained once and cached: `models.reference`)."""
     tc = TrainConfig(steps=sweep.train_steps, batch_size=sweep.batch_size, seq_len=sweep.seq_len,
                      warmup_steps=min(30, sweep.train_steps // 5))
+    return variants.get(sweep.base).replace(tie_weights=tied), tc
+
+
+def test_tying_quality(benchmark, record, tying_quality_case) -> None:
+    sweep, tied = tying_quality_case
     result: dict = {}
-    benchmark.pedantic(lambda: result.update(run=reference_model(cfg, tc, progress=False)), rounds=1,
-                       warmup_rounds=0)
+    benchmark.pedantic(lambda: result.update(run=reference_model(*_training(sweep, tied), progress=False)),
+                       rounds=1, warmup_rounds=0)
     run = result["run"]
     record("tying", sweep.base, backends.reference("cpu"),
            params=QualityParams(tied=tied, steps=sweep.train_steps, batch=sweep.batch_size, seq_len=sweep.seq_len),

@@ -1,0 +1,235 @@
+"""What a run computes before its suites start: the reference models and the studies' cached training runs.
+
+They are deterministic, cached on disk by everything that decides them (`models.reference`,
+`models.memo`), and independent of each other but for the reference models the fine-tunes start from,
+so on a cold cache they run here, in parallel worker processes of one thread each, with one progress
+bar; the suites then read them from the cache. Small models use a core better as one process than as
+one of several threads (measured on 2 cores: 1.4x the training runs per minute), and a cached result
+is computed on one thread wherever it is computed (`models.memo.one_thread`), so it does not depend on
+how it was made. Nothing here is timed: the pool is gone before the first benchmark runs.
+
+A suite declares what a case needs where it makes the case: `pytest.param(case, marks=needs(p))`, with
+`p` a `Prerequisite`; the plugin gathers the selected cases' needs (after `--shard`, `-k` and `--only`),
+and each study's reference models (`Study.references`), and calls `run`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from models.config import ArchConfig
+    from models.reference import TrainConfig
+
+MARK = "archbench_needs"  # the pytest mark a case's prerequisites ride on
+
+
+@dataclass(frozen=True)
+class Prerequisite:
+    """One cached computation a case needs: made by `compute` (picklable: a module-level function or a
+    partial of one, run in a worker process), already there when `done()` (checked in this process)."""
+
+    key: str  # what identifies the result (its cache entry): two cases needing it share one computation
+    label: str  # what the progress bar calls it
+    compute: Callable[[], object]
+    done: Callable[[], bool]
+    needs: tuple[str, ...] = ()  # keys of prerequisites that must be made first
+
+
+def needs(*prerequisites: Prerequisite) -> pytest.MarkDecorator:
+    """The mark a case carries for what it reads from the cache."""
+    return getattr(pytest.mark, MARK)(*prerequisites)
+
+
+def _train(variant: str | ArchConfig, tc: TrainConfig) -> None:
+    from models.reference import reference_model
+
+    reference_model(variant, tc, progress=False)
+
+
+def trained(variant: str | ArchConfig, tc: TrainConfig | None = None, label: str | None = None) -> Prerequisite:
+    """A model `models.reference.reference_model(variant, tc)` trains and caches (default settings: the
+    reference model of the accuracy studies)."""
+    from models import corpus, variants
+    from models.reference import TrainConfig, cache_key, is_cached, train_device
+
+    tc = tc or TrainConfig()
+    arch = variants.get(variant) if isinstance(variant, str) else variant
+    key = cache_key(arch, tc, corpus.load(), train_device())
+    return Prerequisite(f"model {key}", label or f"reference model {variant}", functools.partial(_train, arch, tc),
+                        functools.partial(is_cached, arch, tc))
+
+
+@dataclass(frozen=True)
+class CachedRun:
+    """A memoised computation (`models.memo.memoized(namespace, payload, compute)`): what a case reads with
+    `result()`, and what `prerequisite()` makes ahead of it. `compute` must pickle (a module-level function
+    or a partial of one); `after` are the keys of prerequisites it starts from (a trained model)."""
+
+    namespace: str
+    payload: dict
+    compute: Callable[[], dict]
+    label: str
+    after: tuple[str, ...] = ()
+
+    def result(self) -> tuple[dict, bool]:
+        """The result, and whether it came from the cache."""
+        from models.memo import memoized
+
+        return memoized(self.namespace, self.payload, self.compute)
+
+    def prerequisite(self) -> Prerequisite:
+        from models.memo import is_memoized, memo_path, memoized
+
+        return Prerequisite(f"{self.namespace} {memo_path(self.namespace, self.payload).stem}",
+                            f"{self.namespace} {self.label}",
+                            functools.partial(memoized, self.namespace, self.payload, self.compute),
+                            functools.partial(is_memoized, self.namespace, self.payload), self.after)
+
+
+def _one_thread_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def default_workers() -> int:
+    """Worker processes: one per core this process may use; one when training runs on a GPU."""
+    from models.reference import train_device
+
+    if train_device() != "cpu":
+        return 1
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _ordered(todo: dict[str, Prerequisite]) -> list[Prerequisite]:
+    """Dependencies first, then in the order they were declared."""
+    ordered, placed = [], set()
+
+    def place(p: Prerequisite) -> None:
+        if p.key in placed:
+            return
+        placed.add(p.key)
+        for key in p.needs:
+            if key in todo:
+                place(todo[key])
+        ordered.append(p)
+
+    for p in todo.values():
+        place(p)
+    return ordered
+
+
+def run(prerequisites: Iterable[Prerequisite], workers: int | None = None, progress: bool = True) -> dict[str, str]:
+    """Make every prerequisite that is not `done()` yet, each once, dependencies first, on `workers` processes
+    (default `default_workers()`; 1: in this process). Returns the labels of those that failed, with their errors (a
+    failure is reported and the rest go on: the cases that need it compute it again and fail there)."""
+    from tqdm.auto import tqdm
+
+    unique: dict[str, Prerequisite] = {}
+    for p in prerequisites:
+        unique.setdefault(p.key, p)
+    todo = {key: p for key, p in unique.items() if not p.done()}
+    if not todo:
+        return {}
+    workers = min(workers or default_workers(), len(todo))
+    failed: dict[str, str] = {}
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), desc="archbench: preparing", unit="run", disable=not progress, dynamic_ncols=True,
+               mininterval=0.5 if sys.stderr.isatty() else 15.0, file=sys.stderr)
+    try:
+        if workers == 1:
+            made: set[str] = set()
+            for p in _ordered(todo):
+                bar.set_postfix_str(p.label, refresh=False)
+                blocked = [todo[k].label for k in p.needs if k in failed]
+                unmet = [todo[k].label for k in p.needs if k in todo and k not in made and k not in failed]
+                if blocked:
+                    failed[p.key] = f"needs {', '.join(blocked)}, which failed"
+                elif unmet:  # a cycle
+                    failed[p.key] = f"needs {', '.join(unmet)}, which were never made"
+                else:
+                    try:
+                        p.compute()
+                        made.add(p.key)
+                    except Exception as exc:  # reported below; the case that needs it tries again
+                        failed[p.key] = f"{type(exc).__name__}: {exc}"
+                bar.update()
+        else:
+            _run_pool(_ordered(todo), workers, failed, bar)
+    finally:
+        bar.close()
+    for key, why in failed.items():
+        print(f"archbench: preparing {todo[key].label} failed ({why}); the cases that need it will try again",
+              file=sys.stderr, flush=True)
+    failed = {todo[key].label: why for key, why in failed.items()}
+    if progress:
+        print(f"archbench: prepared {len(todo) - len(failed)} of {len(todo)} cached computations in "
+              f"{time.perf_counter() - start:.0f} s on {workers} process{'es' if workers > 1 else ''} of one "
+              "thread each", file=sys.stderr, flush=True)
+    return failed
+
+
+def _run_pool(ordered: list[Prerequisite], workers: int, failed: dict[str, str], bar) -> None:
+    """Submit each prerequisite once its needs are made; at most `workers` run at once."""
+    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+
+    pending = list(ordered)
+    labels = {p.key: p.label for p in ordered}
+    keys = set(labels)
+    made: set[str] = set()
+    running: dict[Future, Prerequisite] = {}
+
+    def finish(p: Prerequisite, error: str | None) -> None:
+        if error is None:
+            made.add(p.key)
+        else:
+            failed[p.key] = error
+        bar.set_postfix_str(p.label, refresh=False)
+        bar.update()
+
+    context = multiprocessing.get_context("spawn")  # never fork a process whose torch has started threads
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread_worker) as pool:
+        try:
+            while pending or running:
+                for p in list(pending):
+                    if len(running) >= workers:
+                        break
+                    blocked = [labels[k] for k in p.needs if k in failed]
+                    if blocked:
+                        pending.remove(p)
+                        finish(p, f"needs {', '.join(blocked)}, which failed")
+                    elif all(k in made or k not in keys for k in p.needs):
+                        pending.remove(p)
+                        try:
+                            running[pool.submit(p.compute)] = p
+                        except BrokenProcessPool as exc:  # a worker died: what is left is the cases' to make
+                            finish(p, f"the worker processes stopped ({exc})")
+                if not running:
+                    for p in pending:  # needs that can never be met (a cycle)
+                        finish(p, f"needs {', '.join(labels.get(k, k) for k in p.needs)}, which were never made")
+                    break
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    p = running.pop(future)
+                    try:
+                        future.result()
+                        finish(p, None)
+                    except Exception as exc:  # the worker's own error, or its death (BrokenProcessPool)
+                        finish(p, f"{type(exc).__name__}: {exc}")
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
