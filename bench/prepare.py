@@ -2,11 +2,11 @@
 
 They are deterministic, cached on disk by everything that decides them (`models.reference`,
 `models.memo`), and independent of each other but for the reference models the fine-tunes start from,
-so on a cold cache they run here, in parallel worker processes of one thread each, with one progress
-bar; the suites then read them from the cache. Small models use a core better as one process than as
-one of several threads (measured on 2 cores: 1.4x the training runs per minute), and a cached result
-is computed on one thread wherever it is computed (`models.memo.one_thread`), so it does not depend on
-how it was made. Nothing here is timed: the pool is gone before the first benchmark runs.
+so on a cold cache they run here, before the first test, under one progress bar: side by side in worker
+processes where the machine has the cores (one per `models.memo.TRAIN_THREADS` cores: small models use
+cores better as several processes than as many threads of one), else one after another in this
+process. A cached computation runs on `TRAIN_THREADS` threads wherever it runs, so its result does not
+depend on how it was made. Nothing here is timed: the pool is gone before the first benchmark runs.
 
 A suite declares what a case needs where it makes the case: `pytest.param(case, marks=needs(p))`, with
 `p` a `Prerequisite`; the plugin gathers the selected cases' needs (after `--shard`, `-k` and `--only`),
@@ -96,22 +96,27 @@ class CachedRun:
                             functools.partial(is_memoized, self.namespace, self.payload), self.after)
 
 
-def _one_thread_worker() -> None:
+def _worker_threads() -> None:
     import torch
 
-    torch.set_num_threads(1)
+    from models.memo import TRAIN_THREADS
+
+    torch.set_num_threads(TRAIN_THREADS)
 
 
 def default_workers() -> int:
-    """Worker processes: one per core this process may use; one when training runs on a GPU."""
+    """How many computations run at once: one per `TRAIN_THREADS` cores this process may use (1: one after
+    another, in this process); one when training runs on a GPU."""
+    from models.memo import TRAIN_THREADS
     from models.reference import train_device
 
     if train_device() != "cpu":
         return 1
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, cores // TRAIN_THREADS)
 
 
 def _ordered(todo: dict[str, Prerequisite]) -> list[Prerequisite]:
@@ -176,9 +181,9 @@ def run(prerequisites: Iterable[Prerequisite], workers: int | None = None, progr
               file=sys.stderr, flush=True)
     failed = {todo[key].label: why for key, why in failed.items()}
     if progress:
+        where = f"{workers} worker processes" if workers > 1 else "this process"
         print(f"archbench: prepared {len(todo) - len(failed)} of {len(todo)} cached computations in "
-              f"{time.perf_counter() - start:.0f} s on {workers} process{'es' if workers > 1 else ''} of one "
-              "thread each", file=sys.stderr, flush=True)
+              f"{time.perf_counter() - start:.0f} s in {where}", file=sys.stderr, flush=True)
     return failed
 
 
@@ -202,7 +207,7 @@ def _run_pool(ordered: list[Prerequisite], workers: int, failed: dict[str, str],
         bar.update()
 
     context = multiprocessing.get_context("spawn")  # never fork a process whose torch has started threads
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread_worker) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_threads) as pool:
         try:
             while pending or running:
                 for p in list(pending):

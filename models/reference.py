@@ -6,9 +6,9 @@ give identical weights, and caches the checkpoint (safetensors + JSON) under the
 directory, keyed by the architecture, the training settings, the corpus fingerprint and the
 versions of Python and torch (and the device, when it is not the CPU). `ARCHBENCH_CACHE_DIR`
 overrides the directory. Training runs on CUDA when a GPU is visible (seconds instead of minutes),
-else on the CPU, on one thread (`models.memo.one_thread`: the weights then do not depend on the core
-count, and `bench.prepare` trains several at once in processes); `ARCHBENCH_TRAIN_DEVICE` overrides the
-choice of device.
+else on the CPU, on a fixed number of threads (`models.memo.training_threads`: the weights then do not
+depend on the core count, and `bench.prepare` trains several at once on a machine with more cores);
+`ARCHBENCH_TRAIN_DEVICE` overrides the choice of device.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from torch import Tensor
 from . import corpus as corpus_mod
 from .config import ArchConfig
 from .gpt import GPT, build, from_state_dict
-from .memo import one_thread
+from .memo import training_threads
 from .paths import cache_dir, cache_entry_problem, private_dir, untrusted_reason, write_checksum
 
-TRAINER_VERSION = 2  # bump when training changes in a way the cache key cannot see (2: one CPU thread)
+TRAINER_VERSION = 2  # bump when training changes in a way the cache key cannot see (2: a fixed thread count)
 DEFAULT_VARIANT = "gpt2-tiny-hd64"  # GPT-2's head_dim (64), so KV-cache quantizers see what they would on GPT-2
 
 
@@ -206,7 +206,7 @@ def reference_model(variant: str | ArchConfig = DEFAULT_VARIANT, tc: TrainConfig
                 problem = f"{weights.parent} does not load ({type(exc).__name__}: {exc})"
         print(f"archbench: the cached reference model cannot be used ({problem}); training it again",
               file=sys.stderr, flush=True)
-    with one_thread():
+    with training_threads():
         result = train(arch, tc, corpus=corpus, progress=progress, desc=f"training reference {key[:8]}",
                        device=device)
     private_dir(folder)

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import TYPE_CHECKING
 
 from bench.prepare import CachedRun
 from bench.studies.norms import NormSweep
+
+if TYPE_CHECKING:
+    from models.config import ArchConfig
+    from models.reference import TrainConfig
 
 
 def stability(sweep: NormSweep, norm: str, warmup: int, lr: float, seed: int) -> CachedRun:
@@ -23,7 +28,7 @@ def stability(sweep: NormSweep, norm: str, warmup: int, lr: float, seed: int) ->
                      f"{norm}-warmup{warmup}-lr{lr:g}-seed{seed}")
 
 
-def _train(cfg, tc) -> dict:
+def _train(cfg: ArchConfig, tc: TrainConfig) -> dict:
     from models.reference import train
 
     trained = train(cfg, tc, progress=False)
