@@ -50,10 +50,13 @@ def needs(*prerequisites: Prerequisite) -> pytest.MarkDecorator:
     return getattr(pytest.mark, MARK)(*prerequisites)
 
 
+_in_worker = False  # set in the worker processes: only the run's own process draws progress bars
+
+
 def _train(variant: str | ArchConfig, tc: TrainConfig) -> None:
     from models.reference import reference_model
 
-    reference_model(variant, tc, progress=False)
+    reference_model(variant, tc, progress=not _in_worker)  # its steps under the run's bar when made here
 
 
 def trained(variant: str | ArchConfig, tc: TrainConfig | None = None, label: str | None = None) -> Prerequisite:
@@ -97,7 +100,10 @@ class CachedRun:
 
 
 def _worker_threads() -> None:
+    global _in_worker
     import torch
+
+    _in_worker = True
 
     from models.memo import TRAIN_THREADS
 
@@ -158,7 +164,7 @@ def run(prerequisites: Iterable[Prerequisite], workers: int | None = None, progr
         if workers == 1:
             made: set[str] = set()
             for p in _ordered(todo):
-                bar.set_postfix_str(p.label, refresh=False)
+                bar.set_postfix_str(p.label)  # shown while it runs
                 blocked = [todo[k].label for k in p.needs if k in failed]
                 unmet = [todo[k].label for k in p.needs if k in todo and k not in made and k not in failed]
                 if blocked:

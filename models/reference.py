@@ -139,7 +139,7 @@ def train(arch: ArchConfig, tc: TrainConfig = TrainConfig(), *, corpus: corpus_m
     losses: list[float] = []
     start = time.perf_counter()
     # in a log (no terminal) a line every 15 s rather than every step
-    bar = tqdm(range(tc.steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True,
+    bar = tqdm(range(tc.steps), desc=desc, unit="step", disable=not progress, dynamic_ncols=True, leave=False,
                mininterval=0.1 if sys.stderr.isatty() else 15.0)
     for step in bar:
         for group in optimizer.param_groups:
