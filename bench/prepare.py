@@ -99,14 +99,14 @@ class CachedRun:
                             functools.partial(is_memoized, self.namespace, self.payload), self.after)
 
 
-def _worker_threads() -> None:
+def _start_worker() -> None:
+    """A worker process's start: the cached computations' thread count, and no progress bars of its own."""
     global _in_worker
     import torch
 
-    _in_worker = True
-
     from models.memo import TRAIN_THREADS
 
+    _in_worker = True
     torch.set_num_threads(TRAIN_THREADS)
 
 
@@ -145,8 +145,9 @@ def _ordered(todo: dict[str, Prerequisite]) -> list[Prerequisite]:
 
 def run(prerequisites: Iterable[Prerequisite], workers: int | None = None, progress: bool = True) -> dict[str, str]:
     """Make every prerequisite that is not `done()` yet, each once, dependencies first, on `workers` processes
-    (default `default_workers()`; 1: in this process). Returns the labels of those that failed, with their errors (a
-    failure is reported and the rest go on: the cases that need it compute it again and fail there)."""
+    (default `default_workers()`; 1: in this process). Returns the labels of those that failed, with their
+    errors (a failure is reported and the rest go on: the cases that need it compute it again, and fail
+    there with their own message)."""
     from tqdm.auto import tqdm
 
     unique: dict[str, Prerequisite] = {}
@@ -213,7 +214,7 @@ def _run_pool(ordered: list[Prerequisite], workers: int, failed: dict[str, str],
         bar.update()
 
     context = multiprocessing.get_context("spawn")  # never fork a process whose torch has started threads
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_threads) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker) as pool:
         try:
             while pending or running:
                 for p in list(pending):
