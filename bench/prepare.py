@@ -62,14 +62,11 @@ def _train(variant: str | ArchConfig, tc: TrainConfig) -> None:
 def trained(variant: str | ArchConfig, tc: TrainConfig | None = None, label: str | None = None) -> Prerequisite:
     """A model `models.reference.reference_model(variant, tc)` trains and caches (default settings: the
     reference model of the accuracy studies)."""
-    from models import corpus, variants
-    from models.reference import TrainConfig, cache_key, is_cached, train_device
+    from models.reference import TrainConfig, is_cached, model_key
 
     tc = tc or TrainConfig()
-    arch = variants.get(variant) if isinstance(variant, str) else variant
-    key = cache_key(arch, tc, corpus.load(), train_device())
-    return Prerequisite(f"model {key}", label or f"reference model {variant}", functools.partial(_train, arch, tc),
-                        functools.partial(is_cached, arch, tc))
+    return Prerequisite(f"model {model_key(variant, tc)}", label or f"reference model {variant}",
+                        functools.partial(_train, variant, tc), functools.partial(is_cached, variant, tc))
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,12 @@ def _entry(variant: str | ArchConfig, tc: TrainConfig, directory: Path | None, d
     return arch, corpus, device, key, (directory or cache_dir()) / "reference" / key
 
 
+def model_key(variant: str | ArchConfig = DEFAULT_VARIANT, tc: TrainConfig = TrainConfig(), *,
+              device: str | None = None) -> str:
+    """The cache key `reference_model(variant, tc)` files its model under (config, settings, corpus, versions)."""
+    return _entry(variant, tc, None, device)[3]
+
+
 def is_cached(variant: str | ArchConfig = DEFAULT_VARIANT, tc: TrainConfig = TrainConfig(), *,
               directory: Path | None = None, device: str | None = None) -> bool:
     """Whether `reference_model` would find this model in the cache (its files are checked when it loads)."""

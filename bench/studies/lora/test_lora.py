@@ -80,9 +80,7 @@ def test_lora_finetune(benchmark, record, lora_finetune_case) -> None:
     losses = [v * NATS_TO_BITS for v in outcome["losses"]]  # bits per byte
     tail = max(1, len(losses) // 5)
     assert all(v == v for v in losses), "the fine-tune diverged to NaN"
-    train_tokens = training.adapt_split(sweep.seq_len, sweep.eval_windows)[0]
-    adapt = corpus.load().tokens("adapt")
-    unigram = corpus.unigram_bits_per_byte(train_tokens, adapt[train_tokens.numel():])
+    unigram = corpus.unigram_bits_per_byte(*training.adapt_split())
     record("lora", sweep.reference, backends.reference("cpu"),
            params=FinetuneParams(scaling=scaling, rank=rank, alpha=sweep.alpha, lr=lr, steps=sweep.steps,
                                  batch=sweep.batch_size, seq_len=sweep.seq_len, seed=seed),

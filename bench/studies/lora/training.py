@@ -19,52 +19,39 @@ SCALINGS = {"lora": False, "rslora": True}  # scaling name -> rank-stabilised (g
 
 
 @cache
-def adapt_split(seq_len: int, eval_windows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The `adapt` package's bytes: the first 90% to fine-tune on, windows of the last 10% to evaluate."""
+def adapt_split() -> tuple[torch.Tensor, torch.Tensor]:
+    """The `adapt` package's bytes: the first 90% to fine-tune on, the last 10% held out."""
     from models import corpus
 
     tokens = corpus.load().tokens("adapt")
     cut = int(tokens.numel() * 0.9)
-    return tokens[:cut], corpus.eval_windows(tokens[cut:], seq_len, eval_windows)
+    return tokens[:cut], tokens[cut:]
 
 
 def finetune(sweep: LoraSweep, scaling: str, rank: int, lr: float, seed: int) -> CachedRun:
     """The reference model fine-tuned with adapters of `rank`: losses, gradient norms, held-out bits per byte
     before and after, and the adapters' size."""
-    from models import corpus, variants
-    from models.reference import TrainConfig, cache_key, train_device
+    from models import corpus
+    from models.reference import model_key
 
-    data = corpus.load()
-    reference = cache_key(variants.get(sweep.reference), TrainConfig(), data, train_device())
-    payload = {"reference": reference, "corpus": data.fingerprint, "scaling": scaling, "rank": rank,
-               "alpha": sweep.alpha, "lr": lr, "steps": sweep.steps, "batch": sweep.batch_size,
+    payload = {"reference": model_key(sweep.reference), "corpus": corpus.load().fingerprint, "scaling": scaling,
+               "rank": rank, "alpha": sweep.alpha, "lr": lr, "steps": sweep.steps, "batch": sweep.batch_size,
                "seq_len": sweep.seq_len, "seed": seed, "eval_windows": sweep.eval_windows}
     return CachedRun("lora-finetune", payload, functools.partial(_finetune, sweep, scaling, rank, lr, seed),
                      f"{scaling}-r{rank}-lr{lr:g}-seed{seed}", after=(prepare.trained(sweep.reference).key,))
 
 
-def bits_per_byte(model: torch.nn.Module, windows: torch.Tensor) -> float:
-    """Mean next-byte cross-entropy over `windows` (n, T + 1), in bits per byte."""
-    import torch
-    import torch.nn.functional as F
-
-    from models.corpus import NATS_TO_BITS
-
-    with torch.inference_mode():
-        logits = model(windows[:, :-1])  # (n, T, vocab)
-        return F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten()).item() * NATS_TO_BITS
-
-
 def _finetune(sweep: LoraSweep, scaling: str, rank: int, lr: float, seed: int) -> dict:
     from models.lora import apply_lora, lora_parameters
     from models.lora import finetune as train_adapters
-    from models.reference import reference_model
+    from models.reference import bits_per_byte, reference_model
 
     base = reference_model(sweep.reference, progress=False).model.eval()
-    train_tokens, eval_windows = adapt_split(sweep.seq_len, sweep.eval_windows)
+    train_tokens, held_out = adapt_split()
     model = apply_lora(base, rank, sweep.alpha, rslora=SCALINGS[scaling], seed=seed)
-    before = bits_per_byte(model, eval_windows)
+    before = bits_per_byte(model, held_out, sweep.seq_len, sweep.eval_windows)
     losses, grad_norms = train_adapters(model, train_tokens, steps=sweep.steps, lr=lr, batch_size=sweep.batch_size,
                                         seq_len=sweep.seq_len, seed=seed)
-    return {"losses": losses, "grad_norms": grad_norms, "before": before, "after": bits_per_byte(model, eval_windows),
+    return {"losses": losses, "grad_norms": grad_norms, "before": before,
+            "after": bits_per_byte(model, held_out, sweep.seq_len, sweep.eval_windows),
             "adapter_params": sum(p.numel() for p in lora_parameters(model))}
