@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 import pytest
 import torch
 
-from bench import backends
+from bench import backends, prepare
 from bench.plugin import run_config
 from bench.study import Study
 from profiles.timers import synchronize
@@ -151,6 +151,12 @@ def describe_model(name: str, model: torch.nn.Module, training: str) -> str:
 def accuracy_sources(config: pytest.Config) -> list[str]:
     """`reference` (the trained byte-level model) and, with --weights, `checkpoint` (the user's real model)."""
     return ["reference", "checkpoint"] if run_config(config).weights else ["reference"]
+
+
+def reads_model(source: str, reference: str) -> tuple[pytest.MarkDecorator, ...]:
+    """The marks of an accuracy case that reads `source`'s model: the trained `reference` model is made before
+    the first test (`bench.prepare`); a checkpoint is on disk already."""
+    return (prepare.needs(prepare.trained(reference)),) if source == "reference" else ()
 
 
 @functools.cache

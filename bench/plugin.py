@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -100,31 +99,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     config.hook.pytest_deselected(items=drop)
 
 
-def _prerequisites(session: pytest.Session) -> tuple[list[prepare.Prerequisite], list[str]]:
-    """What the selected cases need (their marks) and the reference models of the studies they belong to."""
-    found = [p for item in session.items for mark in item.iter_markers(prepare.MARK) for p in mark.args]
-    suites = {Path(item.path).resolve() for item in session.items}
-    preset = run_config(session.config).preset
-    references = sorted({variant for study in studies.STUDIES.values() if study.suite.resolve() in suites
-                         and study.sweep(preset) is not None for variant in study.references(study.sweep(preset))})
-    return [prepare.trained(v) for v in references] + found, references
-
-
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Before the first test: make the cached computations the selected cases need (`bench.prepare`)."""
     if session.config.option.collectonly or not session.items:
         return
-    prerequisites, references = _prerequisites(session)
+    found = [p for item in session.items for mark in item.iter_markers(prepare.MARK) for p in mark.args]
     capture = session.config.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-        prepare.run(prerequisites)
-        from models.reference import reference_model
-
-        for variant in references:
-            result = reference_model(variant, progress=False)
-            print(f"archbench: reference model {variant}: {result.val_bits_per_byte:.3f} bits/byte on held-out "
-                  f"files (unigram {result.unigram_bits_per_byte:.3f}; trained in {result.seconds:.0f} s)",
-                  file=sys.stderr, flush=True)
+        prepare.run(found)
 
 
 @pytest.hookimpl(wrapper=True)

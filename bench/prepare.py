@@ -9,8 +9,9 @@ process. A cached computation runs on `TRAIN_THREADS` threads wherever it runs, 
 depend on how it was made. Nothing here is timed: the pool is gone before the first benchmark runs.
 
 A suite declares what a case needs where it makes the case: `pytest.param(case, marks=needs(p))`, with
-`p` a `Prerequisite`; the plugin gathers the selected cases' needs (after `--shard`, `-k` and `--only`),
-and each study's reference models (`Study.references`), and calls `run`.
+`p` a `Prerequisite` (and what `p` starts from in `p.needs`); the plugin gathers the needs of the selected
+cases alone (after `--shard`, `-k` and `--only`: a run of the checkpoint's cases trains no reference
+model) and calls `run`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ class Prerequisite:
     label: str  # what the progress bar calls it
     compute: Callable[[], object]
     done: Callable[[], bool]
-    needs: tuple[str, ...] = ()  # keys of prerequisites that must be made first
+    needs: tuple[Prerequisite, ...] = ()  # what must be made first (made too when missing, each once)
+    summary: Callable[[], str] | None = None  # a line the run prints about it once it is there
 
 
 def needs(*prerequisites: Prerequisite) -> pytest.MarkDecorator:
@@ -59,27 +61,37 @@ def _train(variant: str | ArchConfig, tc: TrainConfig) -> None:
     reference_model(variant, tc, progress=not _in_worker)  # its steps under the run's bar when made here
 
 
+def _describe(variant: str) -> str:
+    from models.reference import reference_model
+
+    result = reference_model(variant, progress=False)
+    return (f"archbench: reference model {variant}: {result.val_bits_per_byte:.3f} bits/byte on held-out files "
+            f"(unigram {result.unigram_bits_per_byte:.3f}; trained in {result.seconds:.0f} s)")
+
+
 def trained(variant: str | ArchConfig, tc: TrainConfig | None = None, label: str | None = None) -> Prerequisite:
-    """A model `models.reference.reference_model(variant, tc)` trains and caches (default settings: the
-    reference model of the accuracy studies)."""
+    """A model `models.reference.reference_model(variant, tc)` trains and caches. With default settings
+    (`tc` None) it is the accuracy studies' reference model, and the run prints its held-out score."""
     from models.reference import TrainConfig, is_cached, model_key
 
+    reference = tc is None and isinstance(variant, str)
     tc = tc or TrainConfig()
     return Prerequisite(f"model {model_key(variant, tc)}", label or f"reference model {variant}",
-                        functools.partial(_train, variant, tc), functools.partial(is_cached, variant, tc))
+                        functools.partial(_train, variant, tc), functools.partial(is_cached, variant, tc),
+                        summary=functools.partial(_describe, variant) if reference else None)
 
 
 @dataclass(frozen=True)
 class CachedRun:
     """A memoised computation (`models.memo.memoized(namespace, payload, compute)`): what a case reads with
     `result()`, and what `prerequisite()` makes ahead of it. `compute` must pickle (a module-level function
-    or a partial of one); `after` are the keys of prerequisites it starts from (a trained model)."""
+    or a partial of one); `after` are the prerequisites it starts from (a trained model)."""
 
     namespace: str
     payload: dict
     compute: Callable[[], dict]
     label: str
-    after: tuple[str, ...] = ()
+    after: tuple[Prerequisite, ...] = ()
 
     def result(self) -> tuple[dict, bool]:
         """The result, and whether it came from the cache."""
@@ -122,6 +134,22 @@ def default_workers() -> int:
     return max(1, cores // TRAIN_THREADS)
 
 
+def gather(prerequisites: Iterable[Prerequisite]) -> dict[str, Prerequisite]:
+    """Each prerequisite and what it needs, once per key (the first one declared under a key stands for it)."""
+    unique: dict[str, Prerequisite] = {}
+    queue = list(prerequisites)
+    while queue:
+        p = queue.pop(0)
+        if p.key not in unique:
+            unique[p.key] = p
+            queue += p.needs
+    return unique
+
+
+def _needs(p: Prerequisite) -> list[str]:
+    return [need.key for need in p.needs]
+
+
 def _ordered(todo: dict[str, Prerequisite]) -> list[Prerequisite]:
     """Dependencies first, then in the order they were declared."""
     ordered, placed = [], set()
@@ -130,7 +158,7 @@ def _ordered(todo: dict[str, Prerequisite]) -> list[Prerequisite]:
         if p.key in placed:
             return
         placed.add(p.key)
-        for key in p.needs:
+        for key in _needs(p):
             if key in todo:
                 place(todo[key])
         ordered.append(p)
@@ -141,18 +169,23 @@ def _ordered(todo: dict[str, Prerequisite]) -> list[Prerequisite]:
 
 
 def run(prerequisites: Iterable[Prerequisite], workers: int | None = None, progress: bool = True) -> dict[str, str]:
-    """Make every prerequisite that is not `done()` yet, each once, dependencies first, on `workers` processes
-    (default `default_workers()`; 1: in this process). Returns the labels of those that failed, with their
-    errors (a failure is reported and the rest go on: the cases that need it compute it again, and fail
-    there with their own message)."""
+    """Make every prerequisite (and what it needs) that is not `done()` yet, each once, dependencies first, on
+    `workers` processes (default `default_workers()`; 1: in this process); with `progress`, a bar while they
+    are made and, after, the `summary` line of each that is there. Returns the labels of those that failed,
+    with their errors (a failure is reported and the rest go on: the cases that need it compute it again,
+    and fail there with their own message)."""
+    unique = gather(prerequisites)
+    todo = {key: p for key, p in unique.items() if not p.done()}
+    failed = _make(todo, workers, progress) if todo else {}
+    for p in unique.values():
+        if progress and p.summary is not None and p.label not in failed:
+            print(p.summary(), file=sys.stderr, flush=True)
+    return failed
+
+
+def _make(todo: dict[str, Prerequisite], workers: int | None, progress: bool) -> dict[str, str]:
     from tqdm.auto import tqdm
 
-    unique: dict[str, Prerequisite] = {}
-    for p in prerequisites:
-        unique.setdefault(p.key, p)
-    todo = {key: p for key, p in unique.items() if not p.done()}
-    if not todo:
-        return {}
     workers = min(workers or default_workers(), len(todo))
     failed: dict[str, str] = {}
     start = time.perf_counter()
@@ -163,8 +196,8 @@ def run(prerequisites: Iterable[Prerequisite], workers: int | None = None, progr
             made: set[str] = set()
             for p in _ordered(todo):
                 bar.set_postfix_str(p.label)  # shown while it runs
-                blocked = [todo[k].label for k in p.needs if k in failed]
-                unmet = [todo[k].label for k in p.needs if k in todo and k not in made and k not in failed]
+                blocked = [todo[k].label for k in _needs(p) if k in failed]
+                unmet = [todo[k].label for k in _needs(p) if k in todo and k not in made and k not in failed]
                 if blocked:
                     failed[p.key] = f"needs {', '.join(blocked)}, which failed"
                 elif unmet:  # a cycle
@@ -217,11 +250,11 @@ def _run_pool(ordered: list[Prerequisite], workers: int, failed: dict[str, str],
                 for p in list(pending):
                     if len(running) >= workers:
                         break
-                    blocked = [labels[k] for k in p.needs if k in failed]
+                    blocked = [labels[k] for k in _needs(p) if k in failed]
                     if blocked:
                         pending.remove(p)
                         finish(p, f"needs {', '.join(blocked)}, which failed")
-                    elif all(k in made or k not in keys for k in p.needs):
+                    elif all(k in made or k not in keys for k in _needs(p)):
                         pending.remove(p)
                         try:
                             running[pool.submit(p.compute)] = p
@@ -229,7 +262,7 @@ def _run_pool(ordered: list[Prerequisite], workers: int, failed: dict[str, str],
                             finish(p, f"the worker processes stopped ({exc})")
                 if not running:
                     for p in pending:  # needs that can never be met (a cycle)
-                        finish(p, f"needs {', '.join(labels.get(k, k) for k in p.needs)}, which were never made")
+                        finish(p, f"needs {', '.join(labels.get(k, k) for k in _needs(p))}, which were never made")
                     break
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:

@@ -12,14 +12,10 @@ import dataclasses
 import importlib
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-
-def _no_references(sweep: Any) -> Iterable[str]:
-    return ()
 
 
 @dataclass(frozen=True)
@@ -41,7 +37,6 @@ class Study:
     report: Any  # module, dotted module name or object: section(df), summary(df)
     judge: Any  # module, dotted module name or object: CLAIMS, gates(ctx)
     untimed: frozenset[tuple[str, str]] = frozenset()  # (record study, phase or "*"): time is not the measurement
-    references: Callable[[Any], Iterable[str]] = field(default=_no_references)  # reference models a sweep trains
     fields: Any = None  # module or dotted module name of its record dataclasses (None: records are not type-checked)
     group_by: tuple[str, ...] = ()  # params fields that, beside record study, phase and variant, make a comparison
 

@@ -157,17 +157,20 @@ def test_pytest_direct_use_skips_unavailable_backend_with_reason(tmp_path) -> No
 
 def test_accuracy_studies_run_on_a_checkpoint_given_with_weights(tmp_path) -> None:
     """--weights: the KV-cache and INT8 accuracy studies measure the user's checkpoint too, through its
-    own tokenizer, and say so in their records."""
+    own tokenizer, and say so in their records; a run of the checkpoint's cases alone trains no reference
+    model (the preparation makes what the selected cases read, nothing more)."""
     from .helpers import write_byte_level_checkpoint
 
     ckpt = write_byte_level_checkpoint(tmp_path / "my-gpt2")
-    out = tmp_path / "results.json"
+    out, cache = tmp_path / "results.json", tmp_path / "cache"
     proc = subprocess.run([sys.executable, "-m", "pytest", "bench/studies/kv/test_kv.py",
                            "bench/studies/int8/test_int8.py", "-q",
                            "-p", "no:cacheprovider", "--preset", "quick", "--backend", "torch-cpu",
                            "--weights", str(ckpt), "-k", "checkpoint and (raw-fp32 or tq3 or w8a8 or fp32)",
-                           f"--benchmark-json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+                           f"--benchmark-json={out}"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "ARCHBENCH_CACHE_DIR": str(cache)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert not (cache / "reference").exists() and "reference model" not in proc.stderr, proc.stderr[-2000:]
     df = to_frame([load(out)])
     assert set(df["variant"]) == {"checkpoint:my-gpt2"}
     kv = df[df["study"] == "kv_accuracy"].set_index("p_cache")

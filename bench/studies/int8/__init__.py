@@ -91,5 +91,4 @@ STUDY = Study(
     judge="bench.studies.int8.judge",
     fields="bench.studies.int8.records",
     untimed=frozenset({("int8", "sensitivity")}),
-    references=lambda sweeps: {s.reference for s in sweeps},
 )

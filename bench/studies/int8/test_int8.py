@@ -77,7 +77,8 @@ def _cases(config: pytest.Config) -> list[Int8Case]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "int8_case" in metafunc.fixturenames:
         cases = _cases(metafunc.config)
-        metafunc.parametrize("int8_case", cases, ids=[c.id for c in cases])
+        metafunc.parametrize("int8_case", [pytest.param(c, marks=harness.reads_model(c.source, c.sweep.reference))
+                                           for c in cases], ids=[c.id for c in cases])
     if "int8_sensitivity_case" in metafunc.fixturenames:
         cases = []
         if harness.reference_backend(metafunc.config, "cpu") is not None:
@@ -85,7 +86,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 if sweep.sensitivity_scheme:
                     shapes = build(variants.get(sweep.reference), device="meta")  # names without training
                     cases += [(sweep, name) for name in target_names(shapes) + norm_names(shapes)]
-        metafunc.parametrize("int8_sensitivity_case", cases, ids=[f"{s.reference}-{n}" for s, n in cases])
+        metafunc.parametrize("int8_sensitivity_case",
+                             [pytest.param(c, marks=harness.reads_model("reference", c[0].reference)) for c in cases],
+                             ids=[f"{s.reference}-{n}" for s, n in cases])
 
 
 def _evals(config: pytest.Config, case: Int8Case) -> harness.EvalSet:

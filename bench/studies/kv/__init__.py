@@ -100,5 +100,4 @@ STUDY = Study(
     # accuracy evaluations, fresh-process memory probes and analytic counts: their time is not the measurement
     untimed=frozenset({("kv_accuracy", "*"), ("kv_memory", "rss"), ("kv_memory", "vram"),
                        ("kv_memory", "capacity")}),
-    references=lambda sweeps: {s.reference for s in sweeps.accuracy},
 )

@@ -83,12 +83,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "kv_accuracy_case" in metafunc.fixturenames:
         cases = [(s, source, kind) for s in sweeps.accuracy for source in harness.accuracy_sources(metafunc.config)
                  for kind in (s.kinds or kv_cache.kinds())]
-        metafunc.parametrize("kv_accuracy_case", cases,
+        metafunc.parametrize("kv_accuracy_case",
+                             [pytest.param(c, marks=harness.reads_model(c[1], c[0].reference)) for c in cases],
                              ids=[f"{s.reference if src == 'reference' else src}-{k}" for s, src, k in cases])
     if "kv_sensitivity_case" in metafunc.fixturenames:
         cases = [(s, bits, layer, part) for s in sweeps.accuracy for bits in s.sensitivity_bits
                  for layer in range(variants.get(s.reference).n_layer) for part in PARTS]
-        metafunc.parametrize("kv_sensitivity_case", cases,
+        metafunc.parametrize("kv_sensitivity_case",
+                             [pytest.param(c, marks=harness.reads_model("reference", c[0].reference)) for c in cases],
                              ids=[f"{s.reference}-tq{b}-layer{layer}-{part}" for s, b, layer, part in cases])
     if "kv_capacity_variant" in metafunc.fixturenames:
         metafunc.parametrize("kv_capacity_variant", list(sweeps.capacity_variants))

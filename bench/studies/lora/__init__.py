@@ -49,5 +49,4 @@ STUDY = Study(
     judge="bench.studies.lora.judge",
     fields="bench.studies.lora.records",
     untimed=frozenset({("lora", "finetune"), ("lora", "variance")}),
-    references=lambda sweeps: {s.reference for s in sweeps},
 )

@@ -38,7 +38,7 @@ def finetune(sweep: LoraSweep, scaling: str, rank: int, lr: float, seed: int) ->
                "rank": rank, "alpha": sweep.alpha, "lr": lr, "steps": sweep.steps, "batch": sweep.batch_size,
                "seq_len": sweep.seq_len, "seed": seed, "eval_windows": sweep.eval_windows}
     return CachedRun("lora-finetune", payload, functools.partial(_finetune, sweep, scaling, rank, lr, seed),
-                     f"{scaling}-r{rank}-lr{lr:g}-seed{seed}", after=(prepare.trained(sweep.reference).key,))
+                     f"{scaling}-r{rank}-lr{lr:g}-seed{seed}", after=(prepare.trained(sweep.reference),))
 
 
 def _finetune(sweep: LoraSweep, scaling: str, rank: int, lr: float, seed: int) -> dict:
