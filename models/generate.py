@@ -58,6 +58,12 @@ def generate(model: Decoder, prompt: Tensor, max_new_tokens: int, *, use_cache: 
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
     if prompt.ndim != 2 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must be a (batch, length>=1) tensor of token ids, got shape {tuple(prompt.shape)}")
+    if prompt.is_floating_point() or prompt.dtype == torch.bool:
+        raise ValueError(f"prompt must hold integer token ids, got {prompt.dtype}")
+    lowest, highest = int(prompt.min()), int(prompt.max())
+    if lowest < 0 or highest >= model.config.vocab_size:
+        raise ValueError(f"prompt holds token ids from {lowest} to {highest}; this model's are 0 to "
+                         f"{model.config.vocab_size - 1} (vocab_size={model.config.vocab_size})")
     if max_new_tokens == 0:
         return prompt
     batch, prompt_len = prompt.shape

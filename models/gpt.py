@@ -118,6 +118,9 @@ class GPT(nn.Module):
             )
 
     def forward(self, idx: Tensor, cache: AttendingCache | None = None) -> Tensor:
+        if idx.dim() != 2 or idx.is_floating_point() or idx.dtype == torch.bool:  # metadata: no sync, no graph break
+            raise ValueError(f"idx must be (batch, length) integer token ids, got {idx.dtype} of shape "
+                             f"{tuple(idx.shape)}")
         B, T = idx.shape
         start = 0 if cache is None else cache.position
         if isinstance(start, Tensor):  # a compiled step's position (0-d): its engine checked the table

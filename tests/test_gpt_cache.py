@@ -163,3 +163,17 @@ def test_generate_fills_a_given_cache() -> None:
     cache = kv_cache.make("raw-fp32", model.config, batch=1, max_len=12)
     out = generate(model, torch.tensor([[1, 2, 3]]), 9, cache=cache)
     assert out.shape == (1, 12) and cache.position == 11  # the last token is produced, never fed back
+
+
+def test_token_ids_of_the_wrong_shape_type_or_range_are_named() -> None:
+    model = build(tiny_config(), seed=0)  # vocab_size 61
+    for bad, what in ((torch.zeros(4, dtype=torch.long), r"\(4,\)"), (torch.zeros(1, 4), "torch.float32")):
+        with pytest.raises(ValueError, match=f"idx must be \\(batch, length\\) integer token ids, got .*{what}"):
+            model(bad)
+    with pytest.raises(ValueError, match="token ids from 0 to 61; this model's are 0 to 60 \\(vocab_size=61\\)"):
+        generate(model, torch.tensor([[0, 61]]), 2)
+    with pytest.raises(ValueError, match="token ids from -1 to 3"):
+        generate(model, torch.tensor([[-1, 3]]), 2)
+    with pytest.raises(ValueError, match=r"integer token ids, got torch\.float32"):
+        generate(model, torch.zeros(1, 3), 2)
+    assert generate(model, torch.tensor([[0, 60]], dtype=torch.int32), 2).shape == (1, 4)
