@@ -24,9 +24,9 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="quick", help=f"one of: {', '.join(presets.PRESETS)} (default quick)")
     parser.add_argument("--only", action="append", default=None, metavar="STUDY",
-                        help=f"run only this study (repeatable): {', '.join(studies.STUDIES)}")
+                        help=f"run only this study (repeatable, or comma-separated): {', '.join(studies.STUDIES)}")
     parser.add_argument("--backend", action="append", default=None, metavar="NAME",
-                        help=f"run only this backend (repeatable): {', '.join(backends.BACKENDS)}")
+                        help=f"run only this backend (repeatable, or comma-separated): {', '.join(backends.BACKENDS)}")
     parser.add_argument("--weights", default=None,
                         help="local transformers GPT-2 or Llama checkpoint directory with its tokenizer: the peer "
                         "comparison and the accuracy studies (KV cache, INT8) use it")

@@ -39,7 +39,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--preset", default=os.environ.get("ARCHBENCH_PRESET", "quick"),
                     help=f"what to measure: {', '.join(presets.PRESETS)} (default quick)")
     group.addoption("--backend", action="append", default=None,
-                    help=f"run only these backends (repeatable): {', '.join(backends.BACKENDS)}")
+                    help=f"run only these backends (repeatable, or comma-separated): {', '.join(backends.BACKENDS)}")
     group.addoption("--records", default=None,
                     help="append every record to this JSON-lines file as it is measured (survives a crash)")
     group.addoption("--shard", default=None, metavar="K/N",

@@ -114,6 +114,7 @@ def validate(preset: str = "quick", studies: list[str] | tuple[str, ...] | None 
     from bench import presets
     from bench import studies as study_registry
 
+    studies, backends = _names(studies), _names(backends)
     try:
         presets.get(preset)
         for name in studies or ():
@@ -159,6 +160,11 @@ def validate(preset: str = "quick", studies: list[str] | tuple[str, ...] | None 
     return RunConfig(preset=preset, studies=tuple(dict.fromkeys(studies or ())),
                      backends=tuple(dict.fromkeys(backends or ())), weights=weights, shard=shard, out=out,
                      pytest_args=tuple(pytest_args))
+
+
+def _names(values: list[str] | tuple[str, ...] | None) -> list[str]:
+    """Names given repeated (`--only kv --only int8`) or comma-separated (`--only kv,int8`), in order."""
+    return [name.strip() for value in values or () for name in value.split(",") if name.strip()]
 
 
 class ProvidedConfig:

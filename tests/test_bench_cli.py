@@ -108,6 +108,7 @@ def _pytest_benchmark_tools_read(results: Path) -> None:
         (["--preset", "huge", "--out", "x"], "unknown preset 'huge'; valid names: smoke, quick, standard, full"),
         (["--backend", "tpu", "--out", "x"], "unknown backend 'tpu'; valid names: torch-cpu, torch-cuda"),
         (["--only", "nope", "--out", "x"], "unknown study 'nope'; valid names: decode"),
+        (["--only", "kv,nope", "--out", "x"], "unknown study 'nope'; valid names: decode"),
         (["--shard", "3/2", "--out", "x"], "--shard '3/2': K must be between 1 and N"),
         (["--weights", "no/such/checkpoint", "--out", "x"], "--weights no/such/checkpoint: no such directory"),
         (["--weights", ".", "--out", "x"], "no config.json in it"),
@@ -119,6 +120,13 @@ def test_bad_arguments_list_the_valid_values(argv, message, capsys) -> None:
     with pytest.raises(SystemExit) as info:
         parse_args(argv)
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_names_repeated_or_comma_separated_are_the_same_selection() -> None:
+    listed = parse_args(["--only", "kv,int8", "--backend", "torch-cpu, onnxruntime", "--out", "x"])
+    repeated = parse_args(["--only", "kv", "--only", "int8", "--only", "kv", "--backend", "torch-cpu", "--backend",
+                           "onnxruntime", "--out", "x"])
+    assert listed == repeated and listed.studies == ("kv", "int8") and listed.backends == ("torch-cpu", "onnxruntime")
 
 
 def test_only_unavailable_backends_is_an_error_with_the_reason(capsys) -> None:
