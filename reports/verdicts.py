@@ -85,8 +85,38 @@ def t95(df: float) -> float:
     if df < 1:
         return math.inf
     rows = sorted(_T95)
-    below = [r for r in rows if r <= df]
+    below = [r for r in rows if r <= df + 1e-6]  # a Welch df of 3.9999999 (rounding) is 4
     return _T95[below[-1]] if df <= rows[-1] else 1.96
+
+
+def t_quantile(df: float, confidence: float) -> float:
+    """The two-sided `confidence` quantile of Student's t with `df` degrees of freedom, rounded down to a whole
+    number (conservative; at most 1000): exact, from the closed form of P(|T| <= t) for whole degrees of
+    freedom (Abramowitz & Stegun 26.7.3-4), solved by bisection. For levels the 95% table lacks."""
+    if df < 1:
+        return math.inf
+    nu = min(int(df + 1e-6), 1000)  # a Welch df of 3.9999999 (rounding) is 4
+
+    def covered(t: float) -> float:  # P(|T| <= t)
+        theta = math.atan(t / math.sqrt(nu))
+        c2, term, total = math.cos(theta) ** 2, 1.0, 1.0
+        if nu % 2:  # odd: (2/pi) (theta + sin cos (1 + 2/3 c^2 + 2.4/(3.5) c^4 + ...))
+            for k in range(1, (nu - 1) // 2):
+                term *= c2 * (2 * k) / (2 * k + 1)
+                total += term
+            return 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * total if nu > 1 else 0.0))
+        for k in range(1, nu // 2):  # even: sin (1 + 1/2 c^2 + 1.3/(2.4) c^4 + ...)
+            term *= c2 * (2 * k - 1) / (2 * k)
+            total += term
+        return math.sin(theta) * total
+
+    low, high = 0.0, 1.0
+    while covered(high) < confidence:
+        high *= 2
+    for _ in range(100):
+        mid = (low + high) / 2
+        low, high = (mid, high) if covered(mid) < confidence else (low, mid)
+    return high
 
 
 def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
@@ -101,9 +131,11 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def log_ratio_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
-    """(ratio, low, high): the ratio of the geometric means of positive samples a / b, with a Welch 95%
-    interval on the difference of their logs (for timings: unpaired rounds of two configurations)."""
+def log_ratio_interval(a: Sequence[float], b: Sequence[float], confidence: float = 0.95
+                       ) -> tuple[float, float, float]:
+    """(ratio, low, high): the ratio of the geometric means of positive samples a / b, with a Welch interval
+    (95%, or `confidence`) on the difference of their logs (for timings: unpaired rounds of two
+    configurations)."""
     la, lb = np.log(np.asarray(a, float)), np.log(np.asarray(b, float))
     diff = float(la.mean() - lb.mean())
     if len(la) < 2 or len(lb) < 2:
@@ -113,7 +145,7 @@ def log_ratio_interval(a: Sequence[float], b: Sequence[float]) -> tuple[float, f
     if se == 0:
         return math.exp(diff), math.exp(diff), math.exp(diff)
     df = (va + vb) ** 2 / ((va**2 / (len(la) - 1)) + (vb**2 / (len(lb) - 1)))
-    half = t95(df) * se
+    half = (t95(df) if confidence == 0.95 else t_quantile(df, confidence)) * se
     return math.exp(diff), math.exp(diff - half), math.exp(diff + half)
 
 

@@ -24,6 +24,7 @@ from reports.verdicts import (
     mean_interval,
     scoreboard,
     t95,
+    t_quantile,
 )
 
 M = "Test Machine"
@@ -55,6 +56,11 @@ def test_t_quantiles_and_intervals() -> None:
     mean, low, high = mean_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and high - mean == pytest.approx(4.303 * 1.0 / math.sqrt(3))
     assert mean_interval([5.0])[1:] == (-math.inf, math.inf)  # one value: no interval
+    for df, table in ((1, 12.706), (2, 4.303), (3, 3.182), (4, 2.776), (9, 2.262), (30, 2.042), (120, 1.980)):
+        assert t_quantile(df, 0.95) == pytest.approx(table, abs=6e-4)  # the closed form against the table
+    for df, table in ((1, 63.657), (2, 9.925), (5, 4.032), (20, 2.845)):  # two-sided 99% (standard tables)
+        assert t_quantile(df, 0.99) == pytest.approx(table, abs=6e-4)
+    assert t_quantile(4 - 1e-9, 0.99) == t_quantile(4, 0.99) and t95(4 - 1e-9) == t95(4)  # rounding, not df 3
     ratio, low, high = log_ratio_interval([2.0, 2.1, 1.9], [1.0, 1.05, 0.95])
     assert ratio == pytest.approx(2.0, rel=0.01) and low < ratio < high and low > 1.5
     assert judge_interval(1.2, 1.5, 1.0) == HOLDS and judge_interval(0.5, 0.9, 1.0) == FAILS
@@ -192,6 +198,20 @@ def test_int8_claims() -> None:
     assert _status("int8-speed", _int8(speed=1.5)) == HOLDS
     assert _status("int8-speed", _int8(speed=0.5)) == FAILS
     assert _status("int8-speed", _int8(speed=1.0)) == INCONCLUSIVE
+
+
+def test_the_fastest_of_many_int8_configurations_is_judged_with_their_number_in_mind() -> None:
+    """Picking the fastest of k configurations: each interval at 1 - 0.05/k (Bonferroni), so a configuration
+    whose three rounds happened to run 12% fast holds alone but is inconclusive among seven."""
+    rows = _int8()
+    rows[0]["time_data"] = [1.0, 1.04, 0.96]  # fp32
+    lucky = {**rows[1], "time_data": [t / 1.12 for t in (1.0, 1.04, 0.96)]}  # w8a8, norms kept
+    alone = _judge("int8-speed", [rows[0], lucky])[0]
+    assert alone.status == HOLDS and alone.interval[0] > 1.0
+    slow = [{**lucky, "p_scheme": f"scheme{i}", "time_data": [2.0, 2.08, 1.92]} for i in range(6)]
+    among_seven = _judge("int8-speed", [rows[0], lucky, *slow])[0]
+    assert among_seven.status == INCONCLUSIVE and among_seven.interval[0] < 1.0 < among_seven.interval[1]
+    assert "fastest of 7 configurations" in among_seven.figures and "w8a8" in among_seven.figures
 
 
 # ---- LoRA ---------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
   change of quantizing the norms on top of our W8A8, per held-out window, past +10%?
 - "INT8 cuts model memory about 4x": the quantized layers' bytes against fp32, exactly (>= 3.5x).
 - "...and speeds up inference": the fastest INT8 configuration's cached decode against the same
-  engine's fp32 model, from their timed rounds.
+  engine's fp32 model, from their timed rounds; with k configurations to pick from, each interval at
+  1 - 0.05/k (Bonferroni), so picking the fastest does not make a lucky one look faster than it is.
 
 Gates, all machine-independent: KL against the backend's fp32 at most 25% (+1e-4) above the
 baseline's per backend, scheme and policy; the quantized layers at least 3.5x smaller than fp32;
@@ -107,28 +108,30 @@ def memory(df: pd.DataFrame) -> Verdict:
 
 
 def speed(df: pd.DataFrame) -> Verdict:
-    """The fastest INT8 configuration's cached decode against its engine's fp32 model: faster?"""
+    """The fastest INT8 configuration's cached decode against its engine's fp32 model: faster? Picking the
+    fastest of k configurations favours the one whose rounds happened to run fast, so each configuration's
+    interval is taken at 1 - 0.05/k (Bonferroni): together they hold at 95%, the fastest's included."""
     d = int8(df)
     if d.empty or "time_data" not in d:
         return unmeasured("INT8 records")
     d = d[d["p_norms"] == "keep"]
     base = {(r.machine, r.backend): r for r in d[d["p_scheme"] == "fp32"].itertuples()}
-    best = None
-    for r in d[d["p_scheme"] != "fp32"].itertuples():
-        ref = base.get((r.machine, r.backend))
-        if ref is None or not isinstance(r.time_data, list) or not isinstance(ref.time_data, list):
-            continue
-        ratio = log_ratio_interval(ref.time_data, r.time_data)  # fp32 time / int8 time: > 1 is faster
-        if best is None or ratio[0] > best[1][0]:
-            best = (r, ratio)
-    if best is None:
+    pairs = [(r, base.get((r.machine, r.backend))) for r in d[d["p_scheme"] != "fp32"].itertuples()]
+    pairs = [(r, ref) for r, ref in pairs
+             if ref is not None and isinstance(r.time_data, list) and isinstance(ref.time_data, list)]
+    if not pairs:
         return unmeasured("INT8 decode timings beside their fp32 model")
-    r, (ratio, low, high) = best
+    confidence = 1 - 0.05 / len(pairs)
+    # fp32 time / int8 time: > 1 is faster; the fastest by the lower end of its interval
+    r, (ratio, low, high) = max(((r, log_ratio_interval(ref.time_data, r.time_data, confidence)) for r, ref in pairs),
+                                key=lambda pair: pair[1][1])
     slowest = d[d["p_scheme"] != "fp32"]["speed_vs_fp32"].min()
     return Verdict(judge_interval(low, high, 1.0),
                    f"fastest: {r.p_scheme} on {r.backend} at {ratio:.2f}x its fp32 model's tokens/s (slowest "
-                   f"configuration {slowest:.2f}x)", model=f"{_model(d, str(r.variant))}, cached greedy decode of "
-                   f"{int(r.p_decode_tokens)} tokens", n=len(r.time_data), interval=(low, high), unit="x fp32")
+                   f"configuration {slowest:.2f}x; the fastest of {len(pairs)} configurations, so each interval is "
+                   f"taken at {confidence:.2%}: 95% for all together)",
+                   model=f"{_model(d, str(r.variant))}, cached greedy decode of {int(r.p_decode_tokens)} tokens",
+                   n=len(r.time_data), interval=(low, high), unit="x fp32")
 
 
 CLAIMS = (
