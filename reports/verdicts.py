@@ -119,15 +119,17 @@ def t_quantile(df: float, confidence: float) -> float:
     return high
 
 
-def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high): the mean of `values` and its two-sided 95% t-interval (infinite with one value)."""
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the mean of `values` and its two-sided t-interval, 95% or `confidence` (infinite
+    with one value)."""
     x = np.asarray([v for v in values if v is not None and math.isfinite(v)], float)
     if len(x) == 0:
         return math.nan, -math.inf, math.inf
     mean = float(x.mean())
     if len(x) < 2:
         return mean, -math.inf, math.inf
-    half = t95(len(x) - 1) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    t = t95(len(x) - 1) if confidence == 0.95 else t_quantile(len(x) - 1, confidence)
+    half = t * float(x.std(ddof=1)) / math.sqrt(len(x))
     return mean, mean - half, mean + half
 
 

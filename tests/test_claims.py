@@ -214,6 +214,20 @@ def test_the_fastest_of_many_int8_configurations_is_judged_with_their_number_in_
     assert "fastest of 7 configurations" in among_seven.figures and "w8a8" in among_seven.figures
 
 
+def test_int8_speed_from_paired_rounds_where_the_records_have_them() -> None:
+    """A machine that slows down during the int8 rounds: unpaired against the fp32 record the ratio is lost
+    in the drift; paired with the fp32 rounds timed just before each, it is 1.2x every time."""
+    rows = _int8()
+    drifting = [1.0, 2.0, 1.5]
+    rows[1] = {**rows[1], "time_data": drifting}
+    unpaired = _judge("int8-speed", rows)[0]
+    assert unpaired.status != HOLDS and "unpaired rounds" in unpaired.figures
+    rows[1] = {**rows[1], "m_fp32_paired_seconds": [1.2 * t for t in drifting]}
+    paired = _judge("int8-speed", rows)[0]
+    assert paired.status == HOLDS and "paired rounds" in paired.figures
+    assert paired.interval[0] == pytest.approx(1.2) and paired.interval[1] == pytest.approx(1.2)
+
+
 # ---- LoRA ---------------------------------------------------------------------------------------------------
 
 def _lora(lora_gain: float, rs_gain: float, noise: float = 0.002, after: float = 2.7) -> list[dict]:

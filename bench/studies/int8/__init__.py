@@ -64,7 +64,7 @@ class Int8Sweep:
     windows: int = 32  # validation windows for bits per byte, KL and top-1
     seq_len: int = 128
     decode_tokens: int = 64  # cached greedy steps timed for tokens/s
-    rounds: int = 3
+    rounds: int = 5  # timed decode rounds, each paired with the engine's fp32 model timed just before it
     sensitivity_scheme: str | None = "w8a8"  # the per-layer sweep (eager torch on the CPU); None: skip it
     sensitivity_windows: int = 16
     calibration_windows: int = 16  # training windows static quantization calibrates on

@@ -36,6 +36,8 @@ class Int8Metrics:
     unigram_bpb: float  # a byte-frequency model on the same split: the floor the model must beat
     max_abs_linear_input: float  # the fp32 model's largest |x| entering a quantized projection
     outlier_columns: int  # input columns (over every projection) holding an |x| >= 6, LLM.int8()'s outliers
+    # the same engine's fp32 model decoding the same steps right before each timed round (paired rounds)
+    fp32_paired_seconds: list[float] | None = None
 
 
 @dataclass(frozen=True)

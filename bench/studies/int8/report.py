@@ -3,6 +3,8 @@ per-layer sensitivity), figures, its section and summary lines."""
 
 from __future__ import annotations
 
+import math
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
@@ -15,9 +17,15 @@ from . import SCHEMES
 # ---- frames -------------------------------------------------------------------------------------------
 
 
+def _paired_speed(fp32_seconds: list[float], int8_seconds: list[float]) -> float:
+    """The geometric mean over paired rounds of fp32 time / int8 time (> 1: int8 is faster)."""
+    logs = [math.log(f / i) for f, i in zip(fp32_seconds, int8_seconds, strict=True)]
+    return math.exp(sum(logs) / len(logs))
+
+
 def int8(df: pd.DataFrame) -> pd.DataFrame:
     """INT8 rows (not the sensitivity sweep), with tokens/s, and the size ratio and speed-up against the
-    same backend's fp32 model of the same run."""
+    same backend's fp32 model of the same run (from paired rounds where the record has them)."""
     d = study_rows(df, "int8")
     if d.empty:
         return d
@@ -32,6 +40,10 @@ def int8(df: pd.DataFrame) -> pd.DataFrame:
                                                                                       strict=True)]
     d["speed_vs_fp32"] = [t / base["tokens_per_s"].get(k, float("nan")) for k, t in zip(keys, d["tokens_per_s"],
                                                                                       strict=True)]
+    if "m_fp32_paired_seconds" in d and "time_data" in d:  # paired rounds, where recorded, replace the above
+        d["speed_vs_fp32"] = [_paired_speed(fp32, rounds) if isinstance(fp32, list) else unpaired for fp32, rounds,
+                              unpaired in zip(d["m_fp32_paired_seconds"], d["time_data"], d["speed_vs_fp32"],
+                                              strict=True)]
     if "m_quantized_weights_bytes" in d:
         d["layers_size_vs_fp32"] = d["m_quantized_weights_fp32_bytes"] / d["m_quantized_weights_bytes"].where(
             d["m_quantized_weights_bytes"] > 0)

@@ -15,6 +15,7 @@ layer or one norm at a time (eager torch on the CPU).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -212,6 +213,9 @@ def _bytes(model) -> tuple[int, int, int]:
     return _torch_bytes(module) if isinstance(module, torch.nn.Module) else _graph_bytes(model.path)
 
 
+SETTLE_S = 0.05  # between the two engines' rounds: a runtime's worker threads spin a while after a run
+
+
 def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path, pytestconfig: pytest.Config) -> None:
     case = int8_case
     sweep = case.sweep
@@ -243,13 +247,31 @@ def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path, pytestconf
     tokens = torch.zeros(1, 16 + steps, dtype=torch.long, device=device)
     tokens[:, :16] = prompt
     cache_obj = model.make_cache(1, 16 + steps)
+    # Paired rounds: the engine's fp32 model decodes the same steps right before each timed round (untimed by
+    # pytest-benchmark: in its setup), so a slow patch of a shared machine slows both sides of the ratio.
+    fp32_model = None if case.scheme == "fp32" else harness.prepared(backend, base)[0]
+    fp32_cache = fp32_model.make_cache(1, 16 + steps) if fp32_model is not None else None
+    fp32_tokens = tokens.clone()  # (1, 16 + steps)
+    fp32_seconds: list[float] = []
+
+    def fp32_round() -> float:  # as the int8 round below: a pause, the prefill untimed, the steps timed
+        time.sleep(SETTLE_S)
+        fp32_cache.reset()
+        logits = harness.synced(fp32_model, device)(prompt, fp32_cache)[:, -1]  # (1, vocab)
+        start = time.perf_counter()
+        harness.synced(decode, device)(fp32_model, fp32_tokens, 16, logits, steps, fp32_cache)
+        return time.perf_counter() - start
 
     def setup():
+        if fp32_model is not None:
+            fp32_seconds.append(fp32_round())
+            time.sleep(SETTLE_S)
         cache_obj.reset()
         return (harness.synced(model, device)(prompt, cache_obj)[:, -1],), {}
 
     with torch.inference_mode():
         decode(model, tokens, 16, setup()[0][0], steps, cache_obj)  # warm: a compiled engine compiles every graph here
+        fp32_seconds.clear()  # the warm-up's
         benchmark.pedantic(harness.synced(lambda lg: decode(model, tokens, 16, lg, steps, cache_obj), device),
                            setup=setup, rounds=sweep.rounds, warmup_rounds=0)
     peak, outlier_columns = _outliers(evals)
@@ -267,7 +289,8 @@ def test_int8(benchmark, record, int8_case: Int8Case, tmp_path: Path, pytestconf
                                quantized_weights_bytes=int8_elements + scale_bytes,
                                quantized_weights_fp32_bytes=int8_elements * 4,
                                window_nats=_window_nats(logits, targets), unigram_bpb=evals.unigram_bpb,
-                               max_abs_linear_input=peak, outlier_columns=outlier_columns))
+                               max_abs_linear_input=peak, outlier_columns=outlier_columns,
+                               fp32_paired_seconds=fp32_seconds or None))
 
 
 def test_int8_sensitivity(benchmark, record, int8_sensitivity_case, pytestconfig: pytest.Config) -> None:
