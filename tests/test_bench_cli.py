@@ -185,6 +185,9 @@ def test_accuracy_studies_run_on_a_checkpoint_given_with_weights(tmp_path) -> No
     assert kv.loc["raw-fp32", "m_kl_mean_nats"] < 1e-9 and kv.loc["tq3", "m_kl_mean_nats"] > 0
     int8 = df[df["study"] == "int8"].set_index(["p_scheme", "p_norms"])
     assert int8.loc[("w8a8", "quantize"), "m_kl_mean_nats"] > int8.loc[("fp32", "keep"), "m_kl_mean_nats"]
+    paired = int8.loc[("w8a8", "keep")]  # its fp32 model timed just before each of its timed rounds
+    assert len(paired["m_fp32_paired_seconds"]) == len(paired["time_data"]) == 5
+    assert all(t > 0 for t in paired["m_fp32_paired_seconds"])
     # a random 257-token model: about log2(257) = 8 bits per token, one byte per token
     assert 6.0 < kv.loc["raw-fp32", "m_bits_per_byte"] < 10.0
 
