@@ -119,6 +119,11 @@ def t_quantile(df: float, confidence: float) -> float:
     return high
 
 
+def _t(df: float, confidence: float) -> float:
+    """The table at 95% (what every interval used before other levels existed), the closed form otherwise."""
+    return t95(df) if confidence == 0.95 else t_quantile(df, confidence)
+
+
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
     """(mean, low, high): the mean of `values` and its two-sided t-interval, 95% or `confidence` (infinite
     with one value)."""
@@ -128,8 +133,7 @@ def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[fl
     mean = float(x.mean())
     if len(x) < 2:
         return mean, -math.inf, math.inf
-    t = t95(len(x) - 1) if confidence == 0.95 else t_quantile(len(x) - 1, confidence)
-    half = t * float(x.std(ddof=1)) / math.sqrt(len(x))
+    half = _t(len(x) - 1, confidence) * float(x.std(ddof=1)) / math.sqrt(len(x))
     return mean, mean - half, mean + half
 
 
@@ -147,7 +151,7 @@ def log_ratio_interval(a: Sequence[float], b: Sequence[float], confidence: float
     if se == 0:
         return math.exp(diff), math.exp(diff), math.exp(diff)
     df = (va + vb) ** 2 / ((va**2 / (len(la) - 1)) + (vb**2 / (len(lb) - 1)))
-    half = (t95(df) if confidence == 0.95 else t_quantile(df, confidence)) * se
+    half = _t(df, confidence) * se
     return math.exp(diff), math.exp(diff - half), math.exp(diff + half)
 
 

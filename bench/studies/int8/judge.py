@@ -39,7 +39,7 @@ from reports.verdicts import (
     unmeasured,
 )
 
-from .report import int8, norm_effect
+from .report import int8, norm_effect, paired_log_ratios
 
 INT8_LAYER_SIZE_MIN = 3.5  # "about 4x" (int8 weights plus their scales against fp32)
 SPOILS_PPL_PCT = 10.0  # quantizing the norms "spoils the output": perplexity up by more than 10%
@@ -109,22 +109,13 @@ def memory(df: pd.DataFrame) -> Verdict:
                    model=_model(d, str(d["variant"].iloc[0])) + ", bytes counted exactly")
 
 
-def _paired(r) -> list[tuple[float, float]] | None:
-    """(fp32 seconds, int8 seconds) per timed round, where the record timed its engine's fp32 model before
-    each round; None for records without them."""
-    fp32 = getattr(r, "m_fp32_paired_seconds", None)
-    if not isinstance(fp32, list) or len(fp32) != len(r.time_data) or len(fp32) < 2:
-        return None
-    return list(zip(fp32, r.time_data, strict=True))
-
-
 def _speed_ratio(r, ref, confidence: float) -> tuple[float, float, float]:
     """fp32 time / int8 time with its interval: from paired rounds (a slow patch of the machine slows both
     sides alike) where the record has them, else from the two records' rounds, unpaired."""
-    pairs = _paired(r)
-    if pairs is None:
+    logs = paired_log_ratios(getattr(r, "m_fp32_paired_seconds", None), r.time_data)
+    if logs is None:
         return log_ratio_interval(ref.time_data, r.time_data, confidence)
-    log_ratio, low, high = mean_interval([math.log(f / i) for f, i in pairs], confidence)
+    log_ratio, low, high = mean_interval(logs, confidence)
     return math.exp(log_ratio), math.exp(low), math.exp(high)
 
 
@@ -145,7 +136,7 @@ def speed(df: pd.DataFrame) -> Verdict:
     confidence = 1 - 0.05 / len(pairs)
     # fp32 time / int8 time: > 1 is faster; the fastest by its ratio (the intervals cover all k at once)
     r, (ratio, low, high) = max(((r, _speed_ratio(r, ref, confidence)) for r, ref in pairs), key=lambda p: p[1][0])
-    paired = _paired(r) is not None
+    paired = paired_log_ratios(getattr(r, "m_fp32_paired_seconds", None), r.time_data) is not None
     slowest = d[d["p_scheme"] != "fp32"]["speed_vs_fp32"].min()
     return Verdict(judge_interval(low, high, 1.0),
                    f"fastest: {r.p_scheme} on {r.backend} at {ratio:.2f}x its fp32 model's tokens/s (slowest "

@@ -17,10 +17,13 @@ from . import SCHEMES
 # ---- frames -------------------------------------------------------------------------------------------
 
 
-def _paired_speed(fp32_seconds: list[float], int8_seconds: list[float]) -> float:
-    """The geometric mean over paired rounds of fp32 time / int8 time (> 1: int8 is faster)."""
-    logs = [math.log(f / i) for f, i in zip(fp32_seconds, int8_seconds, strict=True)]
-    return math.exp(sum(logs) / len(logs))
+def paired_log_ratios(fp32_seconds: object, int8_seconds: object) -> list[float] | None:
+    """log(fp32 time / int8 time) per timed round (> 0: int8 is faster), where the record timed its engine's
+    fp32 model before each round (`fp32_paired_seconds`); None for records without them."""
+    if not isinstance(fp32_seconds, list) or not isinstance(int8_seconds, list) or len(fp32_seconds) < 2 \
+            or len(fp32_seconds) != len(int8_seconds):
+        return None
+    return [math.log(f / i) for f, i in zip(fp32_seconds, int8_seconds, strict=True)]
 
 
 def int8(df: pd.DataFrame) -> pd.DataFrame:
@@ -41,9 +44,9 @@ def int8(df: pd.DataFrame) -> pd.DataFrame:
     d["speed_vs_fp32"] = [t / base["tokens_per_s"].get(k, float("nan")) for k, t in zip(keys, d["tokens_per_s"],
                                                                                       strict=True)]
     if "m_fp32_paired_seconds" in d and "time_data" in d:  # paired rounds, where recorded, replace the above
-        d["speed_vs_fp32"] = [_paired_speed(fp32, rounds) if isinstance(fp32, list) else unpaired for fp32, rounds,
-                              unpaired in zip(d["m_fp32_paired_seconds"], d["time_data"], d["speed_vs_fp32"],
-                                              strict=True)]
+        logs = [paired_log_ratios(f, t) for f, t in zip(d["m_fp32_paired_seconds"], d["time_data"], strict=True)]
+        d["speed_vs_fp32"] = [math.exp(sum(x) / len(x)) if x else unpaired
+                              for x, unpaired in zip(logs, d["speed_vs_fp32"], strict=True)]
     if "m_quantized_weights_bytes" in d:
         d["layers_size_vs_fp32"] = d["m_quantized_weights_fp32_bytes"] / d["m_quantized_weights_bytes"].where(
             d["m_quantized_weights_bytes"] > 0)
